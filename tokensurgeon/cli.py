@@ -1,0 +1,178 @@
+"""The command line: parse options, call one plain function, print its result. No logic here."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Iterator, List, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .config import TransplantConfig
+from .errors import TokenSurgeonError
+
+app = typer.Typer(
+    help="Tokenizer surgery for pretrained language models: give a model another tokenizer.\n\n"
+         "Examples:\n\n"
+         "  tokensurgeon inspect ./SmolLM2-135M ./llama3-tokenizer --text corpus.txt\n\n"
+         "  tokensurgeon transplant ./SmolLM2-135M ./llama3-tokenizer -o ./smollm2-llama3 --eval-text corpus.txt",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
+)
+console = Console()
+errors = Console(stderr=True)
+STATE = {"debug": False}
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"tokensurgeon {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
+) -> None:
+    STATE["debug"] = debug
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a TokenSurgeonError into one line on stderr and exit code 2 (traceback with --debug)."""
+    try:
+        yield
+    except TokenSurgeonError as exc:
+        if STATE["debug"]:
+            raise
+        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+        raise typer.Exit(code=2)
+
+
+@contextlib.contextmanager
+def progress_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None] | None]:
+    """A rich progress callback (phase, done, total), or None when output is JSON or not a terminal."""
+    if not enabled:
+        yield None
+        return
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), transient=True) as bars:
+        tasks: dict[str, Any] = {}
+
+        def update(phase: str, done: int, total: int) -> None:
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(phase, total=total)
+            bars.update(tasks[phase], completed=done, total=total)
+
+        yield update
+
+
+def _print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def _read_texts(paths: list[Path]) -> dict[str, str]:
+    texts = {}
+    for path in paths:
+        if not path.is_file():
+            raise TokenSurgeonError(f"text file {path} does not exist")
+        texts[path.name] = path.read_text(encoding="utf-8", errors="replace")
+    return texts
+
+
+@app.command()
+def inspect(
+    base: Path = typer.Argument(..., help="Base model or tokenizer directory."),
+    donor: Path = typer.Argument(..., help="Donor model or tokenizer directory."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to measure splits on (repeatable)."),
+    samples: int = typer.Option(12, help="How many new tokens to show with their base decomposition."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Show how the donor vocabulary overlaps the base vocabulary.
+
+    Example: `tokensurgeon inspect ./SmolLM2-135M ./llama3 --text news.txt --json`
+    """
+    with user_errors():
+        from .overlap import compare_tokenizers
+        from .pair import load_pair
+
+        texts = _read_texts(text or [])
+        pair = load_pair(base, donor)
+        report = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
+                                    pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
+                                    n_samples=samples)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    from .render import print_overlap
+
+    print_overlap(console, report)
+
+
+@app.command()
+def transplant(
+    base: Path = typer.Argument(..., help="Base checkpoint directory (config.json, safetensors, tokenizer)."),
+    donor: Path = typer.Argument(..., help="Donor tokenizer directory, or a full donor model directory."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory for the patched checkpoint."),
+    method: str = typer.Option(TransplantConfig.method, help="Initialisation method for new tokens (see `methods`)."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
+    seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
+    device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
+    chat_template: str = typer.Option(TransplantConfig.chat_template, help="Chat template to keep: donor or base."),
+    pad_to_multiple: int = typer.Option(TransplantConfig.pad_to_multiple, help="Pad the embedding rows up to a multiple of this."),
+    eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text", help="Text for bits-per-byte before/after."),
+    eval_max_bytes: Optional[int] = typer.Option(None, help="Evaluate at most this many bytes of each text."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Give BASE the DONOR's tokenizer and write a patched checkpoint plus a report.
+
+    Example: `tokensurgeon transplant ./SmolLM2-135M ./llama3 -o out --eval-text news.txt`
+    """
+    with user_errors():
+        from .transplant import transplant as run_transplant
+
+        config = TransplantConfig(base=base, donor=donor, out=out, method=method,
+                                  method_options=_parse_options(option or []), seed=seed, device=device,
+                                  chat_template=chat_template, pad_to_multiple=pad_to_multiple,
+                                  eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            report = run_transplant(config, progress)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    from .render import print_transplant
+
+    print_transplant(console, report)
+
+
+def _parse_options(pairs: list[str]) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise TokenSurgeonError(f"--option expects KEY=VALUE, got {pair!r}")
+        try:
+            options[key.replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.replace("-", "_")] = value
+    return options
+
+
+@app.command()
+def methods() -> None:
+    """List the initialisation methods and what each needs."""
+    from .methods import INIT_METHODS
+
+    table = Table("method", "needs donor model", "what it does")
+    for name, cls in sorted(INIT_METHODS.items()):
+        table.add_row(name, "yes" if cls.needs_donor_embeddings else "no", cls.summary)
+    console.print(table)

@@ -1,0 +1,89 @@
+"""The interface every initialisation method implements.
+
+A method receives the aligned vocabularies and the embedding matrices (all float32, on the
+chosen device) and returns rows for the donor tokens that have no base counterpart, in the
+order of ``ctx.new_ids``. It never reads files, prints, or touches copied rows: copying,
+padding, dtype and writing are the caller's job, so every method gets them right for free.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, ClassVar, Protocol
+
+import torch
+
+from ..alignment import Alignment
+from ..vocab import Vocabulary
+
+
+@dataclass
+class InitContext:
+    """Everything a method may use. Matrices are float32 on ``device``.
+
+    Attributes:
+        base_embed: (V_base, d) the base model's input embeddings.
+        base_head: (V_base, d) the base output head when untied, else None.
+        donor_embed: (V_donor, d_donor) the donor model's input embeddings, when the donor is a model.
+        donor_head: (V_donor, d_donor) the donor's untied output head, when it has one.
+        options: method parameters (e.g. {"k": 64}), already validated by the method.
+    """
+
+    alignment: Alignment
+    base_vocab: Vocabulary
+    donor_vocab: Vocabulary
+    base_embed: torch.Tensor
+    base_head: torch.Tensor | None
+    donor_embed: torch.Tensor | None
+    donor_head: torch.Tensor | None
+    device: torch.device
+    seed: int = 0
+    progress: Callable[[int, int], None] | None = None
+
+    @property
+    def new_ids(self) -> list[int]:
+        return self.alignment.new_ids
+
+    @property
+    def untied(self) -> bool:
+        return self.base_head is not None
+
+    def generator(self) -> torch.Generator:
+        """A CPU generator seeded from ``seed``: the same draws on every device."""
+        return torch.Generator(device="cpu").manual_seed(self.seed)
+
+    def defined_base_ids(self) -> list[int]:
+        """Base ids the tokenizer defines: statistics over rows leave padding rows out."""
+        rows = self.base_embed.shape[0]
+        return [i for i in self.base_vocab.defined_ids() if i < rows]
+
+    def base_mean(self, matrix: torch.Tensor) -> torch.Tensor:
+        return matrix[self.defined_base_ids()].mean(dim=0)
+
+
+@dataclass
+class Provenance:
+    """How one new row was made: the path taken and the base (or anchor) ids it mixes."""
+
+    path: str
+    sources: list[int] = field(default_factory=list)
+    weights: list[float] = field(default_factory=list)
+
+
+@dataclass
+class InitResult:
+    """Rows for ``ctx.new_ids``: embed (n_new, d), head (n_new, d) when untied, one provenance each."""
+
+    embed: torch.Tensor
+    head: torch.Tensor | None
+    provenance: list[Provenance]
+
+
+class InitMethod(Protocol):
+    """A named initialisation method; its constructor takes its options as keywords."""
+
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    needs_donor_embeddings: ClassVar[bool]
+
+    def initialise(self, ctx: InitContext) -> InitResult: ...

@@ -1,0 +1,21 @@
+"""Zero: new rows are all zeros, the floor every other method should beat."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from .base import InitContext, InitResult, Provenance
+
+
+class ZeroMethod:
+    name: ClassVar[str] = "zero"
+    summary: ClassVar[str] = "all-zero rows (a floor to compare against)"
+    needs_donor_embeddings: ClassVar[bool] = False
+
+    def initialise(self, ctx: InitContext) -> InitResult:
+        n_new, dim = len(ctx.new_ids), ctx.base_embed.shape[1]
+        embed = torch.zeros(n_new, dim, device=ctx.device)
+        head = torch.zeros(n_new, dim, device=ctx.device) if ctx.untied else None
+        return InitResult(embed, head, [Provenance("zero") for _ in range(n_new)])

@@ -1,0 +1,32 @@
+"""A base and a donor tokenizer, loaded and aligned once for every command that needs both."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .alignment import Alignment, align_vocabularies, with_decompositions
+from .vocab import Vocabulary, build_vocabulary, load_tokenizer
+
+
+@dataclass(frozen=True)
+class TokenizerPair:
+    base_tokenizer: Any
+    donor_tokenizer: Any
+    base_vocab: Vocabulary
+    donor_vocab: Vocabulary
+    alignment: Alignment
+
+
+def load_pair(base: Path, donor: Path, *, n_rows: int | None = None) -> TokenizerPair:
+    """Load both tokenizers, align donor to base, and decompose the donor's new tokens.
+
+    Args:
+        n_rows: rows of the patched embedding (the donor model's padded row count, if any).
+    """
+    base_tokenizer, donor_tokenizer = load_tokenizer(base), load_tokenizer(donor)
+    base_vocab, donor_vocab = build_vocabulary(base_tokenizer), build_vocabulary(donor_tokenizer)
+    alignment = align_vocabularies(base_vocab, donor_vocab, n_rows=n_rows)
+    alignment = with_decompositions(alignment, base_vocab, donor_vocab, base_tokenizer)
+    return TokenizerPair(base_tokenizer, donor_tokenizer, base_vocab, donor_vocab, alignment)

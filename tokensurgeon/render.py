@@ -1,0 +1,80 @@
+"""Rich views of the result dataclasses, for the CLI (the only other module that prints)."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from .overlap import OverlapReport
+from .report import TransplantReport
+
+
+def print_overlap(console: Console, report: OverlapReport) -> None:
+    sizes = Table("", "base", "donor", title="Tokenizers")
+    sizes.add_row("path", report.base["path"], report.donor["path"])
+    sizes.add_row("kind", report.base["kind"], report.donor["kind"])
+    sizes.add_row("vocab size", f"{report.base['vocab_size']:,}", f"{report.donor['vocab_size']:,}")
+    sizes.add_row("special tokens", f"{report.base['specials']:,}", f"{report.donor['specials']:,}")
+    console.print(sizes)
+
+    counts = Table("", "tokens", title="Overlap (by canonical bytes, specials apart)")
+    counts.add_row("shared (copied)", f"{report.shared_tokens:,}")
+    counts.add_row("  same string", f"{report.counts['exact']:,}")
+    counts.add_row("  same bytes, other spelling", f"{report.counts['bytes']:,}")
+    counts.add_row("donor-new", f"{report.new_tokens:,}")
+    counts.add_row("base-only", f"{report.base_only:,}")
+    counts.add_row("donor specials mapped / new",
+                   f"{report.counts['special-role'] + report.counts['special-content']:,} / "
+                   f"{report.counts['new-special']:,}")
+    console.print(counts)
+
+    specials = Table("donor id", "donor token", "role", "match", "base id", "base token", title="Special tokens")
+    shown = [row for row in report.special_tokens if row["match"] != "new-special"][:20]
+    for row in shown:
+        specials.add_row(str(row["donor_id"]), row["content"], row["role"] or "", row["match"],
+                         str(row["base_id"]), row["base_content"] or "")
+    hidden = len(report.special_tokens) - len(shown)
+    if hidden:
+        specials.caption = f"{hidden} more donor specials without a base counterpart (see --json)"
+    console.print(specials)
+
+    samples = Table("donor id", "token", "base pieces", title="Sample of new tokens")
+    for row in report.samples:
+        pieces = " | ".join(repr(piece) for piece in row["base_pieces"]) or "[red](no base spelling)[/]"
+        samples.add_row(str(row["donor_id"]), repr(row["text"]), pieces)
+    console.print(samples)
+
+    digits = Table("probe", "base", "donor", title="Number splitting")
+    for probe, base_split, donor_split in zip(("1234567", " 2024"), report.digits["base"], report.digits["donor"]):
+        digits.add_row(repr(probe), " | ".join(base_split), " | ".join(donor_split))
+    console.print(digits)
+
+    if report.texts:
+        texts = Table("text", "bytes", "base bytes/token", "donor bytes/token", "donor tokens new",
+                      "boundary agreement", title="Text splits")
+        for stats in report.texts:
+            texts.add_row(stats.label, f"{stats.n_bytes:,}", f"{stats.base_bytes_per_token:.2f}",
+                          f"{stats.donor_bytes_per_token:.2f}", f"{stats.new_token_share:.1%}",
+                          f"{stats.boundary_agreement:.1%}")
+        console.print(texts)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+
+
+def print_transplant(console: Console, report: TransplantReport) -> None:
+    console.print(f"[bold green]patched checkpoint written to[/] {report.output['path']} "
+                  f"({report.output['rows']:,} rows, method {report.method['name']})")
+    counts = Table("how", "rows", title="Rows")
+    for kind, count in report.counts.items():
+        counts.add_row(kind, f"{count:,}")
+    console.print(counts)
+    if report.evaluation:
+        table = Table("text", "base bpb", "patched bpb", "ratio", "donor tokens new", "boundary agreement",
+                      title="Bits per byte")
+        for row in report.evaluation:
+            table.add_row(row["text"], f"{row['base_bpb']:.4f}", f"{row['patched_bpb']:.4f}", f"{row['ratio']:.3f}",
+                          f"{row['new_token_share']:.1%}", f"{row['boundary_agreement']:.1%}")
+        console.print(table)
+    for warning in report.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    console.print(f"report: {report.output['path']}/report.md, report.json, provenance.jsonl")

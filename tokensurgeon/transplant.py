@@ -1,0 +1,273 @@
+"""The main job: give a base checkpoint the donor's tokenizer and write a patched checkpoint.
+
+Order of work: align the vocabularies; read only the embedding matrices; let the chosen
+method compute rows for the donor's new tokens; assemble the new matrices (shared tokens keep
+their base rows bit for bit); stream every other tensor through unchanged; copy the donor's
+tokenizer; make config and generation config follow it; evaluate; write the report. All of it
+goes into a staging directory that becomes OUT only at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from . import __version__
+from .alignment import COPIED
+from .checkpoint import Checkpoint, CheckpointError, open_checkpoint, read_embeddings, write_weights
+from .devices import resolve_device
+from .errors import MethodError, TokenSurgeonError
+from .config import TransplantConfig
+from .methods import InitContext, InitResult, Provenance, get_init_method
+from .outdir import atomic_directory, check_output_path
+from .overlap import number_scheme_warning, text_stats
+from .pair import TokenizerPair, load_pair
+from .report import TransplantReport, write_report
+
+Progress = Callable[[str, int, int], None]
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "spiece.model")
+CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+
+
+def open_donor_model(path: Path) -> Checkpoint | None:
+    """The donor's checkpoint when it is a full model, None when it is a tokenizer only."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        return open_checkpoint(path)
+    except CheckpointError as exc:
+        if "no model.safetensors" in str(exc):
+            return None
+        raise
+
+
+def assemble_matrix(base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: torch.Tensor,
+                    pad_row: torch.Tensor) -> torch.Tensor:
+    """(n_rows, d) in the base dtype: copied rows bit-exact, new rows computed, padding rows the mean."""
+    alignment = pair.alignment
+    out = torch.empty(alignment.n_rows, base_matrix.shape[1], dtype=base_matrix.dtype)
+    copied = alignment.copied_ids
+    out[copied] = base_matrix[[alignment.source[i] for i in copied]]
+    if alignment.new_ids:
+        out[alignment.new_ids] = new_rows.to(device="cpu", dtype=base_matrix.dtype)
+    padding = [i for i, kind in enumerate(alignment.match) if kind == "padding"]
+    out[padding] = pad_row.to(device="cpu", dtype=base_matrix.dtype)
+    return out
+
+
+def donor_token_ids(pair: TokenizerPair, donor_model: Checkpoint | None) -> dict[str, Any]:
+    """bos/eos/pad ids the patched model should use: the donor model's own, else the donor tokenizer's roles."""
+    if donor_model is not None:
+        source = dict(donor_model.config)
+        generation = donor_model.path / "generation_config.json"
+        if generation.is_file():
+            source.update({k: v for k, v in json.loads(generation.read_text()).items() if k in TOKEN_ID_KEYS})
+        return {key: source.get(key) for key in TOKEN_ID_KEYS}
+    roles = pair.donor_vocab.roles
+    return {"bos_token_id": roles.get("bos"), "eos_token_id": roles.get("eos"), "pad_token_id": roles.get("pad")}
+
+
+def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
+    """config.json with vocab_size and special ids following the donor (text sub-config too)."""
+    patched = json.loads(json.dumps(config))
+    targets = [patched] + [patched[key] for key in ("text_config",) if isinstance(patched.get(key), dict)]
+    for target in targets:
+        if "vocab_size" in target or target is patched:
+            target["vocab_size"] = n_rows
+        for key, value in token_ids.items():
+            if key in target or target is patched:
+                target[key] = value
+    return patched
+
+
+def copy_tokenizer(pair: TokenizerPair, config: TransplantConfig, staging: Path) -> list[str]:
+    """Copy the donor's tokenizer files; apply the chat-template policy. Returns warnings."""
+    for name in TOKENIZER_FILES + CHAT_TEMPLATE_FILES:
+        if (config.donor / name).is_file():
+            shutil.copyfile(config.donor / name, staging / name)
+    if config.chat_template == "donor":
+        return [] if pair.donor_tokenizer.chat_template else ["the donor tokenizer has no chat template"]
+    template = pair.base_tokenizer.chat_template
+    if not template:
+        return ["--chat-template base: the base tokenizer has no chat template; none written"]
+    for name in CHAT_TEMPLATE_FILES:
+        (staging / name).unlink(missing_ok=True)
+    settings_file = staging / "tokenizer_config.json"
+    if settings_file.is_file():
+        settings = json.loads(settings_file.read_text())
+        settings.pop("chat_template", None)
+        settings_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
+    (staging / "chat_template.jinja").write_text(template)
+    missing = [content for content in pair.base_vocab.specials.values()
+               if content in template and content not in pair.donor_vocab.specials.values()]
+    return [f"base chat template uses tokens the donor lacks: {', '.join(sorted(missing)[:5])}"] if missing else []
+
+
+def tensor_sha256(tensor: torch.Tensor) -> str:
+    digest = hashlib.sha256()
+    flat = tensor.contiguous().view(torch.uint8).reshape(-1)
+    for start in range(0, flat.numel(), 1 << 26):
+        digest.update(flat[start:start + (1 << 26)].numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_method(config: TransplantConfig, pair: TokenizerPair, donor_model: Checkpoint | None,
+               embeds: tuple[torch.Tensor, torch.Tensor | None], progress: Progress | None) -> InitResult:
+    method = get_init_method(config.method, **config.method_options)
+    device = resolve_device(config.device)
+    donor_embed = donor_head = None
+    if method.needs_donor_embeddings:
+        if donor_model is None:
+            raise MethodError(f"method {config.method!r} needs the donor model's embeddings, but {config.donor} "
+                              "is a tokenizer only; pass a full model directory or pick a tokenizer-only method")
+        if donor_model.vocab_rows < pair.donor_vocab.size:
+            raise MethodError(f"donor tokenizer defines {pair.donor_vocab.size} ids but the donor model has only "
+                              f"{donor_model.vocab_rows} embedding rows")
+        donor_embed, donor_head = (m.float().to(device) if m is not None else None
+                                   for m in read_embeddings(donor_model))
+    base_embed, base_head = embeds
+    ctx = InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, base_embed.float().to(device),
+                      base_head.float().to(device) if base_head is not None else None, donor_embed, donor_head,
+                      device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None)
+    return method.initialise(ctx)
+
+
+def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, Any]]:
+    """One JSON-able row per donor row: how it got its values."""
+    alignment, vocab = pair.alignment, pair.donor_vocab
+    computed = dict(zip(alignment.new_ids, result.provenance))
+    rows = []
+    for donor_id, kind in enumerate(alignment.match):
+        row: dict[str, Any] = {"id": donor_id, "token": vocab.tokens[donor_id] if donor_id < vocab.size else None,
+                               "match": kind}
+        if kind in COPIED:
+            row |= {"path": "copy", "sources": [alignment.source[donor_id]], "weights": [1.0]}
+        elif kind == "padding":
+            row |= {"path": "padding-mean", "sources": [], "weights": []}
+        else:
+            prov: Provenance = computed[donor_id]
+            row |= {"path": prov.path, "sources": prov.sources, "weights": [round(w, 6) for w in prov.weights]}
+        rows.append(row)
+    return rows
+
+
+def transplant(config: TransplantConfig, progress: Progress | None = None) -> TransplantReport:
+    """Run a transplant end to end and return its report (also written to OUT)."""
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(phase: str) -> None:
+        nonlocal clock
+        timings[phase] = round(time.perf_counter() - clock, 3)
+        clock = time.perf_counter()
+
+    check_output_path(config.out, [config.base, config.donor], force=config.force)
+    base = open_checkpoint(config.base)
+    donor_model = open_donor_model(config.donor)
+    rows = donor_model.vocab_rows if donor_model is not None else 0
+    pair = load_pair(config.base, config.donor, n_rows=rows)
+    n_rows = -(-pair.alignment.n_rows // config.pad_to_multiple) * config.pad_to_multiple
+    if n_rows != pair.alignment.n_rows:
+        pair = load_pair(config.base, config.donor, n_rows=n_rows)
+    lap("align")
+
+    base_embed, base_head = read_embeddings(base)
+    lap("read")
+    result = run_method(config, pair, donor_model, (base_embed, base_head), progress)
+    lap("method")
+
+    defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
+    new_embed = assemble_matrix(base_embed, pair, result.embed, base_embed[defined].float().mean(0))
+    replacements = {base.input_name: new_embed}
+    if base.tied and base.output_name:
+        replacements[base.output_name] = new_embed
+    new_head = None
+    if not base.tied:
+        new_head = assemble_matrix(base_head, pair, result.head, base_head[defined].float().mean(0))
+        replacements[base.output_name] = new_head
+    warnings = build_warnings(pair, result)
+
+    with atomic_directory(config.out) as staging:
+        write_weights(base, staging, replacements,
+                      progress=(lambda done, total: progress("write", done, total)) if progress else None)
+        config_out = patch_config(base.config, n_rows, donor_token_ids(pair, donor_model))
+        (staging / "config.json").write_text(json.dumps(config_out, indent=2, sort_keys=True) + "\n")
+        write_generation_config(base.path, staging, donor_token_ids(pair, donor_model))
+        warnings += copy_tokenizer(pair, config, staging)
+        lap("write")
+        evaluation = evaluate_pair(config, pair, staging, progress)
+        lap("evaluate")
+        report = TransplantReport(
+            version=__version__,
+            base={"path": str(config.base), "kind": pair.base_vocab.kind, "vocab_size": pair.base_vocab.size,
+                  "rows": base.vocab_rows, "hidden_size": base.hidden_size, "tied": base.tied,
+                  "embed_sha256": tensor_sha256(base_embed),
+                  "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
+            donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
+                   "is_model": donor_model is not None},
+            output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
+                    "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
+            method={"name": config.method, "options": config.method_options, "seed": config.seed,
+                    "device": str(resolve_device(config.device)), "chat_template": config.chat_template},
+            counts=pair.alignment.counts() | {"shared_tokens": pair.alignment.shared_tokens,
+                                              "computed": len(pair.alignment.new_ids)},
+            timings=timings,
+            warnings=warnings,
+            evaluation=evaluation,
+        )
+        write_report(report, staging, provenance_rows(pair, result))
+    return report
+
+
+def write_generation_config(base_dir: Path, staging: Path, token_ids: dict[str, Any]) -> None:
+    """The base's generation settings with the donor's special token ids."""
+    source = base_dir / "generation_config.json"
+    generation = json.loads(source.read_text()) if source.is_file() else {}
+    generation.update({key: value for key, value in token_ids.items() if value is not None})
+    (staging / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
+
+
+def build_warnings(pair: TokenizerPair, result: InitResult) -> list[str]:
+    warnings = []
+    scheme = number_scheme_warning(pair.base_tokenizer, pair.donor_tokenizer)
+    if scheme:
+        warnings.append(scheme)
+    fallbacks = [pair.donor_vocab.tokens[i] for i, prov in zip(pair.alignment.new_ids, result.provenance)
+                 if prov.path.startswith("fallback")]
+    if fallbacks:
+        warnings.append(f"{len(fallbacks)} new tokens could not be decomposed into base tokens and got the mean "
+                        f"row (e.g. {', '.join(repr(t) for t in fallbacks[:5])})")
+    return warnings
+
+
+def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
+                  progress: Progress | None) -> list[dict[str, Any]]:
+    """Bits per byte of base (base tokenizer) and patched (donor tokenizer) on each --eval-text."""
+    if not config.eval_texts:
+        return []
+    from .evaluate import evaluate_models
+
+    texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in config.eval_texts}
+    before, after = evaluate_models([config.base, patched], texts, device=config.device,
+                                    max_bytes=config.eval_max_bytes,
+                                    progress=(lambda done, total: progress("evaluate", done, total))
+                                    if progress else None)
+    rows = []
+    for label, base_score, patched_score in zip(texts, before.scores, after.scores):
+        stats = text_stats(label, texts[label], pair.alignment, pair.base_tokenizer, pair.donor_tokenizer)
+        rows.append({"text": label, "bytes": base_score.n_bytes, "base_bpb": base_score.bits_per_byte,
+                     "patched_bpb": patched_score.bits_per_byte,
+                     "ratio": patched_score.bits_per_byte / base_score.bits_per_byte,
+                     "base_bytes_per_token": base_score.bytes_per_token,
+                     "donor_bytes_per_token": patched_score.bytes_per_token,
+                     "new_token_share": stats.new_token_share, "boundary_agreement": stats.boundary_agreement})
+    return rows
