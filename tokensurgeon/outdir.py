@@ -36,6 +36,9 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the output should look like any other directory
     try:
         yield staging
         if out.exists():

@@ -175,8 +175,10 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
         pieces = {piece: index for index, (piece, _score) in enumerate(pieces)}
     by_id: dict[int, str] = {index: piece for piece, index in pieces.items()}
     special_content: set[str] = set()
+    literal: set[int] = set()  # added tokens match their content in raw text, before the model runs
     for added in spec.get("added_tokens", []):
         by_id[added["id"]] = added["content"]
+        literal.add(added["id"])
         if added.get("special"):
             special_content.add(added["content"])
     role_content = _role_tokens(tokenizer)
@@ -192,12 +194,12 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
         tokens[token_id] = token
         if token in special_content:
             specials[token_id] = token
-        elif token in pieces:
+        elif token_id in literal:
+            canonical[token_id] = token.encode("utf-8")
+        else:
             canonical[token_id] = canonical_bytes(token, scheme, byte_fallback=byte_fallback)
             if byte_fallback and _BYTE_TOKEN.match(token):
                 fallback_ids.add(token_id)
-        else:  # an added, non-special token matches its literal text
-            canonical[token_id] = token.encode("utf-8")
     content_to_id = {content: token_id for token_id, content in sorted(specials.items(), reverse=True)}
     roles = {role: content_to_id[content] for role, content in role_content.items() if content in content_to_id}
     return Vocabulary(
