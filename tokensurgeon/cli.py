@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .config import TransplantConfig
+from .config import EvalConfig, TransplantConfig
 from .errors import TokenSurgeonError
 
 app = typer.Typer(
@@ -152,6 +152,37 @@ def transplant(
     from .render import print_transplant
 
     print_transplant(console, report)
+
+
+@app.command()
+def evaluate(
+    models: List[Path] = typer.Argument(..., help="Checkpoint directories (each with its own tokenizer)."),
+    text: List[Path] = typer.Option(..., "--text", help="Text file to score (repeatable)."),
+    context: int = typer.Option(EvalConfig.context, help="Tokens per window, BOS included."),
+    batch_size: int = typer.Option(EvalConfig.batch_size, help="Windows per forward pass."),
+    max_bytes: Optional[int] = typer.Option(EvalConfig.max_bytes, help="Score only the first bytes of each text."),
+    device: str = typer.Option(EvalConfig.device, help="auto, cpu or cuda."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+) -> None:
+    """Bits per byte (and bytes per token) of each model on each text; tokenizer-independent.
+
+    Example: `tokensurgeon evaluate ./SmolLM2-135M ./smollm2-llama3 --text news.txt --text udhr/spa.txt`
+    """
+    with user_errors():
+        from .evaluate import evaluate_models
+
+        config = EvalConfig(context=context, batch_size=batch_size, max_bytes=max_bytes, device=device)
+        texts = _read_texts(text)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            results = evaluate_models(models, texts, device=config.device, context=config.context,
+                                      stride=config.stride, batch_size=config.batch_size,
+                                      max_bytes=config.max_bytes, progress=progress)
+    if as_json:
+        _print_json([result.to_dict() for result in results])
+        return
+    from .render import print_scores
+
+    print_scores(console, results)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

@@ -48,3 +48,22 @@ class TransplantConfig:
         for text in self.eval_texts:
             if not Path(text).is_file():
                 raise TokenSurgeonError(f"evaluation text {text} does not exist")
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    """Options of a bits-per-byte evaluation (see evaluate.py for the windowing rules)."""
+
+    context: int = 512
+    stride: int | None = None
+    batch_size: int = 8
+    max_bytes: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.context < 2:
+            raise TokenSurgeonError("--context must be at least 2 tokens")
+        if self.batch_size < 1:
+            raise TokenSurgeonError("--batch-size must be at least 1")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise TokenSurgeonError("--max-bytes must be positive")

@@ -78,3 +78,12 @@ def print_transplant(console: Console, report: TransplantReport) -> None:
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     console.print(f"report: {report.output['path']}/report.md, report.json, provenance.jsonl")
+
+
+def print_scores(console: Console, results: list) -> None:
+    table = Table("model", "text", "bytes", "tokens", "bytes/token", "bits/byte", title="Bits per byte")
+    for result in results:
+        for score in result.scores:
+            table.add_row(str(result.model), score.label, f"{score.n_bytes:,}", f"{score.n_tokens:,}",
+                          f"{score.bytes_per_token:.2f}", f"{score.bits_per_byte:.4f}")
+    console.print(table)

@@ -259,8 +259,7 @@ def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
     texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in config.eval_texts}
     before, after = evaluate_models([config.base, patched], texts, device=config.device,
                                     max_bytes=config.eval_max_bytes,
-                                    progress=(lambda done, total: progress("evaluate", done, total))
-                                    if progress else None)
+                                    progress=progress)
     rows = []
     for label, base_score, patched_score in zip(texts, before.scores, after.scores):
         stats = text_stats(label, texts[label], pair.alignment, pair.base_tokenizer, pair.donor_tokenizer)
