@@ -127,3 +127,16 @@ def test_refuses_non_empty_output_and_output_inside_input(tiny_models, tmp_path)
                                     out=tiny_models["tied"] / "sub"))
     transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "gpt2", out=out, force=True))
     assert not (out / "keep.txt").exists() and (out / "report.json").is_file()
+
+
+def test_identity_keeps_bits_per_byte_and_report_has_evaluation(tiny_models, tmp_path):
+    from conftest import CORPORA
+
+    out = tmp_path / "out"
+    report = transplant(TransplantConfig(base=tiny_models["untied"], donor=tiny_models["untied"], out=out,
+                                         eval_texts=(CORPORA / "udhr" / "spa.txt",), eval_max_bytes=1500))
+    (row,) = report.evaluation
+    assert row["text"] == "spa.txt" and row["bytes"] <= 1500
+    assert row["patched_bpb"] == row["base_bpb"] and row["ratio"] == 1.0
+    assert row["new_token_share"] == 0.0
+    assert "| spa.txt |" in (out / "report.md").read_text()

@@ -254,12 +254,12 @@ def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
     """Bits per byte of base (base tokenizer) and patched (donor tokenizer) on each --eval-text."""
     if not config.eval_texts:
         return []
-    from .evaluate import evaluate_models
+    from .evaluate import evaluate_models, truncate_utf8
 
     texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in config.eval_texts}
-    before, after = evaluate_models([config.base, patched], texts, device=config.device,
-                                    max_bytes=config.eval_max_bytes,
-                                    progress=progress)
+    if config.eval_max_bytes:
+        texts = {label: truncate_utf8(text, config.eval_max_bytes) for label, text in texts.items()}
+    before, after = evaluate_models([config.base, patched], texts, device=config.device, progress=progress)
     rows = []
     for label, base_score, patched_score in zip(texts, before.scores, after.scores):
         stats = text_stats(label, texts[label], pair.alignment, pair.base_tokenizer, pair.donor_tokenizer)
