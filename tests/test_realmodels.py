@@ -1,0 +1,75 @@
+"""Integration tests on the real SmolLM2-135M and Gemma3-270M checkpoints (built once by zoo.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import tokensurgeon.checkpoint as checkpoint_module
+from conftest import CORPORA, TOKENIZERS
+from test_checkpoint import CountingSafeOpen
+from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
+from tokensurgeon.config import TransplantConfig
+from tokensurgeon.overlap import compare_tokenizers
+from tokensurgeon.pair import load_pair
+from tokensurgeon.transplant import transplant
+from tokensurgeon.zoo import ensure_model
+
+pytestmark = pytest.mark.realmodel
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return ensure_model("smollm2-135m")
+
+
+@pytest.fixture(scope="module")
+def gemma3():
+    return ensure_model("gemma3-270m")
+
+
+@pytest.mark.parametrize("name, rows, hidden", [("smollm2-135m", 49152, 576), ("gemma3-270m", 262144, 640)])
+def test_reading_embeddings_reads_only_the_embedding(name, rows, hidden, monkeypatch):
+    counter = CountingSafeOpen()
+    monkeypatch.setattr(checkpoint_module, "safe_open", counter)
+    ckpt = open_checkpoint(ensure_model(name))
+    embed, head = read_embeddings(ckpt)
+    assert ckpt.tied and head is None
+    assert counter.names == [ckpt.input_name]  # one tensor of the whole model
+    assert embed.shape == (rows, hidden) and len(ckpt.tensors) > 200
+
+
+def test_smollm2_llama3_subword_mean_loads_and_generates(smollm2, tmp_path):
+    out = tmp_path / "smol-llama3"
+    report = transplant(TransplantConfig(base=smollm2, donor=TOKENIZERS / "llama3", out=out,
+                                         eval_texts=(CORPORA / "lee_news.txt",), eval_max_bytes=3000))
+    assert 39_000 < report.counts["shared_tokens"] < 39_600
+    (row,) = report.evaluation
+    assert 0.5 < row["base_bpb"] < 1.5  # a real model on English news
+    assert row["ratio"] < 1.6  # subword-mean keeps most of the quality on English
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    assert len(tokenizer) == model.get_input_embeddings().weight.shape[0] == 128_257
+    ids = tokenizer("The capital of France is", return_tensors="pt")
+    text = tokenizer.decode(model.generate(**ids, max_new_tokens=8, do_sample=False)[0])
+    assert text.startswith("<|begin_of_text|>The capital of France is") or text.startswith("The capital")
+    assert len(text) > len("The capital of France is") + 5
+
+
+def test_gemma3_from_smollm2_model_counts_match_inspect(gemma3, smollm2, tmp_path):
+    out = tmp_path / "gemma-smol"
+    report = transplant(TransplantConfig(base=gemma3, donor=smollm2, out=out))
+    pair = load_pair(gemma3, smollm2)
+    overlap = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
+                                 pair.donor_tokenizer, paths=(str(gemma3), str(smollm2)))
+    assert report.counts["shared_tokens"] == overlap.shared_tokens
+    assert report.counts["new"] == overlap.new_tokens
+    assert report.donor["is_model"]
+    config = json.loads((out / "config.json").read_text())
+    donor_config = json.loads((smollm2 / "config.json").read_text())
+    assert config["vocab_size"] == 49_152 and config["eos_token_id"] == donor_config["eos_token_id"]
+    model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32)
+    assert model.get_input_embeddings().weight.shape == (49_152, 640)
