@@ -70,3 +70,16 @@ def test_transplant_json(tiny_models, tmp_path):
 def test_methods_lists_registry():
     result = runner.invoke(app, ["methods"])
     assert result.exit_code == 0 and "subword-mean" in result.output and "hewitt" in result.output
+
+
+def test_cli_reference_is_current(tmp_path):
+    """docs/cli.md is generated from the app; regenerate it with scripts/gen_cli_docs.sh."""
+    from pathlib import Path
+
+    from typer.cli import app as typer_app
+
+    out = tmp_path / "cli.md"
+    result = runner.invoke(typer_app, ["tokensurgeon.cli", "utils", "docs", "--name", "tokensurgeon",
+                                       "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    assert out.read_text() == (Path(__file__).resolve().parents[1] / "docs" / "cli.md").read_text()

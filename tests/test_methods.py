@@ -19,9 +19,9 @@ def context_factory():
     base_head = torch.randn(pair.base_vocab.size, 16, generator=generator)
     donor_embed = torch.randn(pair.donor_vocab.size, 24, generator=generator)
 
-    def make(untied: bool) -> InitContext:
-        return InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, base_embed,
-                           base_head if untied else None, donor_embed, None, torch.device("cpu"), seed=0)
+    def make(untied: bool, dtype: torch.dtype = torch.float32) -> InitContext:
+        return InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, base_embed.to(dtype),
+                           base_head.to(dtype) if untied else None, donor_embed, None, torch.device("cpu"), seed=0)
     return make
 
 
@@ -68,3 +68,12 @@ def test_unknown_method_and_option():
         get_init_method("zero", k=3)
     with pytest.raises(MethodError, match="scale must be positive"):
         get_init_method("hewitt", scale=-1)
+
+
+@pytest.mark.parametrize("name", [n for n in list_init_methods() if getattr(INIT_METHODS[n], "upcasts_rows", False)])
+def test_methods_that_upcast_accept_bf16_matrices(context_factory, name):
+    """transplant hands such methods the checkpoint's bf16 matrices as they are (no float32 copy)."""
+    ctx = context_factory(True, torch.bfloat16)
+    result = get_init_method(name, **({"k": 8} if name == "omp" else {})).initialise(ctx)
+    assert result.embed.shape == result.head.shape == (len(ctx.new_ids), 16)
+    assert torch.isfinite(result.embed.float()).all() and torch.isfinite(result.head.float()).all()

@@ -140,3 +140,18 @@ def test_identity_keeps_bits_per_byte_and_report_has_evaluation(tiny_models, tmp
     assert row["patched_bpb"] == row["base_bpb"] and row["ratio"] == 1.0
     assert row["new_token_share"] == 0.0
     assert "| spa.txt |" in (out / "report.md").read_text()
+
+
+def test_donor_tokenizer_prepends_bos_when_the_base_did(tiny_models, tmp_path):
+    from transformers import AutoTokenizer
+
+    base = tiny_models["donor_llama2"]  # Llama-2's tokenizer prepends <s>; GPT-2's adds nothing
+    assert AutoTokenizer.from_pretrained(base)("a")["input_ids"][0] == 1
+    report = transplant(TransplantConfig(base=base, donor=TOKENIZERS / "gpt2", out=tmp_path / "out"))
+    tokenizer = AutoTokenizer.from_pretrained(tmp_path / "out")
+    ids = tokenizer("Hello world")["input_ids"]
+    assert ids[0] == tokenizer.bos_token_id == 50256 and tokenizer.decode(ids[1:]) == "Hello world"
+    assert any("now prepends" in note for note in report.warnings)
+    unchanged = transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "gpt2", out=tmp_path / "o2"))
+    assert AutoTokenizer.from_pretrained(tmp_path / "o2")("Hello")["input_ids"] == [15496]  # SmolLM2 adds no BOS
+    assert not any("now prepends" in note for note in unchanged.warnings)

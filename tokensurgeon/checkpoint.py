@@ -11,6 +11,7 @@ The embedding tensor names come from the model class itself, built on the meta d
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import struct
 from dataclasses import dataclass
@@ -25,11 +26,15 @@ from .errors import CheckpointError
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt")
+PICKLE_SINGLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
 _COPY_CHUNK = 64 * 1024 * 1024
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 TORCH_TO_SAFETENSORS = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 SAFETENSORS_TO_TORCH = {name: dtype for dtype, name in TORCH_TO_SAFETENSORS.items()}
+_ANY_TORCH_TO_SAFETENSORS = TORCH_TO_SAFETENSORS | {
+    torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
+    torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class Checkpoint:
     input_name: str
     output_name: str | None  # the head's tensor when it is stored (untied, or tied but saved twice)
     tied: bool
+    format: str = "safetensors"  # or "pickle": pytorch_model*.bin read with --allow-pickle (weights only)
 
     @property
     def hidden_size(self) -> int:
@@ -68,29 +74,39 @@ class Checkpoint:
 
 def read_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     """Parse and validate a safetensors header without reading tensor data."""
-    size = file.stat().st_size
-    with open(file, "rb") as handle:
-        prefix = handle.read(8)
-        if len(prefix) < 8:
-            raise CheckpointError(f"{file}: truncated safetensors file (no header)")
-        (header_len,) = struct.unpack("<Q", prefix)
-        if header_len > min(size - 8, 100 * 1024 * 1024):
-            raise CheckpointError(f"{file}: corrupt safetensors header (claims {header_len} bytes)")
-        try:
-            header = json.loads(handle.read(header_len))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{file}: corrupt safetensors header ({exc})") from exc
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{file}: truncated safetensors file (no header)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > min(size - 8, 100 * 1024 * 1024):
+                raise CheckpointError(f"{file}: corrupt safetensors header (claims {header_len} bytes)")
+            raw = handle.read(header_len)
+    except OSError as exc:
+        raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from exc
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{file}: corrupt safetensors header ({_first_line(exc)})") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
+    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+        raise CheckpointError(f"{file}: corrupt safetensors header (__metadata__ is not a string map)")
     base = 8 + header_len
     tensors = {}
     for name, entry in header.items():
         try:
-            start, end = (int(x) for x in entry["data_offsets"])
-            dtype, shape = str(entry["dtype"]), tuple(int(x) for x in entry["shape"])
+            start, end = _int_list(entry["data_offsets"], 2)
+            dtype, shape = entry["dtype"], tuple(_int_list(entry["shape"]))
+            if not isinstance(dtype, str):
+                raise TypeError("dtype is not a string")
         except (KeyError, TypeError, ValueError) as exc:
             raise CheckpointError(f"{file}: corrupt safetensors header entry {name!r}") from exc
+        if any(dim < 0 for dim in shape):
+            raise CheckpointError(f"{file}: tensor {name!r} has a negative dimension {list(shape)}")
         count = 1
         for dim in shape:
             count *= dim
@@ -102,43 +118,123 @@ def read_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return tensors, metadata
 
 
-def _weight_files(path: Path) -> tuple[Path, ...]:
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
+def _index_shards(path: Path, index_file: Path) -> tuple[Path, ...]:
+    """The shard files an index names; each must be a plain file name inside the directory."""
+    try:
+        weight_map = json.loads(index_file.read_text())["weight_map"]
+        names = sorted(set(weight_map.values()))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError,
+            AttributeError) as exc:
+        raise CheckpointError(f"{index_file}: unreadable index ({_first_line(exc)})") from exc
+    for name in names:
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{index_file}: shard name {name!r} is not a file name in {path}")
+    missing = [name for name in names if not (path / name).is_file()]
+    if missing:
+        raise CheckpointError(f"{index_file}: names shard {missing[0]} which does not exist")
+    return tuple(path / name for name in names)
+
+
+def _int_list(value: object, length: int | None = None) -> list[int]:
+    """A JSON list of integers (not floats, not booleans), of the given length when one is given."""
+    if not isinstance(value, list) or (length is not None and len(value) != length) or not all(
+            isinstance(x, int) and not isinstance(x, bool) for x in value):
+        raise ValueError(f"expected a list of {length or 'some'} integers, got {value!r:.60}")
+    return value
+
+
+def _weight_files(path: Path, *, allow_pickle: bool = False) -> tuple[tuple[Path, ...], str]:
+    """The weight files and their format ("safetensors" or "pickle")."""
     index_file = path / INDEX_NAME
     if index_file.exists():
-        try:
-            weight_map = json.loads(index_file.read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as exc:
-            raise CheckpointError(f"{index_file}: unreadable index ({exc})") from exc
-        names = sorted(set(weight_map.values()))
-        missing = [name for name in names if not (path / name).is_file()]
-        if missing:
-            raise CheckpointError(f"{index_file}: names shard {missing[0]} which does not exist")
-        return tuple(path / name for name in names)
+        return _index_shards(path, index_file), "safetensors"
     if (path / SINGLE_NAME).is_file():
-        return (path / SINGLE_NAME,)
+        return (path / SINGLE_NAME,), "safetensors"
+    if allow_pickle and (path / PICKLE_INDEX).is_file():
+        return _index_shards(path, path / PICKLE_INDEX), "pickle"
+    if allow_pickle and (path / PICKLE_SINGLE).is_file():
+        return (path / PICKLE_SINGLE,), "pickle"
+    if allow_pickle and (path / "model.pt").exists():
+        raise CheckpointError(f"{path}: only model.pt found; --allow-pickle reads pytorch_model*.bin files, "
+                              "convert model.pt to safetensors first")
     if any((path / name).exists() for name in PICKLE_NAMES):
-        raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; tokensurgeon reads safetensors "
-                              "(convert with transformers: model.save_pretrained(dir, safe_serialization=True))")
+        raise CheckpointError(f"{path}: only pickle weights (.bin/.pt) found; tokensurgeon reads safetensors. "
+                              "Convert them (model.save_pretrained(dir) in transformers writes safetensors), "
+                              "or pass --allow-pickle to read pytorch_model*.bin with torch's weights-only loader")
     raise CheckpointError(f"{path}: no model.safetensors or {INDEX_NAME}")
 
 
-def find_embedding_names(path: Path) -> tuple[list[str], list[str], bool]:
+def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
+    """A pytorch_model*.bin state dict through torch's weights-only unpickler (no code runs), memory-mapped."""
+    try:
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError as exc:
+            if "mmap" not in str(exc):
+                raise
+            state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
+    except Exception as exc:  # the unpickler raises many types; all mean "not a plain tensor state dict"
+        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(exc), re.IGNORECASE)
+        reason = (f"it refers to {found.group(1)}, which is not a tensor type; refused, nothing was run" if found
+                  else "it holds more than plain tensors; refused, nothing was run"
+                  if "Weights only load failed" in str(exc) else _first_line(exc))
+        raise CheckpointError(f"{file}: cannot read as a weights-only pickle ({reason})") from exc
+    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
+                                              for k, v in state.items()):
+        raise CheckpointError(f"{file}: not a state dict of named tensors")
+    return state
+
+
+def _pickle_layout(file: Path) -> dict[str, TensorInfo]:
+    layout, offset = {}, 0
+    for name, tensor in _load_pickle(file).items():
+        if tensor.dtype not in _ANY_TORCH_TO_SAFETENSORS:
+            raise CheckpointError(f"{file}: tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold")
+        size = tensor.numel() * tensor.element_size()
+        layout[name] = TensorInfo(name, file, _ANY_TORCH_TO_SAFETENSORS[tensor.dtype], tuple(tensor.shape),
+                                  offset, offset + size)
+        offset += size
+    return layout
+
+
+def safetensors_name(file: Path) -> str:
+    """pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors (pickle inputs are written as safetensors)."""
+    if file.suffix != ".bin":
+        return file.name
+    return "model" + file.stem[len("pytorch_model"):] + ".safetensors" if file.stem.startswith("pytorch_model") \
+        else file.stem + ".safetensors"
+
+
+def find_embedding_names(path: Path, *, trust_remote_code: bool = False) -> tuple[list[str], list[str], bool]:
     """Ask the model class for its input and output embedding parameter names, on the meta device.
 
     Returns (input names, output names, tied); names list every alias of the parameter.
     """
+    input_names, output_names, tied, _hidden = _embedding_layout(path, trust_remote_code)
+    return input_names, output_names, tied
+
+
+def _embedding_layout(path: Path, trust_remote_code: bool) -> tuple[list[str], list[str], bool, int]:
+    """find_embedding_names plus the embedding width the config implies."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    model_config = AutoConfig.from_pretrained(path, trust_remote_code=False)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=False)
+    from .quiet import quiet_transformers
+
+    with quiet_transformers():
+        model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
     names: dict[int, list[str]] = {}
     for name, param in model.named_parameters(remove_duplicate=False):
         names.setdefault(id(param), []).append(name)
     embed = model.get_input_embeddings().weight
     head_module = model.get_output_embeddings()
     head = head_module.weight if head_module is not None else embed
-    return names[id(embed)], names[id(head)], head is embed
+    return names[id(embed)], names[id(head)], head is embed, int(embed.shape[-1])
 
 
 def _resolve(candidates: list[str], tensors: dict[str, TensorInfo]) -> str | None:
@@ -153,41 +249,102 @@ def _resolve(candidates: list[str], tensors: dict[str, TensorInfo]) -> str | Non
     return None
 
 
-def open_checkpoint(path: Path) -> Checkpoint:
-    """Open a checkpoint directory: read config and headers, locate the embeddings; no weights read."""
+def read_config(path: Path, *, trust_remote_code: bool = False) -> dict:
+    """config.json of a checkpoint directory, checked: readable, a JSON object, no custom code needed
+    unless trust_remote_code."""
     path = Path(path)
     if not path.is_dir():
-        raise CheckpointError(f"{path}: not a directory")
+        raise CheckpointError(f"{path}: not a directory" + (" (it does not exist)" if not path.exists() else ""))
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (is this a Hugging Face checkpoint directory?)")
     try:
-        config = json.loads(config_file.read_text())
-    except json.JSONDecodeError as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({exc})") from exc
-    files = _weight_files(path)
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{config_file}: cannot read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{config_file}: not valid JSON ({_first_line(exc)})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{config_file}: not a JSON object")
+    if config.get("auto_map") and not trust_remote_code and not _natively_supported(config):
+        raise CheckpointError(f"{config_file}: this architecture ({config.get('model_type')!r}) is defined by "
+                              "Python code shipped with the checkpoint (auto_map); tokensurgeon runs no such code "
+                              "unless you pass --trust-remote-code (read that code first)")
+    return config
+
+
+def _natively_supported(config: dict) -> bool:
+    """Whether transformers has its own class for this model_type (auto_map is then ignored, no code runs)."""
+    from transformers import CONFIG_MAPPING
+
+    return isinstance(config.get("model_type"), str) and config["model_type"] in CONFIG_MAPPING
+
+
+def open_checkpoint(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint:
+    """Open a checkpoint directory: read config and headers, locate the embeddings; no weights read.
+
+    Args:
+        trust_remote_code: let transformers run model code shipped with the checkpoint (auto_map).
+        allow_pickle: read pytorch_model*.bin weights (torch's weights-only unpickler) when there are
+            no safetensors; they are written out as safetensors.
+    """
+    path = Path(path)
+    config = read_config(path, trust_remote_code=trust_remote_code)
+    config_file = path / "config.json"
+    files, fmt = _weight_files(path, allow_pickle=allow_pickle)
     tensors: dict[str, TensorInfo] = {}
     metadata: dict[Path, dict[str, str]] = {}
     for file in files:
-        file_tensors, metadata[file] = read_header(file)
+        if fmt == "pickle":
+            file_tensors, metadata[file] = _pickle_layout(file), {"format": "pt"}
+        else:
+            file_tensors, metadata[file] = read_header(file)
         tensors.update(file_tensors)
     try:
-        input_names, output_names, tied = find_embedding_names(path)
-    except (ValueError, KeyError, TypeError, OSError) as exc:
-        raise CheckpointError(f"{config_file}: transformers cannot build this architecture ({exc})") from exc
+        input_names, output_names, tied, hidden = _embedding_layout(path, trust_remote_code)
+    except Exception as exc:  # config.json drives transformers' code: any failure there is a bad config
+        raise CheckpointError(f"{config_file}: transformers cannot build this architecture "
+                              f"({_first_line(exc)})") from exc
     input_name = _resolve(input_names, tensors)
     if input_name is None:
         raise CheckpointError(f"{path}: input embedding tensor ({input_names[0]}) not found in the weights")
     output_name = _resolve([n for n in output_names if n not in input_names], tensors)
     if not tied and output_name is None:
         raise CheckpointError(f"{path}: untied model but output head ({output_names[0]}) not found in the weights")
-    return Checkpoint(path, config, files, tensors, metadata, input_name, output_name, tied)
+    _check_embedding_layout(path, tensors[input_name], tensors[output_name] if output_name else None, hidden)
+    return Checkpoint(path, config, files, tensors, metadata, input_name, output_name, tied, fmt)
+
+
+def _check_embedding_layout(path: Path, embed: TensorInfo, head: TensorInfo | None, hidden: int) -> None:
+    """Shapes and dtypes a transplant can work with, checked from the headers before any data is read."""
+    for info, role in ((embed, "input embedding"), (head, "output head")):
+        if info is None:
+            continue
+        if len(info.shape) != 2 or 0 in info.shape:
+            raise CheckpointError(f"{path}: {role} {info.name} has shape {list(info.shape)}; "
+                                  "expected a 2-D (rows, hidden size) matrix")
+        if info.dtype not in SAFETENSORS_TO_TORCH:
+            raise CheckpointError(f"{path}: {role} {info.name} has dtype {info.dtype}; tokensurgeon handles "
+                                  "F32, F16, BF16 and F64 embeddings (not integer or quantised ones)")
+    if embed.shape[1] != hidden:
+        raise CheckpointError(f"{path}: input embedding {embed.name} is {embed.shape[1]} wide but config.json "
+                              f"implies a hidden size of {hidden}")
+    if head is not None and head.shape != embed.shape:
+        raise CheckpointError(f"{path}: output head {head.name} has shape {list(head.shape)} but the input "
+                              f"embedding has {list(embed.shape)}; they must match")
 
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Materialise one tensor (and only that one) from its shard."""
-    with safe_open(info.file, framework="pt") as handle:
-        return handle.get_tensor(info.name)
+    if info.file.suffix == ".bin":
+        return _load_pickle(info.file)[info.name].clone()  # clone: detach from the memory map
+    try:
+        with safe_open(info.file, framework="pt") as handle:
+            return handle.get_tensor(info.name)
+    except Exception as exc:  # safetensors' own checks (overlapping offsets...) beyond read_header's
+        if isinstance(exc, (KeyboardInterrupt, MemoryError)):
+            raise
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({_first_line(exc)})") from exc
 
 
 def read_embeddings(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -197,6 +354,23 @@ def read_embeddings(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor 
     if not checkpoint.tied:
         head = read_tensor(checkpoint.tensors[checkpoint.output_name])
     return embed, head
+
+
+def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192) -> tuple[int, int, int] | None:
+    """(non-finite values, rows holding one, first such row id), or None when every value is finite.
+
+    Checked a block of rows at a time, so no matrix-sized mask is ever allocated.
+    """
+    values = rows = 0
+    first = None
+    for start in range(0, matrix.shape[0], rows_per_block):
+        bad = ~torch.isfinite(matrix[start:start + rows_per_block])
+        if not bool(bad.any()):
+            continue
+        bad_rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten()
+        values, rows = values + int(bad.sum()), rows + int(bad_rows.numel())
+        first = start + int(bad_rows[0]) if first is None else first
+    return None if first is None else (values, rows, first)
 
 
 def _tensor_bytes(tensor: torch.Tensor, rows_per_chunk: int = 8192):
@@ -254,6 +428,9 @@ def write_weights(checkpoint: Checkpoint, out_dir: Path, replacements: dict[str,
     Shards holding no replaced tensor are copied as files; the index's total_size is updated.
     Replacement tensors must already have the dtype they should be stored in.
     """
+    if checkpoint.format == "pickle":
+        _write_pickle_weights(checkpoint, out_dir, replacements, progress)
+        return
     total_bytes = 0
     for done, file in enumerate(checkpoint.files, start=1):
         layout = sorted((t for t in checkpoint.tensors.values() if t.file == file), key=lambda t: t.start)
@@ -269,3 +446,93 @@ def write_weights(checkpoint: Checkpoint, out_dir: Path, replacements: dict[str,
         index = json.loads(index_file.read_text())
         index.setdefault("metadata", {})["total_size"] = total_bytes
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _write_tensors(target: Path, tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str]) -> int:
+    """Write named tensors as one safetensors file, streaming each tensor's bytes; returns data bytes."""
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for name, tensor in tensors:
+        size = tensor.numel() * tensor.element_size()
+        header[name] = {"dtype": _ANY_TORCH_TO_SAFETENSORS[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    with open(target, "wb") as dst:
+        dst.write(struct.pack("<Q", len(encoded)) + encoded)
+        for _name, tensor in tensors:
+            flat = tensor.contiguous().reshape(-1).view(torch.uint8)
+            for start in range(0, flat.numel(), _COPY_CHUNK):
+                dst.write(flat[start:start + _COPY_CHUNK].numpy().tobytes())
+    return offset
+
+
+def _write_pickle_weights(checkpoint: Checkpoint, out_dir: Path, replacements: dict[str, torch.Tensor],
+                          progress: Callable[[int, int], None] | None) -> None:
+    """Pickle (--allow-pickle) inputs: each pytorch_model*.bin shard is written as a safetensors shard."""
+    total_bytes, weight_map = 0, {}
+    for done, file in enumerate(checkpoint.files, start=1):
+        state = _load_pickle(file)
+        name = safetensors_name(file)
+        tensors = [(key, replacements.get(key, tensor)) for key, tensor in state.items()]
+        total_bytes += _write_tensors(out_dir / name, tensors, {"format": "pt"})
+        weight_map |= {key: name for key, _ in tensors}
+        del state
+        if progress:
+            progress(done, len(checkpoint.files))
+    if len(checkpoint.files) > 1 or (checkpoint.path / PICKLE_INDEX).is_file():
+        index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
+        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def write_ranges(target: Path, tensors: list[tuple[TensorInfo, str]], metadata: dict[str, str] | None = None) -> int:
+    """Write a safetensors file whose tensors come from byte ranges of other files (any number of them).
+
+    Each (info, dtype) keeps its name and shape; when dtype is info.dtype the bytes are copied
+    raw, otherwise the floating tensor is cast a block at a time, so memory stays one copy block
+    whatever the tensor sizes. Returns the number of tensor data bytes written.
+    """
+    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
+    offset = 0
+    for info, dtype in tensors:
+        if dtype != info.dtype and not (dtype in SAFETENSORS_TO_TORCH and info.dtype in SAFETENSORS_TO_TORCH):
+            raise CheckpointError(f"{info.file}: cannot cast {info.name!r} from {info.dtype} to {dtype}")
+        size = (info.end - info.start) // DTYPE_SIZES[info.dtype] * DTYPE_SIZES[dtype]
+        header[info.name] = {"dtype": dtype, "shape": list(info.shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    sources: dict[Path, object] = {}
+    try:
+        with open(target, "wb") as dst:
+            dst.write(struct.pack("<Q", len(encoded)) + encoded)
+            for info, dtype in tensors:
+                if info.file not in sources:
+                    sources[info.file] = open(info.file, "rb")
+                if dtype == info.dtype:
+                    _copy_range(sources[info.file], dst, info.start, info.end)
+                else:
+                    _cast_range(sources[info.file], dst, info, dtype)
+    finally:
+        for handle in sources.values():
+            handle.close()
+    return offset
+
+
+def _cast_range(src, dst, info: TensorInfo, dtype: str) -> None:
+    """Copy one floating tensor's bytes converted to another dtype, a block of elements at a time."""
+    source_dtype, target_dtype = SAFETENSORS_TO_TORCH[info.dtype], SAFETENSORS_TO_TORCH[dtype]
+    item = DTYPE_SIZES[info.dtype]
+    block = bytearray(_COPY_CHUNK // max(item, DTYPE_SIZES[dtype]) * item)
+    view = memoryview(block)
+    src.seek(info.start)
+    remaining = info.end - info.start
+    while remaining:
+        want = min(len(block), remaining)
+        got = src.readinto(view[:want])
+        if got != want:
+            raise CheckpointError(f"{src.name}: file ended while reading {info.name!r}")
+        values = torch.frombuffer(block, dtype=source_dtype, count=want // item)
+        dst.write(values.to(target_dtype).view(torch.uint8).numpy().data)
+        remaining -= want

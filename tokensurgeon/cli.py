@@ -5,16 +5,18 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator, List, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
-from .config import EvalConfig, TransplantConfig
+from .config import EvalConfig, ExportConfig, TransplantConfig
 from .errors import TokenSurgeonError
 
 app = typer.Typer(
@@ -47,13 +49,13 @@ def main(
 
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
-    """Turn a TokenSurgeonError into one line on stderr and exit code 2 (traceback with --debug)."""
+    """Turn a TokenSurgeonError into one line on stderr and exit code 2 (the traceback too with --debug)."""
     try:
         yield
     except TokenSurgeonError as exc:
         if STATE["debug"]:
-            raise
-        errors.print(f"[bold red]error:[/] {exc}", highlight=False)
+            traceback.print_exc(file=sys.stderr)
+        errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2)
 
 
@@ -95,6 +97,8 @@ def inspect(
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to measure splits on (repeatable)."),
     samples: int = typer.Option(12, help="How many new tokens to show with their base decomposition."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
 ) -> None:
     """Show how the donor vocabulary overlaps the base vocabulary.
 
@@ -105,7 +109,7 @@ def inspect(
         from .pair import load_pair
 
         texts = _read_texts(text or [])
-        pair = load_pair(base, donor)
+        pair = load_pair(base, donor, trust_remote_code=trust_remote_code)
         report = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
                                     pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
                                     n_samples=samples)
@@ -132,6 +136,13 @@ def transplant(
     eval_max_bytes: Optional[int] = typer.Option(None, help="Evaluate at most this many bytes of each text."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Read pytorch_model*.bin weights (torch weights-only loader) when there are "
+                                           "no safetensors; the output is safetensors."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
+                                         help="Go on when base or donor embeddings hold NaN or inf."),
 ) -> None:
     """Give BASE the DONOR's tokenizer and write a patched checkpoint plus a report.
 
@@ -143,7 +154,9 @@ def transplant(
         config = TransplantConfig(base=base, donor=donor, out=out, method=method,
                                   method_options=_parse_options(option or []), seed=seed, device=device,
                                   chat_template=chat_template, pad_to_multiple=pad_to_multiple,
-                                  eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force)
+                                  eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force,
+                                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                  allow_nonfinite=allow_nonfinite)
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
             report = run_transplant(config, progress)
     if as_json:
@@ -163,6 +176,10 @@ def evaluate(
     max_bytes: Optional[int] = typer.Option(EvalConfig.max_bytes, help="Score only the first bytes of each text."),
     device: str = typer.Option(EvalConfig.device, help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Load pytorch_model*.bin weights (weights-only) when there are no safetensors."),
 ) -> None:
     """Bits per byte (and bytes per token) of each model on each text; tokenizer-independent.
 
@@ -176,13 +193,47 @@ def evaluate(
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
             results = evaluate_models(models, texts, device=config.device, context=config.context,
                                       stride=config.stride, batch_size=config.batch_size,
-                                      max_bytes=config.max_bytes, progress=progress)
+                                      max_bytes=config.max_bytes, progress=progress,
+                                      trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     if as_json:
         _print_json([result.to_dict() for result in results])
         return
     from .render import print_scores
 
     print_scores(console, results)
+
+
+@app.command()
+def export(
+    source: Path = typer.Argument(..., help="Checkpoint to export (a transplant's output), or a patch (--apply-to)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
+    dtype: Optional[str] = typer.Option(ExportConfig.dtype, help="bf16, fp16 or fp32 for floating tensors (default keep)."),
+    max_shard_size: str = typer.Option(ExportConfig.max_shard_size, help="Largest shard, e.g. 5GB, 500MB, 2GiB."),
+    embeddings_only: bool = typer.Option(ExportConfig.embeddings_only, "--embeddings-only",
+                                         help="Write a small patch: changed embeddings, tokenizer, config, manifest."),
+    apply_to: Optional[Path] = typer.Option(ExportConfig.apply_to, "--apply-to",
+                                            help="Rebuild a full checkpoint from the patch SOURCE on this base."),
+    link: bool = typer.Option(ExportConfig.link, "--link", help="Hard-link unchanged shards instead of copying."),
+    force: bool = typer.Option(ExportConfig.force, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Re-write a checkpoint (dtype, shard size), cut an embeddings-only patch, or apply one to its base.
+
+    Example: `tokensurgeon export ./smollm2-llama3 -o ./smollm2-llama3-bf16 --dtype bf16 --max-shard-size 100MB`
+    """
+    with user_errors():
+        from .export import export as run_export
+
+        config = ExportConfig(source=source, out=out, dtype=dtype, max_shard_size=max_shard_size,
+                              embeddings_only=embeddings_only, apply_to=apply_to, link=link, force=force)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            result = run_export(config, progress)
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    from .render import print_export
+
+    print_export(console, result)
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

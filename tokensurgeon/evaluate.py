@@ -200,13 +200,25 @@ def _nll_nats(logits: torch.Tensor, targets: torch.Tensor) -> float:
     return total
 
 
-def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torch.float32
+def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torch.float32,
+                  trust_remote_code: bool = False, allow_pickle: bool = False
                   ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a checkpoint and its tokenizer (no remote code), ready to score on device."""
+    """Load a checkpoint and its tokenizer, ready to score on device.
+
+    No code from the checkpoint runs unless trust_remote_code (a config naming custom code is refused);
+    pickle-only weights are refused unless allow_pickle (transformers then reads them weights-only).
+    """
+    from .checkpoint import PICKLE_NAMES, _weight_files, read_config
+
+    path = Path(path)
+    if path.is_dir():
+        read_config(path, trust_remote_code=trust_remote_code)
+        if any((path / name).exists() for name in PICKLE_NAMES):
+            _weight_files(path, allow_pickle=allow_pickle)
     try:
         with quiet_transformers():
-            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
-            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=False)
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise TokenSurgeonError(f"{path}: cannot load model and tokenizer for evaluation: "
@@ -217,15 +229,18 @@ def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torc
 def evaluate_models(model_paths: list[Path], texts: dict[str, str], *, device: str = "auto",
                     context: int = 512, stride: int | None = None, batch_size: int = 8,
                     max_bytes: int | None = None, dtype: torch.dtype = torch.float32,
-                    progress: Callable[[str, int, int], None] | None = None) -> list[ModelScores]:
+                    progress: Callable[[str, int, int], None] | None = None,
+                    trust_remote_code: bool = False, allow_pickle: bool = False) -> list[ModelScores]:
     """Score every model on every text (label -> text), holding one model in memory at a time.
 
     progress, when given, is called with ("<model dir name>/<label>", tokens scored, total).
+    trust_remote_code and allow_pickle: see load_for_eval.
     """
     target = resolve_device(device)
     results = []
     for path in model_paths:
-        model, tokenizer = load_for_eval(path, device=target, dtype=dtype)
+        model, tokenizer = load_for_eval(path, device=target, dtype=dtype, trust_remote_code=trust_remote_code,
+                                         allow_pickle=allow_pickle)
         scores = [score_text(model, tokenizer, text, label=label, context=context, stride=stride,
                              batch_size=batch_size, max_bytes=max_bytes,
                              progress=_labelled(progress, f"{path.name}/{label}"))

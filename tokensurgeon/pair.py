@@ -19,13 +19,15 @@ class TokenizerPair:
     alignment: Alignment
 
 
-def load_pair(base: Path, donor: Path, *, n_rows: int | None = None) -> TokenizerPair:
+def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, trust_remote_code: bool = False) -> TokenizerPair:
     """Load both tokenizers, align donor to base, and decompose the donor's new tokens.
 
     Args:
         n_rows: rows of the patched embedding (the donor model's padded row count, if any).
+        trust_remote_code: let transformers run tokenizer code shipped with either directory.
     """
-    base_tokenizer, donor_tokenizer = load_tokenizer(base), load_tokenizer(donor)
+    base_tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
+    donor_tokenizer = load_tokenizer(donor, trust_remote_code=trust_remote_code)
     base_vocab, donor_vocab = build_vocabulary(base_tokenizer), build_vocabulary(donor_tokenizer)
     alignment = align_vocabularies(base_vocab, donor_vocab, n_rows=n_rows)
     alignment = with_decompositions(alignment, base_vocab, donor_vocab, base_tokenizer)

@@ -87,3 +87,28 @@ def print_scores(console: Console, results: list) -> None:
             table.add_row(str(result.model), score.label, f"{score.n_bytes:,}", f"{score.n_tokens:,}",
                           f"{score.bytes_per_token:.2f}", f"{score.bits_per_byte:.4f}")
     console.print(table)
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1000 or unit == "TB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def print_export(console: Console, result) -> None:
+    """Where an export's files went (result: export.ExportResult)."""
+    files = Table("file", "size", "tensors", "how", title=f"Export ({result.mode}) -> {result.out}")
+    for record in result.files:
+        files.add_row(record["name"], _size(record["bytes"]), str(record["tensors"]), record["how"])
+    console.print(files)
+    source = result.source + (f" applied to {result.base}" if result.base else "")
+    dtypes = f"{result.cast:,} cast to {result.dtype}" if result.dtype else "dtypes kept"
+    console.print(f"from {source}: {result.shards} shard(s), {result.tensors:,} tensors ({dtypes}), "
+                  f"vocab {result.vocab_size:,} x {result.hidden_size:,}")
+    linked = result.out_bytes - result.bytes_written
+    console.print(f"{_size(result.out_bytes)} in {result.out}" + (f", {_size(linked)} hard-linked" if linked else "")
+                  + f"; check passed: {result.checked:,} tensors as intended, config vocab_size matches the embedding")
+    for warning in result.warnings:
+        console.print(f"[yellow]warning:[/] {warning}")

@@ -20,30 +20,30 @@ import torch
 
 from . import __version__
 from .alignment import COPIED
-from .checkpoint import Checkpoint, CheckpointError, open_checkpoint, read_embeddings, write_weights
+from .checkpoint import (Checkpoint, CheckpointError, nonfinite_summary, open_checkpoint, read_embeddings,
+                         write_weights)
 from .devices import resolve_device
 from .errors import MethodError, TokenSurgeonError
 from .config import TransplantConfig
 from .methods import InitContext, InitResult, Provenance, get_init_method
+from .methods.base import mean_rows
 from .outdir import atomic_directory, check_output_path
 from .overlap import number_scheme_warning, text_stats
 from .pair import TokenizerPair, load_pair
 from .report import TransplantReport, write_report
+from .tokenizer_files import write_tokenizer
 
 Progress = Callable[[str, int, int], None]
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
-                   "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "spiece.model")
-CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
 
-def open_donor_model(path: Path) -> Checkpoint | None:
+def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint | None:
     """The donor's checkpoint when it is a full model, None when it is a tokenizer only."""
     path = Path(path)
     if not (path / "config.json").is_file():
         return None
     try:
-        return open_checkpoint(path)
+        return open_checkpoint(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     except CheckpointError as exc:
         if "no model.safetensors" in str(exc):
             return None
@@ -62,6 +62,54 @@ def assemble_matrix(base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: to
     padding = [i for i, kind in enumerate(alignment.match) if kind == "padding"]
     out[padding] = pad_row.to(device="cpu", dtype=base_matrix.dtype)
     return out
+
+
+class AssembledMatrix:
+    """The patched (n_rows, d) matrix of assemble_matrix, built a block of rows at a time on demand.
+
+    Writing and hashing read it by row slices (``matrix[a:b]``), so the whole output never exists
+    in memory: a transplant holds the base matrices and the new rows (in the base dtype), no more.
+    Rows are bit for bit those of assemble_matrix.
+    """
+
+    def __init__(self, base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: torch.Tensor | None,
+                 pad_row: torch.Tensor) -> None:
+        alignment = pair.alignment
+        self.base, self.dtype = base_matrix, base_matrix.dtype
+        self.shape = torch.Size((alignment.n_rows, base_matrix.shape[1]))
+        kinds = {kind: 0 for kind in COPIED} | {"padding": 2}
+        self.kind = torch.tensor([kinds.get(kind, 1) for kind in alignment.match], dtype=torch.int8)
+        self.source = torch.tensor(alignment.source, dtype=torch.long)
+        self.new_position = torch.full((alignment.n_rows,), -1, dtype=torch.long)
+        self.new_position[alignment.new_ids] = torch.arange(len(alignment.new_ids))
+        self.new_rows = new_rows.to(device="cpu", dtype=self.dtype) if alignment.new_ids else None
+        self.pad_row = pad_row.to(device="cpu", dtype=self.dtype)
+
+    def numel(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def element_size(self) -> int:
+        return self.base.element_size()
+
+    def contiguous(self) -> "AssembledMatrix":
+        return self
+
+    def __getitem__(self, rows: slice) -> torch.Tensor:
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1:
+            raise ValueError("AssembledMatrix takes contiguous row slices only")
+        kind = self.kind[start:stop]
+        out = torch.empty(max(stop - start, 0), self.shape[1], dtype=self.dtype)
+        copied = (kind == 0).nonzero().flatten()
+        out[copied] = self.base[self.source[start:stop][copied]]
+        new = (kind == 1).nonzero().flatten()
+        if new.numel():
+            out[new] = self.new_rows[self.new_position[start:stop][new]]
+        out[(kind == 2).nonzero().flatten()] = self.pad_row
+        return out
+
+    def materialise(self) -> torch.Tensor:
+        return self[:]
 
 
 def donor_token_ids(pair: TokenizerPair, donor_model: Checkpoint | None) -> dict[str, Any]:
@@ -89,39 +137,41 @@ def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
     return patched
 
 
-def copy_tokenizer(pair: TokenizerPair, config: TransplantConfig, staging: Path) -> list[str]:
-    """Copy the donor's tokenizer files; apply the chat-template policy. Returns warnings."""
-    for name in TOKENIZER_FILES + CHAT_TEMPLATE_FILES:
-        if (config.donor / name).is_file():
-            shutil.copyfile(config.donor / name, staging / name)
-    if config.chat_template == "donor":
-        return [] if pair.donor_tokenizer.chat_template else ["the donor tokenizer has no chat template"]
-    template = pair.base_tokenizer.chat_template
-    if not template:
-        return ["--chat-template base: the base tokenizer has no chat template; none written"]
-    for name in CHAT_TEMPLATE_FILES:
-        (staging / name).unlink(missing_ok=True)
-    settings_file = staging / "tokenizer_config.json"
-    if settings_file.is_file():
-        settings = json.loads(settings_file.read_text())
-        settings.pop("chat_template", None)
-        settings_file.write_text(json.dumps(settings, indent=2, ensure_ascii=False) + "\n")
-    (staging / "chat_template.jinja").write_text(template)
-    missing = [content for content in pair.base_vocab.specials.values()
-               if content in template and content not in pair.donor_vocab.specials.values()]
-    return [f"base chat template uses tokens the donor lacks: {', '.join(sorted(missing)[:5])}"] if missing else []
-
-
-def tensor_sha256(tensor: torch.Tensor) -> str:
+def tensor_sha256(tensor: "torch.Tensor | AssembledMatrix", rows_per_block: int = 8192) -> str:
+    """sha256 of a matrix's bytes (row-major), read a block of rows at a time: no full copy."""
     digest = hashlib.sha256()
-    flat = tensor.contiguous().view(torch.uint8).reshape(-1)
-    for start in range(0, flat.numel(), 1 << 26):
-        digest.update(flat[start:start + (1 << 26)].numpy().tobytes())
+    tensor = tensor.contiguous()
+    for start in range(0, tensor.shape[0], rows_per_block):
+        digest.update(tensor[start:start + rows_per_block].contiguous().view(torch.uint8).numpy().data)
     return digest.hexdigest()
 
 
+def check_finite(matrix: torch.Tensor | None, what: str, path: Path, *, allow: bool) -> list[str]:
+    """Refuse NaN/inf in an embedding matrix (a warning instead with --allow-nonfinite)."""
+    summary = nonfinite_summary(matrix) if matrix is not None else None
+    if summary is None:
+        return []
+    values, rows, first = summary
+    message = (f"{path}: {what} has {values} non-finite values (NaN/inf) in {rows} rows, "
+               f"first bad row id {first}")
+    if not allow:
+        raise CheckpointError(f"{message}; pass --allow-nonfinite to go on anyway")
+    return [f"{message}; kept as given (--allow-nonfinite)"]
+
+
+def check_base_rows(pair: TokenizerPair, rows: int, path: Path) -> None:
+    """Every base id the alignment copies or decomposes into must have an embedding row."""
+    used = [i for i in pair.alignment.source if i >= rows]
+    used += [i for pieces in pair.alignment.decompositions.values() for i in pieces if i >= rows]
+    if used:
+        token = pair.base_vocab.tokens[used[0]] if used[0] < pair.base_vocab.size else None
+        raise CheckpointError(f"{path}: the base tokenizer uses id {used[0]} ({token!r}) but the base model has "
+                              f"only {rows} embedding rows; tokenizer and weights do not belong together")
+
+
 def run_method(config: TransplantConfig, pair: TokenizerPair, donor_model: Checkpoint | None,
-               embeds: tuple[torch.Tensor, torch.Tensor | None], progress: Progress | None) -> InitResult:
+               embeds: tuple[torch.Tensor, torch.Tensor | None], progress: Progress | None,
+               warnings: list[str] | None = None) -> InitResult:
     method = get_init_method(config.method, **config.method_options)
     device = resolve_device(config.device)
     donor_embed = donor_head = None
@@ -130,13 +180,20 @@ def run_method(config: TransplantConfig, pair: TokenizerPair, donor_model: Check
             raise MethodError(f"method {config.method!r} needs the donor model's embeddings, but {config.donor} "
                               "is a tokenizer only; pass a full model directory or pick a tokenizer-only method")
         if donor_model.vocab_rows < pair.donor_vocab.size:
-            raise MethodError(f"donor tokenizer defines {pair.donor_vocab.size} ids but the donor model has only "
-                              f"{donor_model.vocab_rows} embedding rows")
-        donor_embed, donor_head = (m.float().to(device) if m is not None else None
-                                   for m in read_embeddings(donor_model))
+            raise MethodError(f"{config.donor}: donor tokenizer defines {pair.donor_vocab.size} ids but the donor "
+                              f"model has only {donor_model.vocab_rows} embedding rows; tokenizer and weights do not "
+                              "belong together")
+        donor_matrices = read_embeddings(donor_model)
+        for matrix, what in zip(donor_matrices, ("donor input embedding", "donor output head")):
+            found = check_finite(matrix, what, config.donor, allow=config.allow_nonfinite)
+            if warnings is not None:
+                warnings += found
+        donor_embed, donor_head = (m.float().to(device) if m is not None else None for m in donor_matrices)
     base_embed, base_head = embeds
-    ctx = InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, base_embed.float().to(device),
-                      base_head.float().to(device) if base_head is not None else None, donor_embed, donor_head,
+    # float32 working copies, unless the method upcasts the rows it reads (then bf16 stays bf16: half the memory)
+    working = (lambda m: m.to(device)) if getattr(method, "upcasts_rows", False) else (lambda m: m.float().to(device))
+    ctx = InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, working(base_embed),
+                      working(base_head) if base_head is not None else None, donor_embed, donor_head,
                       device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None)
     return method.initialise(ctx)
 
@@ -170,31 +227,40 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
         timings[phase] = round(time.perf_counter() - clock, 3)
         clock = time.perf_counter()
 
+    resolve_device(config.device)  # a wrong --device fails now, not after the slow steps
     check_output_path(config.out, [config.base, config.donor], force=config.force)
-    base = open_checkpoint(config.base)
-    donor_model = open_donor_model(config.donor)
+    trust, pickle = config.trust_remote_code, config.allow_pickle
+    base = open_checkpoint(config.base, trust_remote_code=trust, allow_pickle=pickle)
+    donor_model = open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle)
     rows = donor_model.vocab_rows if donor_model is not None else 0
-    pair = load_pair(config.base, config.donor, n_rows=rows)
+    pair = load_pair(config.base, config.donor, n_rows=rows, trust_remote_code=trust)
     n_rows = -(-pair.alignment.n_rows // config.pad_to_multiple) * config.pad_to_multiple
     if n_rows != pair.alignment.n_rows:
-        pair = load_pair(config.base, config.donor, n_rows=n_rows)
+        pair = load_pair(config.base, config.donor, n_rows=n_rows, trust_remote_code=trust)
+    check_base_rows(pair, base.vocab_rows, config.base)
     lap("align")
 
     base_embed, base_head = read_embeddings(base)
+    input_warnings = check_finite(base_embed, "base input embedding", config.base, allow=config.allow_nonfinite)
+    input_warnings += check_finite(base_head, "base output head", config.base, allow=config.allow_nonfinite)
     lap("read")
-    result = run_method(config, pair, donor_model, (base_embed, base_head), progress)
+    result = run_method(config, pair, donor_model, (base_embed, base_head), progress, input_warnings)
     lap("method")
 
     defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
-    new_embed = assemble_matrix(base_embed, pair, result.embed, base_embed[defined].float().mean(0))
+    new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
+    result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
     replacements = {base.input_name: new_embed}
     if base.tied and base.output_name:
         replacements[base.output_name] = new_embed
     new_head = None
     if not base.tied:
-        new_head = assemble_matrix(base_head, pair, result.head, base_head[defined].float().mean(0))
+        new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
         replacements[base.output_name] = new_head
-    warnings = build_warnings(pair, result)
+        result.head = None
+    if base.format == "pickle":  # the pickle writer takes whole tensors
+        replacements = {name: matrix.materialise() for name, matrix in replacements.items()}
+    warnings = input_warnings + build_warnings(pair, result)
 
     with atomic_directory(config.out) as staging:
         write_weights(base, staging, replacements,
@@ -202,7 +268,12 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
         config_out = patch_config(base.config, n_rows, donor_token_ids(pair, donor_model))
         (staging / "config.json").write_text(json.dumps(config_out, indent=2, sort_keys=True) + "\n")
         write_generation_config(base.path, staging, donor_token_ids(pair, donor_model))
-        warnings += copy_tokenizer(pair, config, staging)
+        if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
+            for code in sorted(Path(config.base).glob("*.py")):
+                shutil.copyfile(code, staging / code.name)
+        warnings += write_tokenizer(config.donor, pair.base_tokenizer, pair.donor_tokenizer,
+                                    set(pair.base_vocab.specials.values()), set(pair.donor_vocab.specials.values()),
+                                    staging, chat_template=config.chat_template)
         lap("write")
         evaluation = evaluate_pair(config, pair, staging, progress)
         lap("evaluate")
@@ -259,7 +330,8 @@ def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
     texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in config.eval_texts}
     if config.eval_max_bytes:
         texts = {label: truncate_utf8(text, config.eval_max_bytes) for label, text in texts.items()}
-    before, after = evaluate_models([config.base, patched], texts, device=config.device, progress=progress)
+    before, after = evaluate_models([config.base, patched], texts, device=config.device, progress=progress,
+                                    trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
     rows = []
     for label, base_score, patched_score in zip(texts, before.scores, after.scores):
         stats = text_stats(label, texts[label], pair.alignment, pair.base_tokenizer, pair.donor_tokenizer)

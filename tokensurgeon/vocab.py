@@ -82,17 +82,21 @@ class Vocabulary:
         return lookup
 
 
-def load_tokenizer(path: Path) -> Any:
-    """Load a fast tokenizer from a tokenizer or checkpoint directory, never running remote code."""
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
+    """Load a fast tokenizer from a tokenizer or checkpoint directory; remote code only if trusted."""
     from transformers import AutoTokenizer
 
     path = Path(path)
     if not path.is_dir():
-        raise TokenizerError(f"{path}: not a directory (expected a tokenizer or checkpoint directory)")
+        raise TokenizerError(f"{path}: not a directory (expected a tokenizer or checkpoint directory)"
+                             + ("" if path.exists() else "; it does not exist"))
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
         raise TokenizerError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
+    from .quiet import quiet_transformers
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for one cause: unreadable files
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TokenizerError(f"{path}: cannot load tokenizer: {first_line}") from exc
@@ -184,6 +188,10 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
     role_content = _role_tokens(tokenizer)
     special_content |= set(role_content.values())
 
+    if by_id and not (0 <= min(by_id) and max(by_id) < 2 * len(by_id) + 1024):
+        # ids index embedding rows: a stray huge id would make every per-id table (and the output) huge
+        raise TokenizerError(f"token ids are not contiguous: id {max(by_id)} among {len(by_id)} tokens "
+                             "(a corrupt tokenizer.json?)")
     size = max(len(tokenizer), max(by_id) + 1 if by_id else 0)
     byte_fallback = bool(model.get("byte_fallback"))
     tokens: list[str | None] = [None] * size

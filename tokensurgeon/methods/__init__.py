@@ -9,11 +9,12 @@ from ..errors import MethodError
 from .base import InitContext, InitMethod, InitResult, Provenance
 from .hewitt import HewittMethod
 from .mean import MeanMethod
+from .omp import OMPMethod
 from .subword_mean import SubwordMeanMethod
 from .zero import ZeroMethod
 
 INIT_METHODS: dict[str, type] = {
-    cls.name: cls for cls in (SubwordMeanMethod, MeanMethod, HewittMethod, ZeroMethod)
+    cls.name: cls for cls in (SubwordMeanMethod, OMPMethod, MeanMethod, HewittMethod, ZeroMethod)
 }
 
 __all__ = ["INIT_METHODS", "DEFAULT_METHOD", "InitContext", "InitMethod", "InitResult", "Provenance",

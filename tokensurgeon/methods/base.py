@@ -19,7 +19,10 @@ from ..vocab import Vocabulary
 
 @dataclass
 class InitContext:
-    """Everything a method may use. Matrices are float32 on ``device``.
+    """Everything a method may use. Matrices are float32 on ``device``, except for a method whose class
+    sets ``upcasts_rows = True``: it gets the base matrices in the checkpoint's own dtype (half the
+    memory for bf16), upcasts the rows it gathers (``mean_rows`` and ``base_mean`` do) and may
+    return its rows in that dtype (they are stored in it anyway).
 
     Attributes:
         base_embed: (V_base, d) the base model's input embeddings.
@@ -58,7 +61,16 @@ class InitContext:
         return [i for i in self.base_vocab.defined_ids() if i < rows]
 
     def base_mean(self, matrix: torch.Tensor) -> torch.Tensor:
-        return matrix[self.defined_base_ids()].mean(dim=0)
+        return mean_rows(matrix, self.defined_base_ids())
+
+
+def mean_rows(matrix: torch.Tensor, ids: list[int], block: int = 8192) -> torch.Tensor:
+    """Mean of the given rows in (at least) float32, a block at a time: no full-size temporary copy."""
+    total = torch.zeros(matrix.shape[1], dtype=torch.promote_types(matrix.dtype, torch.float32),
+                        device=matrix.device)
+    for start in range(0, len(ids), block):
+        total += matrix[ids[start:start + block]].to(total.dtype).sum(dim=0)
+    return total / max(len(ids), 1)
 
 
 @dataclass
@@ -72,7 +84,10 @@ class Provenance:
 
 @dataclass
 class InitResult:
-    """Rows for ``ctx.new_ids``: embed (n_new, d), head (n_new, d) when untied, one provenance each."""
+    """Rows for ``ctx.new_ids``: embed (n_new, d), head (n_new, d) when untied, one provenance each.
+
+    float32, or the base matrices' dtype for a method with ``upcasts_rows`` (see InitContext).
+    """
 
     embed: torch.Tensor
     head: torch.Tensor | None

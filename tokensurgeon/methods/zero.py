@@ -13,9 +13,10 @@ class ZeroMethod:
     name: ClassVar[str] = "zero"
     summary: ClassVar[str] = "all-zero rows (a floor to compare against)"
     needs_donor_embeddings: ClassVar[bool] = False
+    upcasts_rows: ClassVar[bool] = True  # reads the matrices through base_mean (or not at all)
 
     def initialise(self, ctx: InitContext) -> InitResult:
         n_new, dim = len(ctx.new_ids), ctx.base_embed.shape[1]
-        embed = torch.zeros(n_new, dim, device=ctx.device)
-        head = torch.zeros(n_new, dim, device=ctx.device) if ctx.untied else None
+        embed = torch.zeros(n_new, dim, dtype=ctx.base_embed.dtype, device=ctx.device)
+        head = torch.zeros(n_new, dim, dtype=ctx.base_embed.dtype, device=ctx.device) if ctx.untied else None
         return InitResult(embed, head, [Provenance("zero") for _ in range(n_new)])

@@ -1,0 +1,118 @@
+"""OMP (Goddard & Fernandes Neto, arXiv 2506.06607): sparse codes found in the donor's space,
+replayed in the base's.
+
+The tokens both vocabularies share are anchors: each has a row in the donor embedding and one in
+the base embedding. A new donor token's donor row is approximated as a k-sparse combination of
+anchor donor rows (orthogonal matching pursuit); the same k coefficients on the same anchors'
+base rows give its base row. Untied models repeat this for the output head, from the donor's head
+when it has one.
+
+Tokens that are not valid UTF-8 on their own (a space plus the first byte of a Devanagari
+character, say) are built from their byte-level pieces instead: their donor rows are rarely
+trained, and a wrong row on such a token can carry much of a text's loss.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+
+from ..errors import MethodError
+from ..sparse_coding import omp_batches
+from .base import InitContext, InitResult, Provenance
+from .subword_mean import piece_means
+
+_REPLAY_CHUNK = 2048
+
+
+def is_partial_utf8(raw: bytes | None) -> bool:
+    if raw is None:
+        return False
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+class OMPMethod:
+    name: ClassVar[str] = "omp"
+    summary: ClassVar[str] = "k-sparse combination of shared anchors in the donor space, replayed in the base (OMP)"
+    needs_donor_embeddings: ClassVar[bool] = True
+    upcasts_rows: ClassVar[bool] = True  # only the anchors' base rows are upcast, never a whole matrix
+
+    def __init__(self, k: int = 64, normalize_atoms: bool = True, candidates: int | None = None,
+                 refresh: int = 8, refresh_pool: int = 64) -> None:
+        if int(k) < 1 or int(refresh) < 1 or int(refresh_pool) < 1:
+            raise MethodError(f"omp: k, refresh and refresh_pool must be at least 1, got {k}, {refresh}, {refresh_pool}")
+        self.k = int(k)
+        self.normalize_atoms = bool(normalize_atoms)
+        self.candidates = candidates
+        self.refresh, self.refresh_pool = int(refresh), int(refresh_pool)
+
+    def anchors(self, ctx: InitContext) -> tuple[list[int], list[int]]:
+        """Donor ids of ordinary shared tokens with a donor row, and their base ids."""
+        rows = ctx.donor_embed.shape[0]
+        donor_ids = [i for i, kind in enumerate(ctx.alignment.match) if kind in ("exact", "bytes") and i < rows]
+        return donor_ids, [ctx.alignment.source[i] for i in donor_ids]
+
+    def initialise(self, ctx: InitContext) -> InitResult:
+        anchor_donor, anchor_base = self.anchors(ctx)
+        if len(anchor_donor) < self.k:
+            raise MethodError(f"omp: only {len(anchor_donor)} shared tokens to use as anchors, fewer than k={self.k}")
+        new_ids = ctx.new_ids
+        by_pieces = [is_partial_utf8(ctx.donor_vocab.canonical[i]) and bool(ctx.alignment.decompositions.get(i))
+                     for i in new_ids]
+        solve = [row for row, flag in enumerate(by_pieces) if not flag]
+        targets = [new_ids[r] for r in solve]
+        embed_codes = self.solve(ctx, ctx.donor_embed, anchor_donor, targets)
+        embed = self.replay(ctx, ctx.base_embed, anchor_base, embed_codes, solve, by_pieces)
+        head = None
+        if ctx.untied:
+            head_codes = (embed_codes if ctx.donor_head is None
+                          else self.solve(ctx, ctx.donor_head, anchor_donor, targets))
+            head = self.replay(ctx, ctx.base_head, anchor_base, head_codes, solve, by_pieces)
+        return InitResult(embed, head, self.provenance(ctx, by_pieces, solve, embed_codes, anchor_base))
+
+    def replay(self, ctx: InitContext, base_matrix: torch.Tensor, anchor_base: list[int], codes,
+               solve: list[int], by_pieces: list[bool]) -> torch.Tensor:
+        """Apply the codes to the anchors' base rows; byte-piece tokens get their pieces' mean."""
+        rows = torch.empty(len(by_pieces), base_matrix.shape[1], device=base_matrix.device)
+        if solve:
+            atoms = base_matrix[anchor_base].float()  # (N, d_base)
+            indices, coefficients = codes.indices.to(atoms.device), codes.coefficients.to(atoms.device)
+            replayed = torch.empty(len(solve), base_matrix.shape[1], device=base_matrix.device)
+            for start in range(0, len(solve), _REPLAY_CHUNK):  # (chunk, k, d) gathers stay small
+                part = slice(start, start + _REPLAY_CHUNK)
+                replayed[part] = torch.einsum("bk,bkd->bd", coefficients[part], atoms[indices[part]])
+            rows[solve] = replayed
+        picked = [row for row, flag in enumerate(by_pieces) if flag]
+        if picked:
+            pieces = [ctx.alignment.decompositions[ctx.new_ids[row]] for row in picked]
+            rows[picked] = piece_means(base_matrix, pieces, ctx.base_mean(base_matrix)).float()
+        return rows
+
+    def solve(self, ctx: InitContext, donor_matrix: torch.Tensor, anchor_donor: list[int], target_ids: list[int]):
+        """OMP codes of the targets' donor rows over the anchors' donor rows."""
+        rows = donor_matrix.shape[0]
+        targets = donor_matrix[[i if i < rows else 0 for i in target_ids]]
+        missing = [j for j, i in enumerate(target_ids) if i >= rows]
+        targets[missing] = 0  # ids past the donor's rows have no donor embedding: no signal to match
+        k = min(self.k, donor_matrix.shape[1])  # more atoms than dimensions are linearly dependent
+        return omp_batches(targets, donor_matrix[anchor_donor], k, device=ctx.device,
+                           normalize_atoms=self.normalize_atoms, candidates=self.candidates,
+                           refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress)
+
+    def provenance(self, ctx: InitContext, by_pieces: list[bool], solve: list[int], codes,
+                   anchor_base: list[int]) -> list[Provenance]:
+        result: list[Provenance] = [None] * len(by_pieces)  # type: ignore[list-item]
+        for row, flag in enumerate(by_pieces):
+            if flag:
+                pieces = list(ctx.alignment.decompositions[ctx.new_ids[row]])
+                result[row] = Provenance("bytes-subword-mean", pieces, [1.0 / len(pieces)] * len(pieces))
+        if solve:
+            indices, coefficients = codes.indices.tolist(), codes.coefficients.tolist()
+            for position, row in enumerate(solve):
+                result[row] = Provenance("omp", [anchor_base[a] for a in indices[position]], coefficients[position])
+        return result
