@@ -196,11 +196,25 @@ def test_cli_exit_codes(tiny_models, tmp_path):
     assert forced.exit_code == 0
 
 
+def assemble_matrix(base_matrix: torch.Tensor, pair, new_rows: torch.Tensor,
+                    pad_row: torch.Tensor) -> torch.Tensor:
+    """(n_rows, d) in the base dtype: copied rows bit-exact, new rows computed, padding rows the mean."""
+    alignment = pair.alignment
+    out = torch.empty(alignment.n_rows, base_matrix.shape[1], dtype=base_matrix.dtype)
+    copied = alignment.copied_ids
+    out[copied] = base_matrix[[alignment.source[i] for i in copied]]
+    if alignment.new_ids:
+        out[alignment.new_ids] = new_rows.to(device="cpu", dtype=base_matrix.dtype)
+    padding = [i for i, kind in enumerate(alignment.match) if kind == "padding"]
+    out[padding] = pad_row.to(device="cpu", dtype=base_matrix.dtype)
+    return out
+
+
 def test_assembled_matrix_rows_equal_assemble_matrix(tiny_models):
     """transplant writes the patched matrix block by block; the rows are assemble_matrix's, bit for bit."""
     from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
     from tokensurgeon.pair import load_pair
-    from tokensurgeon.transplant import AssembledMatrix, assemble_matrix, tensor_sha256
+    from tokensurgeon.transplant import AssembledMatrix, tensor_sha256
 
     base = open_checkpoint(tiny_models["untied"])
     embed, _ = read_embeddings(base)

@@ -50,26 +50,13 @@ def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickl
         raise
 
 
-def assemble_matrix(base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: torch.Tensor,
-                    pad_row: torch.Tensor) -> torch.Tensor:
-    """(n_rows, d) in the base dtype: copied rows bit-exact, new rows computed, padding rows the mean."""
-    alignment = pair.alignment
-    out = torch.empty(alignment.n_rows, base_matrix.shape[1], dtype=base_matrix.dtype)
-    copied = alignment.copied_ids
-    out[copied] = base_matrix[[alignment.source[i] for i in copied]]
-    if alignment.new_ids:
-        out[alignment.new_ids] = new_rows.to(device="cpu", dtype=base_matrix.dtype)
-    padding = [i for i, kind in enumerate(alignment.match) if kind == "padding"]
-    out[padding] = pad_row.to(device="cpu", dtype=base_matrix.dtype)
-    return out
-
-
 class AssembledMatrix:
-    """The patched (n_rows, d) matrix of assemble_matrix, built a block of rows at a time on demand.
+    """The patched (n_rows, d) matrix, built a block of rows at a time on demand: copied rows bit-exact
+    from the base, new rows from the method, padding rows the mean.
 
     Writing and hashing read it by row slices (``matrix[a:b]``), so the whole output never exists
     in memory: a transplant holds the base matrices and the new rows (in the base dtype), no more.
-    Rows are bit for bit those of assemble_matrix.
+    tests/test_export.py checks the rows against a whole-matrix reference.
     """
 
     def __init__(self, base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: torch.Tensor | None,
