@@ -63,7 +63,7 @@ def test_dtype_round_trip(tiny_models, tmp_path):
 
 def test_cast_in_small_blocks(tiny_models, tmp_path, monkeypatch):
     """Casting streams in blocks: a block size that splits tensors anywhere changes nothing."""
-    monkeypatch.setattr(checkpoint_module, "_COPY_CHUNK", 1000)
+    monkeypatch.setattr(checkpoint_module, "COPY_CHUNK", 1000)
     run(tiny_models["tied"], tmp_path / "fp16", dtype="fp16")
     original, half = tensors_of(tiny_models["tied"]), tensors_of(tmp_path / "fp16")
     assert all(torch.equal(half[name], tensor.to(torch.float16)) for name, tensor in original.items())

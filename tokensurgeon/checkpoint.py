@@ -11,7 +11,6 @@ The embedding tensor names come from the model class itself, built on the meta d
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import struct
 from dataclasses import dataclass
@@ -27,12 +26,12 @@ INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 PICKLE_NAMES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt")
 PICKLE_SINGLE, PICKLE_INDEX = "pytorch_model.bin", "pytorch_model.bin.index.json"
-_COPY_CHUNK = 64 * 1024 * 1024
+COPY_CHUNK = 64 * 1024 * 1024
 DTYPE_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1,
                "BOOL": 1, "F8_E4M3": 1, "F8_E5M2": 1, "U16": 2, "U32": 4, "U64": 8}
 TORCH_TO_SAFETENSORS = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64"}
 SAFETENSORS_TO_TORCH = {name: dtype for dtype, name in TORCH_TO_SAFETENSORS.items()}
-_ANY_TORCH_TO_SAFETENSORS = TORCH_TO_SAFETENSORS | {
+ANY_TORCH_TO_SAFETENSORS = TORCH_TO_SAFETENSORS | {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8",
     torch.bool: "BOOL", torch.float8_e4m3fn: "F8_E4M3", torch.float8_e5m2: "F8_E5M2"}
 
@@ -89,7 +88,7 @@ def read_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     try:
         header = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{file}: corrupt safetensors header ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{file}: corrupt safetensors header ({first_line(exc)})") from exc
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
@@ -118,7 +117,7 @@ def read_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
     return tensors, metadata
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
@@ -129,7 +128,7 @@ def _index_shards(path: Path, index_file: Path) -> tuple[Path, ...]:
         names = sorted(set(weight_map.values()))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError, KeyError, TypeError,
             AttributeError) as exc:
-        raise CheckpointError(f"{index_file}: unreadable index ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{index_file}: unreadable index ({first_line(exc)})") from exc
     for name in names:
         if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
             raise CheckpointError(f"{index_file}: shard name {name!r} is not a file name in {path}")
@@ -166,47 +165,6 @@ def _weight_files(path: Path, *, allow_pickle: bool = False) -> tuple[tuple[Path
                               "Convert them (model.save_pretrained(dir) in transformers writes safetensors), "
                               "or pass --allow-pickle to read pytorch_model*.bin with torch's weights-only loader")
     raise CheckpointError(f"{path}: no model.safetensors or {INDEX_NAME}")
-
-
-def _load_pickle(file: Path) -> dict[str, torch.Tensor]:
-    """A pytorch_model*.bin state dict through torch's weights-only unpickler (no code runs), memory-mapped."""
-    try:
-        try:
-            state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as exc:
-            if "mmap" not in str(exc):
-                raise
-            state = torch.load(file, map_location="cpu", weights_only=True)  # legacy (non-zip) format
-    except Exception as exc:  # the unpickler raises many types; all mean "not a plain tensor state dict"
-        found = re.search(r"(?:unsupported GLOBAL|Unsupported global: GLOBAL) (\S+)", str(exc), re.IGNORECASE)
-        reason = (f"it refers to {found.group(1)}, which is not a tensor type; refused, nothing was run" if found
-                  else "it holds more than plain tensors; refused, nothing was run"
-                  if "Weights only load failed" in str(exc) else _first_line(exc))
-        raise CheckpointError(f"{file}: cannot read as a weights-only pickle ({reason})") from exc
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                              for k, v in state.items()):
-        raise CheckpointError(f"{file}: not a state dict of named tensors")
-    return state
-
-
-def _pickle_layout(file: Path) -> dict[str, TensorInfo]:
-    layout, offset = {}, 0
-    for name, tensor in _load_pickle(file).items():
-        if tensor.dtype not in _ANY_TORCH_TO_SAFETENSORS:
-            raise CheckpointError(f"{file}: tensor {name!r} has dtype {tensor.dtype}, which safetensors cannot hold")
-        size = tensor.numel() * tensor.element_size()
-        layout[name] = TensorInfo(name, file, _ANY_TORCH_TO_SAFETENSORS[tensor.dtype], tuple(tensor.shape),
-                                  offset, offset + size)
-        offset += size
-    return layout
-
-
-def safetensors_name(file: Path) -> str:
-    """pytorch_model-00001-of-00002.bin -> model-00001-of-00002.safetensors (pickle inputs are written as safetensors)."""
-    if file.suffix != ".bin":
-        return file.name
-    return "model" + file.stem[len("pytorch_model"):] + ".safetensors" if file.stem.startswith("pytorch_model") \
-        else file.stem + ".safetensors"
 
 
 def find_embedding_names(path: Path, *, trust_remote_code: bool = False) -> tuple[list[str], list[str], bool]:
@@ -263,7 +221,7 @@ def read_config(path: Path, *, trust_remote_code: bool = False) -> dict:
     except OSError as exc:
         raise CheckpointError(f"{config_file}: cannot read ({exc.strerror or exc})") from exc
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{config_file}: not valid JSON ({first_line(exc)})") from exc
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_file}: not a JSON object")
     if config.get("auto_map") and not trust_remote_code and not _natively_supported(config):
@@ -296,7 +254,9 @@ def open_checkpoint(path: Path, *, trust_remote_code: bool = False, allow_pickle
     metadata: dict[Path, dict[str, str]] = {}
     for file in files:
         if fmt == "pickle":
-            file_tensors, metadata[file] = _pickle_layout(file), {"format": "pt"}
+            from .pickle_weights import pickle_layout  # only with --allow-pickle
+
+            file_tensors, metadata[file] = pickle_layout(file), {"format": "pt"}
         else:
             file_tensors, metadata[file] = read_header(file)
         tensors.update(file_tensors)
@@ -304,7 +264,7 @@ def open_checkpoint(path: Path, *, trust_remote_code: bool = False, allow_pickle
         input_names, output_names, tied, hidden = _embedding_layout(path, trust_remote_code)
     except Exception as exc:  # config.json drives transformers' code: any failure there is a bad config
         raise CheckpointError(f"{config_file}: transformers cannot build this architecture "
-                              f"({_first_line(exc)})") from exc
+                              f"({first_line(exc)})") from exc
     input_name = _resolve(input_names, tensors)
     if input_name is None:
         raise CheckpointError(f"{path}: input embedding tensor ({input_names[0]}) not found in the weights")
@@ -337,14 +297,16 @@ def _check_embedding_layout(path: Path, embed: TensorInfo, head: TensorInfo | No
 def read_tensor(info: TensorInfo) -> torch.Tensor:
     """Materialise one tensor (and only that one) from its shard."""
     if info.file.suffix == ".bin":
-        return _load_pickle(info.file)[info.name].clone()  # clone: detach from the memory map
+        from .pickle_weights import load_pickle
+
+        return load_pickle(info.file)[info.name].clone()  # clone: detach from the memory map
     try:
         with safe_open(info.file, framework="pt") as handle:
             return handle.get_tensor(info.name)
     except Exception as exc:  # safetensors' own checks (overlapping offsets...) beyond read_header's
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise
-        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({_first_line(exc)})") from exc
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({first_line(exc)})") from exc
 
 
 def read_embeddings(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -384,7 +346,7 @@ def _copy_range(src, dst, start: int, end: int) -> None:
     src.seek(start)
     remaining = end - start
     while remaining:
-        block = src.read(min(_COPY_CHUNK, remaining))
+        block = src.read(min(COPY_CHUNK, remaining))
         if not block:
             raise CheckpointError(f"{src.name}: file ended while copying")
         dst.write(block)
@@ -429,7 +391,9 @@ def write_weights(checkpoint: Checkpoint, out_dir: Path, replacements: dict[str,
     Replacement tensors must already have the dtype they should be stored in.
     """
     if checkpoint.format == "pickle":
-        _write_pickle_weights(checkpoint, out_dir, replacements, progress)
+        from .pickle_weights import write_pickle_weights
+
+        write_pickle_weights(checkpoint, out_dir, replacements, progress)
         return
     total_bytes = 0
     for done, file in enumerate(checkpoint.files, start=1):
@@ -445,44 +409,6 @@ def write_weights(checkpoint: Checkpoint, out_dir: Path, replacements: dict[str,
     if index_file.exists():
         index = json.loads(index_file.read_text())
         index.setdefault("metadata", {})["total_size"] = total_bytes
-        (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
-
-
-def _write_tensors(target: Path, tensors: list[tuple[str, torch.Tensor]], metadata: dict[str, str]) -> int:
-    """Write named tensors as one safetensors file, streaming each tensor's bytes; returns data bytes."""
-    header: dict[str, object] = {"__metadata__": metadata} if metadata else {}
-    offset = 0
-    for name, tensor in tensors:
-        size = tensor.numel() * tensor.element_size()
-        header[name] = {"dtype": _ANY_TORCH_TO_SAFETENSORS[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + size]}
-        offset += size
-    encoded = json.dumps(header, separators=(",", ":")).encode()
-    encoded += b" " * (-len(encoded) % 8)
-    with open(target, "wb") as dst:
-        dst.write(struct.pack("<Q", len(encoded)) + encoded)
-        for _name, tensor in tensors:
-            flat = tensor.contiguous().reshape(-1).view(torch.uint8)
-            for start in range(0, flat.numel(), _COPY_CHUNK):
-                dst.write(flat[start:start + _COPY_CHUNK].numpy().tobytes())
-    return offset
-
-
-def _write_pickle_weights(checkpoint: Checkpoint, out_dir: Path, replacements: dict[str, torch.Tensor],
-                          progress: Callable[[int, int], None] | None) -> None:
-    """Pickle (--allow-pickle) inputs: each pytorch_model*.bin shard is written as a safetensors shard."""
-    total_bytes, weight_map = 0, {}
-    for done, file in enumerate(checkpoint.files, start=1):
-        state = _load_pickle(file)
-        name = safetensors_name(file)
-        tensors = [(key, replacements.get(key, tensor)) for key, tensor in state.items()]
-        total_bytes += _write_tensors(out_dir / name, tensors, {"format": "pt"})
-        weight_map |= {key: name for key, _ in tensors}
-        del state
-        if progress:
-            progress(done, len(checkpoint.files))
-    if len(checkpoint.files) > 1 or (checkpoint.path / PICKLE_INDEX).is_file():
-        index = {"metadata": {"total_size": total_bytes}, "weight_map": dict(sorted(weight_map.items()))}
         (out_dir / INDEX_NAME).write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
@@ -524,7 +450,7 @@ def _cast_range(src, dst, info: TensorInfo, dtype: str) -> None:
     """Copy one floating tensor's bytes converted to another dtype, a block of elements at a time."""
     source_dtype, target_dtype = SAFETENSORS_TO_TORCH[info.dtype], SAFETENSORS_TO_TORCH[dtype]
     item = DTYPE_SIZES[info.dtype]
-    block = bytearray(_COPY_CHUNK // max(item, DTYPE_SIZES[dtype]) * item)
+    block = bytearray(COPY_CHUNK // max(item, DTYPE_SIZES[dtype]) * item)
     view = memoryview(block)
     src.seek(info.start)
     remaining = info.end - info.start

@@ -23,7 +23,7 @@ from .alignment import COPIED
 from .checkpoint import (Checkpoint, CheckpointError, nonfinite_summary, open_checkpoint, read_embeddings,
                          write_weights)
 from .devices import resolve_device
-from .errors import MethodError, TokenSurgeonError
+from .errors import MethodError
 from .config import TransplantConfig
 from .methods import InitContext, InitResult, Provenance, get_init_method
 from .methods.base import mean_rows

