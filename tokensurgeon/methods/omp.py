@@ -42,7 +42,7 @@ class OMPMethod:
     needs_donor_embeddings: ClassVar[bool] = True
     upcasts_rows: ClassVar[bool] = True  # only the anchors' base rows are upcast, never a whole matrix
 
-    def __init__(self, k: int = 64, normalize_atoms: bool = True, candidates: int | None = None,
+    def __init__(self, k: int = 64, normalize_atoms: bool = False, candidates: int | None = None,
                  refresh: int = 8, refresh_pool: int = 64) -> None:
         if int(k) < 1 or int(refresh) < 1 or int(refresh_pool) < 1:
             raise MethodError(f"omp: k, refresh and refresh_pool must be at least 1, got {k}, {refresh}, {refresh_pool}")
