@@ -12,12 +12,14 @@ import contextlib
 import errno
 import hashlib
 import json
+import shutil
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -831,70 +833,55 @@ def fuzz_dirs(small, tmp_path_factory):
     return {"root": root, "model": model, "tokenizer": tokenizer}
 
 
+@contextlib.contextmanager
+def damaged(file: Path, backup: Path, damage) -> Iterator[None]:
+    """Replace ``file`` by a damaged copy of its pristine bytes for the block, then restore it."""
+    if not backup.exists():
+        backup.write_bytes(file.read_bytes())
+    pristine = backup.read_bytes()
+    file.write_bytes(damage(pristine))
+    try:
+        yield
+    finally:
+        file.write_bytes(pristine)
+
+
+def run_fuzz_case(out: Path | None, label: str, *args) -> None:
+    try:
+        with no_hang():
+            result = invoke(*args)
+        check_cli_outcome(result, out, label)
+    finally:
+        if out is not None and out.exists():
+            shutil.rmtree(out)
+
+
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_safetensors_header_through_transplant(fuzz_dirs, data):
-    weights = fuzz_dirs["model"] / "model.safetensors"
-    original = (fuzz_dirs["root"] / "original.safetensors")
-    if not original.exists():
-        original.write_bytes(weights.read_bytes())
-    pristine = original.read_bytes()
-    weights.write_bytes(damage_safetensors(data.draw, pristine))
     out = fuzz_dirs["root"] / "out"
-    try:
-        with no_hang():
-            result = invoke("transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"], "-o", out, "--json")
-        check_cli_outcome(result, out, "safetensors/transplant")
-    finally:
-        weights.write_bytes(pristine)
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+    with damaged(fuzz_dirs["model"] / "model.safetensors", fuzz_dirs["root"] / "original.safetensors",
+                 lambda raw: damage_safetensors(data.draw, raw)):
+        run_fuzz_case(out, "safetensors/transplant", "transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"],
+                      "-o", out, "--json")
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data(), st.sampled_from(["inspect", "transplant"]))
 def test_fuzz_tokenizer_json_through_inspect_and_transplant(fuzz_dirs, data, command):
-    tokenizer_file = fuzz_dirs["tokenizer"] / "tokenizer.json"
-    original = fuzz_dirs["root"] / "original-tokenizer.json"
-    if not original.exists():
-        original.write_bytes(tokenizer_file.read_bytes())
-    pristine = original.read_bytes()
-    tokenizer_file.write_bytes(damage_json_file(data.draw, pristine))
     out = fuzz_dirs["root"] / "out" if command == "transplant" else None
-    try:
-        with no_hang():
-            if command == "inspect":
-                result = invoke("inspect", fuzz_dirs["tokenizer"], fuzz_dirs["model"], "--json")
-            else:
-                result = invoke("transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"], "-o", out, "--json")
-        check_cli_outcome(result, out, f"tokenizer.json/{command}")
-    finally:
-        tokenizer_file.write_bytes(pristine)
-        if out is not None and out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+    args = (("inspect", fuzz_dirs["tokenizer"], fuzz_dirs["model"], "--json") if command == "inspect"
+            else ("transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"], "-o", out, "--json"))
+    with damaged(fuzz_dirs["tokenizer"] / "tokenizer.json", fuzz_dirs["root"] / "original-tokenizer.json",
+                 lambda raw: damage_json_file(data.draw, raw)):
+        run_fuzz_case(out, f"tokenizer.json/{command}", *args)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.data())
 def test_fuzz_config_json_through_transplant(fuzz_dirs, data):
-    config_file = fuzz_dirs["model"] / "config.json"
-    original = fuzz_dirs["root"] / "original-config.json"
-    if not original.exists():
-        original.write_bytes(config_file.read_bytes())
-    pristine = original.read_bytes()
-    config_file.write_bytes(damage_json_file(data.draw, pristine))
     out = fuzz_dirs["root"] / "out"
-    try:
-        with no_hang():
-            result = invoke("transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"], "-o", out, "--json")
-        check_cli_outcome(result, out, "config.json/transplant")
-    finally:
-        config_file.write_bytes(pristine)
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
+    with damaged(fuzz_dirs["model"] / "config.json", fuzz_dirs["root"] / "original-config.json",
+                 lambda raw: damage_json_file(data.draw, raw)):
+        run_fuzz_case(out, "config.json/transplant", "transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"],
+                      "-o", out, "--json")
