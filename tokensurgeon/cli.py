@@ -81,6 +81,16 @@ def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
+def _show(result: Any, *, as_json: bool, view: str, payload: Any = None) -> None:
+    """Print a result as one JSON document for scripts, or through its rich view in render.py."""
+    if as_json:
+        _print_json(result.to_dict() if payload is None else payload)
+        return
+    from . import render
+
+    getattr(render, view)(console, result)
+
+
 def _read_texts(paths: list[Path]) -> dict[str, str]:
     texts = {}
     for path in paths:
@@ -113,12 +123,7 @@ def inspect(
         report = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
                                     pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
                                     n_samples=samples)
-    if as_json:
-        _print_json(report.to_dict())
-        return
-    from .render import print_overlap
-
-    print_overlap(console, report)
+    _show(report, as_json=as_json, view="print_overlap")
 
 
 @app.command()
@@ -159,12 +164,7 @@ def transplant(
                                   allow_nonfinite=allow_nonfinite)
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
             report = run_transplant(config, progress)
-    if as_json:
-        _print_json(report.to_dict())
-        return
-    from .render import print_transplant
-
-    print_transplant(console, report)
+    _show(report, as_json=as_json, view="print_transplant")
 
 
 @app.command()
@@ -195,12 +195,7 @@ def evaluate(
                                       stride=config.stride, batch_size=config.batch_size,
                                       max_bytes=config.max_bytes, progress=progress,
                                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
-    if as_json:
-        _print_json([result.to_dict() for result in results])
-        return
-    from .render import print_scores
-
-    print_scores(console, results)
+    _show(results, as_json=as_json, view="print_scores", payload=[result.to_dict() for result in results])
 
 
 @app.command()
@@ -228,12 +223,7 @@ def export(
                               embeddings_only=embeddings_only, apply_to=apply_to, link=link, force=force)
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
             result = run_export(config, progress)
-    if as_json:
-        _print_json(result.to_dict())
-        return
-    from .render import print_export
-
-    print_export(console, result)
+    _show(result, as_json=as_json, view="print_export")
 
 
 def _parse_options(pairs: list[str]) -> dict[str, Any]:

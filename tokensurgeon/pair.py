@@ -19,16 +19,20 @@ class TokenizerPair:
     alignment: Alignment
 
 
-def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, trust_remote_code: bool = False) -> TokenizerPair:
+def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, pad_to_multiple: int = 1,
+              trust_remote_code: bool = False) -> TokenizerPair:
     """Load both tokenizers, align donor to base, and decompose the donor's new tokens.
 
     Args:
         n_rows: rows of the patched embedding (the donor model's padded row count, if any).
+        pad_to_multiple: round the row count (at least the donor tokenizer's size) up to a multiple.
         trust_remote_code: let transformers run tokenizer code shipped with either directory.
     """
     base_tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
     donor_tokenizer = load_tokenizer(donor, trust_remote_code=trust_remote_code)
     base_vocab, donor_vocab = build_vocabulary(base_tokenizer), build_vocabulary(donor_tokenizer)
-    alignment = align_vocabularies(base_vocab, donor_vocab, n_rows=n_rows)
+    rows = max(n_rows or 0, donor_vocab.size)
+    rows = -(-rows // pad_to_multiple) * pad_to_multiple
+    alignment = align_vocabularies(base_vocab, donor_vocab, n_rows=rows)
     alignment = with_decompositions(alignment, base_vocab, donor_vocab, base_tokenizer)
     return TokenizerPair(base_tokenizer, donor_tokenizer, base_vocab, donor_vocab, alignment)

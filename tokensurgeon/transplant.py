@@ -220,10 +220,9 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
     base = open_checkpoint(config.base, trust_remote_code=trust, allow_pickle=pickle)
     donor_model = open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle)
     rows = donor_model.vocab_rows if donor_model is not None else 0
-    pair = load_pair(config.base, config.donor, n_rows=rows, trust_remote_code=trust)
-    n_rows = -(-pair.alignment.n_rows // config.pad_to_multiple) * config.pad_to_multiple
-    if n_rows != pair.alignment.n_rows:
-        pair = load_pair(config.base, config.donor, n_rows=n_rows, trust_remote_code=trust)
+    pair = load_pair(config.base, config.donor, n_rows=rows, pad_to_multiple=config.pad_to_multiple,
+                     trust_remote_code=trust)
+    n_rows = pair.alignment.n_rows
     check_base_rows(pair, base.vocab_rows, config.base)
     lap("align")
 
@@ -252,9 +251,10 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
     with atomic_directory(config.out) as staging:
         write_weights(base, staging, replacements,
                       progress=(lambda done, total: progress("write", done, total)) if progress else None)
-        config_out = patch_config(base.config, n_rows, donor_token_ids(pair, donor_model))
+        token_ids = donor_token_ids(pair, donor_model)
+        config_out = patch_config(base.config, n_rows, token_ids)
         (staging / "config.json").write_text(json.dumps(config_out, indent=2, sort_keys=True) + "\n")
-        write_generation_config(base.path, staging, donor_token_ids(pair, donor_model))
+        write_generation_config(base.path, staging, token_ids)
         if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
             for code in sorted(Path(config.base).glob("*.py")):
                 shutil.copyfile(code, staging / code.name)
