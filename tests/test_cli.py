@@ -45,8 +45,8 @@ def test_inspect_tables():
 
 @pytest.mark.parametrize("args, message", [
     (["inspect", "/nonexistent/base", str(TOKENIZERS / "gpt2")], "not a directory"),
-    (["transplant", str(TOKENIZERS / "gpt2"), str(TOKENIZERS / "llama3"), "-o", "/tmp/x"], "no config.json"),
-    (["transplant", str(TOKENIZERS / "gpt2"), str(TOKENIZERS / "llama3"), "-o", "/tmp/x", "--option", "k"],
+    (["transplant", str(TOKENIZERS / "gpt2"), str(TOKENIZERS / "llama3"), "-o", "/nonexistent/out"], "no config.json"),
+    (["transplant", str(TOKENIZERS / "gpt2"), str(TOKENIZERS / "llama3"), "-o", "/nonexistent/out", "--option", "k"],
      "KEY=VALUE"),
 ])
 def test_user_errors_are_one_line_exit_2(args, message):

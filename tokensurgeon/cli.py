@@ -138,6 +138,8 @@ def transplant(
     chat_template: str = typer.Option(TransplantConfig.chat_template, help="Chat template to keep: donor or base."),
     pad_to_multiple: int = typer.Option(TransplantConfig.pad_to_multiple, help="Pad the embedding rows up to a multiple of this."),
     eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text", help="Text for bits-per-byte before/after."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus",
+                                                help="Text a method learns from (focus, tokenadapt, hypernet; repeatable)."),
     eval_max_bytes: Optional[int] = typer.Option(None, help="Evaluate at most this many bytes of each text."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -161,7 +163,7 @@ def transplant(
                                   chat_template=chat_template, pad_to_multiple=pad_to_multiple,
                                   eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force,
                                   trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                  allow_nonfinite=allow_nonfinite)
+                                  allow_nonfinite=allow_nonfinite, corpus=tuple(corpus or []))
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
             report = run_transplant(config, progress)
     _show(report, as_json=as_json, view="print_transplant")

@@ -26,6 +26,7 @@ class TransplantConfig:
         trust_remote_code: let transformers run model/tokenizer code shipped with BASE or DONOR.
         allow_pickle: read pytorch_model*.bin weights (weights-only unpickler) when there are no safetensors.
         allow_nonfinite: go on when an embedding holds NaN or inf (refused by default).
+        corpus: text files for methods that learn from text (focus, tokenadapt, hypernet).
     """
 
     base: Path
@@ -43,6 +44,7 @@ class TransplantConfig:
     trust_remote_code: bool = False
     allow_pickle: bool = False
     allow_nonfinite: bool = False
+    corpus: tuple[Path, ...] = ()
 
     def __post_init__(self) -> None:
         if self.chat_template not in ("donor", "base"):
@@ -54,6 +56,9 @@ class TransplantConfig:
         for text in self.eval_texts:
             if not Path(text).is_file():
                 raise TokenSurgeonError(f"evaluation text {text} does not exist")
+        for text in self.corpus:
+            if not Path(text).is_file():
+                raise TokenSurgeonError(f"corpus file {text} does not exist")
 
 
 @dataclass(frozen=True)

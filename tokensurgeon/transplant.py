@@ -181,7 +181,9 @@ def run_method(config: TransplantConfig, pair: TokenizerPair, donor_model: Check
     working = (lambda m: m.to(device)) if getattr(method, "upcasts_rows", False) else (lambda m: m.float().to(device))
     ctx = InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, working(base_embed),
                       working(base_head) if base_head is not None else None, donor_embed, donor_head,
-                      device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None)
+                      device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None,
+                      base_tokenizer=pair.base_tokenizer, donor_tokenizer=pair.donor_tokenizer,
+                      base_path=Path(config.base), corpus=tuple(Path(p) for p in config.corpus))
     return method.initialise(ctx)
 
 

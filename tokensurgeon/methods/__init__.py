@@ -1,21 +1,32 @@
-"""Registry of initialisation methods: one file per method, one line here per file."""
+"""Registry of initialisation methods: every module in this package that defines a class with a
+``name`` and an ``initialise`` is a method, so a new method is one new file and nothing else."""
 
 from __future__ import annotations
 
+import importlib
+import inspect
+import pkgutil
 from typing import Any
 
 from ..config import DEFAULT_METHOD
 from ..errors import MethodError
 from .base import InitContext, InitMethod, InitResult, Provenance
-from .hewitt import HewittMethod
-from .mean import MeanMethod
-from .omp import OMPMethod
-from .subword_mean import SubwordMeanMethod
-from .zero import ZeroMethod
 
-INIT_METHODS: dict[str, type] = {
-    cls.name: cls for cls in (SubwordMeanMethod, OMPMethod, MeanMethod, HewittMethod, ZeroMethod)
-}
+
+def _discover() -> dict[str, type]:
+    found: dict[str, type] = {}
+    for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
+        if module_info.name == "base" or module_info.name.startswith("_"):
+            continue
+        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == module.__name__ and isinstance(getattr(cls, "name", None), str) \
+                    and callable(getattr(cls, "initialise", None)):
+                found[cls.name] = cls
+    return found
+
+
+INIT_METHODS: dict[str, type] = _discover()
 
 __all__ = ["INIT_METHODS", "DEFAULT_METHOD", "InitContext", "InitMethod", "InitResult", "Provenance",
            "get_init_method", "list_init_methods"]

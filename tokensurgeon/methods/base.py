@@ -9,7 +9,8 @@ padding, dtype and writing are the caller's job, so every method gets them right
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, ClassVar, Protocol
+from pathlib import Path
+from typing import Any, Callable, ClassVar, Protocol
 
 import torch
 
@@ -29,7 +30,9 @@ class InitContext:
         base_head: (V_base, d) the base output head when untied, else None.
         donor_embed: (V_donor, d_donor) the donor model's input embeddings, when the donor is a model.
         donor_head: (V_donor, d_donor) the donor's untied output head, when it has one.
-        options: method parameters (e.g. {"k": 64}), already validated by the method.
+        base_tokenizer, donor_tokenizer: the loaded tokenizers (methods that re-tokenize text or tokens).
+        base_path: the base checkpoint directory (methods that run or train against the base model).
+        corpus: the user's text files (--corpus), for methods that learn from text.
     """
 
     alignment: Alignment
@@ -42,6 +45,10 @@ class InitContext:
     device: torch.device
     seed: int = 0
     progress: Callable[[int, int], None] | None = None
+    base_tokenizer: Any = None
+    donor_tokenizer: Any = None
+    base_path: Path | None = None
+    corpus: tuple[Path, ...] = ()
 
     @property
     def new_ids(self) -> list[int]:
