@@ -17,7 +17,7 @@ def test_version():
     assert result.exit_code == 0 and __version__ in result.output
 
 
-@pytest.mark.parametrize("command", ["inspect", "transplant"])
+@pytest.mark.parametrize("command", ["inspect", "transplant", "compare"])
 def test_help_has_examples(command):
     result = runner.invoke(app, [command, "--help"])
     assert result.exit_code == 0 and "Example" in result.output

@@ -29,11 +29,20 @@ def test_default_method_is_registered():
     assert DEFAULT_METHOD in INIT_METHODS
 
 
+@pytest.fixture(scope="module")
+def required_options(tmp_path_factory):
+    """Options a method cannot run without (wechsel: aligned word vectors, here a tiny file), or would run long
+    without (hypernet: a short warm-up instead of the default)."""
+    vectors = tmp_path_factory.mktemp("wechsel") / "aligned.vec"
+    vectors.write_text("mundo 0 1 0\nworld 0 1 0.1\nthe 0 0 1\n")
+    return lambda name: {"wechsel": {"vectors": str(vectors)}, "hypernet": {"steps": 20}}.get(name, {})
+
+
 @pytest.mark.parametrize("name", list_init_methods())
 @pytest.mark.parametrize("untied", [False, True])
-def test_every_method_gives_finite_rows_of_the_right_shape(context_factory, name, untied):
+def test_every_method_gives_finite_rows_of_the_right_shape(context_factory, required_options, name, untied):
     ctx = context_factory(untied)
-    result = get_init_method(name).initialise(ctx)
+    result = get_init_method(name, **required_options(name)).initialise(ctx)
     n_new = len(ctx.new_ids)
     assert result.embed.shape == (n_new, 16) and result.embed.dtype == torch.float32
     assert torch.isfinite(result.embed).all()
@@ -71,9 +80,9 @@ def test_unknown_method_and_option():
 
 
 @pytest.mark.parametrize("name", [n for n in list_init_methods() if getattr(INIT_METHODS[n], "upcasts_rows", False)])
-def test_methods_that_upcast_accept_bf16_matrices(context_factory, name):
+def test_methods_that_upcast_accept_bf16_matrices(context_factory, required_options, name):
     """transplant hands such methods the checkpoint's bf16 matrices as they are (no float32 copy)."""
     ctx = context_factory(True, torch.bfloat16)
-    result = get_init_method(name, **({"k": 8} if name == "omp" else {})).initialise(ctx)
+    result = get_init_method(name, **({"k": 8} if name == "omp" else required_options(name))).initialise(ctx)
     assert result.embed.shape == result.head.shape == (len(ctx.new_ids), 16)
     assert torch.isfinite(result.embed.float()).all() and torch.isfinite(result.head.float()).all()

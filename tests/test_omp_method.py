@@ -63,6 +63,24 @@ def test_refreshed_omp_recovers_nearly_all(pair):
     assert len(prov.sources) == 8 and len(prov.weights) == 8
 
 
+def test_badly_explained_tokens_get_their_pieces_mean(pair):
+    """Half of the new tokens get donor rows no anchor mix explains (fresh noise): those with base
+    pieces take the subword-mean path; the sparse mixes keep their OMP rows."""
+    ctx, _ = sparse_world(pair, False)
+    noisy = ctx.new_ids[::2]
+    ctx.donor_embed[noisy] = torch.randn(len(noisy), 256, generator=torch.Generator().manual_seed(1))
+    result = get_init_method("omp", k=8, refresh=1).initialise(ctx)
+    fallback = [row for row, prov in enumerate(result.provenance) if prov.path == "omp-residual-subword-mean"]
+    assert {ctx.new_ids[row] for row in fallback} <= set(noisy)
+    assert len(fallback) > 0.9 * sum(bool(ctx.alignment.decompositions.get(i)) for i in noisy)
+    for row in fallback[:50]:
+        prov = result.provenance[row]
+        assert prov.residual > 0.5
+        torch.testing.assert_close(result.embed[row], ctx.base_embed[prov.sources].mean(dim=0))
+    relaxed = get_init_method("omp", k=8, refresh=1, max_residual=10.0).initialise(ctx)
+    assert not any(prov.path == "omp-residual-subword-mean" for prov in relaxed.provenance)
+
+
 def test_partial_utf8_detection():
     assert is_partial_utf8(" \xe0".encode("latin-1"))
     assert not is_partial_utf8(" à".encode())
@@ -72,3 +90,5 @@ def test_partial_utf8_detection():
 def test_omp_options_are_validated():
     with pytest.raises(MethodError, match="at least 1"):
         get_init_method("omp", k=0)
+    with pytest.raises(MethodError, match="max_residual"):
+        get_init_method("omp", max_residual=0)

@@ -10,7 +10,7 @@ from conftest import TOKENIZERS
 from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
 from tokensurgeon.config import TransplantConfig
 from tokensurgeon.errors import MethodError, TokenSurgeonError
-from tokensurgeon.transplant import transplant
+from tokensurgeon.transplant import patch_config, transplant
 
 
 def weights(path):
@@ -21,7 +21,8 @@ def weights(path):
 
 
 def provenance(path):
-    return [json.loads(line) for line in (path / "provenance.jsonl").read_text().splitlines()]
+    # "\n" only: token strings may hold U+2028 or U+0085, which splitlines() would split on too
+    return [json.loads(line) for line in (path / "provenance.jsonl").read_text().split("\n") if line]
 
 
 def test_identity_transplant_is_bit_exact(tiny_models, tmp_path):
@@ -155,3 +156,11 @@ def test_donor_tokenizer_prepends_bos_when_the_base_did(tiny_models, tmp_path):
     unchanged = transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "gpt2", out=tmp_path / "o2"))
     assert AutoTokenizer.from_pretrained(tmp_path / "o2")("Hello")["input_ids"] == [15496]  # SmolLM2 adds no BOS
     assert not any("now prepends" in note for note in unchanged.warnings)
+
+
+def test_config_ids_follow_the_donor_and_unk_only_where_the_base_has_one():
+    ids = {"bos_token_id": 2, "eos_token_id": 1, "pad_token_id": 0, "unk_token_id": 3}
+    with_unk = patch_config({"vocab_size": 10, "unk_token_id": 0, "text_config": {"eos_token_id": 7}}, 20, ids)
+    assert with_unk["unk_token_id"] == 3 and with_unk["bos_token_id"] == 2 and with_unk["vocab_size"] == 20
+    assert with_unk["text_config"] == {"eos_token_id": 1}
+    assert "unk_token_id" not in patch_config({"vocab_size": 10}, 20, ids)

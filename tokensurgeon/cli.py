@@ -16,7 +16,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from . import __version__
-from .config import EvalConfig, ExportConfig, TransplantConfig
+from .config import (DRAFT_METHOD, EvalConfig, ExportConfig, HealConfig, HypernetConfig, SpeculativeConfig,
+                     TransplantConfig)
 from .errors import TokenSurgeonError
 
 app = typer.Typer(
@@ -129,9 +130,12 @@ def inspect(
 @app.command()
 def transplant(
     base: Path = typer.Argument(..., help="Base checkpoint directory (config.json, safetensors, tokenizer)."),
-    donor: Path = typer.Argument(..., help="Donor tokenizer directory, or a full donor model directory."),
+    donor: Optional[Path] = typer.Argument(None, help="Donor tokenizer directory, or a full donor model directory "
+                                                      "(may be omitted with --as-draft-for)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the patched checkpoint."),
-    method: str = typer.Option(TransplantConfig.method, help="Initialisation method for new tokens (see `methods`)."),
+    method: Optional[str] = typer.Option(None, help=f"Initialisation method for new tokens (see `methods`) "
+                                                    f"[default: {TransplantConfig.method}; {DRAFT_METHOD} with "
+                                                    "--as-draft-for]."),
     option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
     seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
     device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
@@ -150,20 +154,34 @@ def transplant(
                                            "no safetensors; the output is safetensors."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
                                          help="Go on when base or donor embeddings hold NaN or inf."),
+    hypernet: Optional[Path] = typer.Option(None, "--hypernet",
+                                            help="With --method hypernet: a network from `hypernet train` "
+                                                 "(default: train one now and cache it)."),
+    as_draft_for: Optional[Path] = typer.Option(None, "--as-draft-for",
+                                                help="Make BASE a speculative-decoding draft for this target model "
+                                                     "(the donor): the target's exact row count, tokenizer, chat "
+                                                     "template and special ids, verified before anything is written."),
 ) -> None:
     """Give BASE the DONOR's tokenizer and write a patched checkpoint plus a report.
 
     Example: `tokensurgeon transplant ./SmolLM2-135M ./llama3 -o out --eval-text news.txt`
+
+    Draft model for speculative decoding: `tokensurgeon transplant ./SmolLM2-135M --as-draft-for ./gemma-3-270m -o draft`
     """
     with user_errors():
         from .transplant import transplant as run_transplant
 
-        config = TransplantConfig(base=base, donor=donor, out=out, method=method,
-                                  method_options=_parse_options(option or []), seed=seed, device=device,
+        if donor is None and as_draft_for is None:
+            raise TokenSurgeonError("missing DONOR: pass a donor tokenizer or model directory (or --as-draft-for TARGET)")
+        config = TransplantConfig(base=base, donor=donor or as_draft_for, out=out,
+                                  method=method or (DRAFT_METHOD if as_draft_for else TransplantConfig.method),
+                                  method_options=_parse_options(option or [])
+                                  | ({"hypernet": str(hypernet)} if hypernet else {}), seed=seed, device=device,
                                   chat_template=chat_template, pad_to_multiple=pad_to_multiple,
                                   eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force,
                                   trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                  allow_nonfinite=allow_nonfinite, corpus=tuple(corpus or []))
+                                  allow_nonfinite=allow_nonfinite, corpus=tuple(corpus or []),
+                                  draft_for=as_draft_for)
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
             report = run_transplant(config, progress)
     _show(report, as_json=as_json, view="print_transplant")
@@ -182,14 +200,39 @@ def evaluate(
                                            help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Load pytorch_model*.bin weights (weights-only) when there are no safetensors."),
+    speculative: bool = typer.Option(False, "--speculative",
+                                     help="Speculative decoding instead: MODELS are TARGET DRAFT...; acceptance rate "
+                                          "and tokens/s of greedy assisted generation with each draft."),
+    draft_tokens: int = typer.Option(SpeculativeConfig.k, "-k", "--draft-tokens",
+                                     help="With --speculative: tokens the draft proposes per round."),
+    prompts: int = typer.Option(SpeculativeConfig.prompts, help="With --speculative: prompts cut from the texts."),
+    prompt_tokens: int = typer.Option(SpeculativeConfig.prompt_tokens,
+                                      help="With --speculative: target tokens per prompt."),
+    new_tokens: int = typer.Option(SpeculativeConfig.max_new_tokens,
+                                   help="With --speculative: tokens generated per prompt."),
 ) -> None:
     """Bits per byte (and bytes per token) of each model on each text; tokenizer-independent.
 
     Example: `tokensurgeon evaluate ./SmolLM2-135M ./smollm2-llama3 --text news.txt --text udhr/spa.txt`
+
+    Speculative decoding (draft acceptance, tokens/s with and without it; a draft with another vocabulary goes
+    through universal assisted generation): `tokensurgeon evaluate --speculative ./gemma-3-270m ./draft ./SmolLM2-135M --text news.txt`
     """
     with user_errors():
         from .evaluate import evaluate_models
 
+        if speculative:
+            from .speculative import speculative_benchmark
+
+            if len(models) < 2:
+                raise TokenSurgeonError("--speculative takes TARGET and at least one DRAFT")
+            config = SpeculativeConfig(k=draft_tokens, prompts=prompts, prompt_tokens=prompt_tokens,
+                                       max_new_tokens=new_tokens, max_bytes=max_bytes, device=device)
+            with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+                report = speculative_benchmark(models[0], models[1:], _read_texts(text), config, progress=progress,
+                                               trust_remote_code=trust_remote_code)
+            _show(report, as_json=as_json, view="print_speculative")
+            return
         config = EvalConfig(context=context, batch_size=batch_size, max_bytes=max_bytes, device=device)
         texts = _read_texts(text)
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
@@ -228,6 +271,106 @@ def export(
     _show(result, as_json=as_json, view="print_export")
 
 
+@app.command()
+def heal(
+    patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output) to heal."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text to train on (repeatable); its end is held out."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory for the healed checkpoint."),
+    rows: str = typer.Option(HealConfig.rows, help="new: only the rows the transplant computed; all: every row."),
+    steps: int = typer.Option(HealConfig.steps, help="Training steps at most."),
+    lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate."),
+    anchor_weight: float = typer.Option(HealConfig.anchor_weight,
+                                        help="With --rows all: L2 pull of copied rows back to their start."),
+    batch_size: int = typer.Option(HealConfig.batch_size, help="Sequences per step."),
+    context: int = typer.Option(HealConfig.context, help="Tokens per training sequence, BOS included."),
+    held_out: float = typer.Option(HealConfig.held_out, help="Fraction of each text (its end) held out."),
+    eval_every: int = typer.Option(HealConfig.eval_every, help="Steps between held-out evaluations."),
+    patience: int = typer.Option(HealConfig.patience, help="Stop after this many evaluations without improvement."),
+    eval_max_bytes: Optional[int] = typer.Option(HealConfig.eval_max_bytes,
+                                                 help="Score at most this many bytes of each held-out part."),
+    compare_base: bool = typer.Option(HealConfig.compare_base, "--compare-base/--no-compare-base",
+                                      help="Also score the transplant's base model on the held-out text."),
+    seed: int = typer.Option(HealConfig.seed, help="Random seed (data order)."),
+    device: str = typer.Option(HealConfig.device, help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+) -> None:
+    """Fine-tune only the embedding rows of PATCHED on text; keep the best held-out state, never a worse one.
+
+    Example: `tokensurgeon heal ./smollm2-llama3 --text news.txt --text udhr/ukr.txt -o ./smollm2-llama3-healed`
+    """
+    with user_errors():
+        from .heal import heal as run_heal
+
+        config = HealConfig(patched=patched, texts=tuple(text or []), out=out, rows=rows, steps=steps, lr=lr,
+                            anchor_weight=anchor_weight, batch_size=batch_size, context=context, held_out=held_out,
+                            eval_every=eval_every, patience=patience, eval_max_bytes=eval_max_bytes,
+                            compare_base=compare_base, seed=seed, device=device, force=force,
+                            trust_remote_code=trust_remote_code)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            report = run_heal(config, progress)
+    _show(report, as_json=as_json, view="print_heal")
+
+
+@app.command()
+def compare(
+    base: Path = typer.Argument(..., help="Base checkpoint directory."),
+    donor: Path = typer.Argument(..., help="Donor tokenizer directory, or a full donor model directory."),
+    text: List[Path] = typer.Option(..., "--text", help="Text file to score every method on (repeatable)."),
+    methods: Optional[str] = typer.Option(None, "--methods",
+                                          help="Comma-separated methods to run [default: every registered method, "
+                                               "zero included as the floor]."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Method option METHOD.KEY=VALUE (repeatable), "
+                                                                      "e.g. omp.k=32."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Keep the best model (and its report) here."),
+    max_bytes: Optional[int] = typer.Option(None, help="Score only the first bytes of each text."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus",
+                                                help="Text the corpus methods learn from (repeatable)."),
+    seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
+    device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Read pytorch_model*.bin weights (weights-only) when there are no safetensors."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
+                                         help="Go on when base or donor embeddings hold NaN or inf."),
+) -> None:
+    """Run every applicable initialisation method on BASE <- DONOR and rank them by bits per byte.
+
+    Methods whose inputs are missing (omp with a tokenizer-only donor) are listed as skipped with the reason.
+    Ranking: geometric mean over texts of patched / base bits per byte.
+
+    Example: `tokensurgeon compare ./gemma-3-270m ./SmolLM2-135M --text news.txt --text udhr/spa.txt --max-bytes 4000 -o best`
+    """
+    with user_errors():
+        from .compare import compare as run_compare
+        from .config import CompareConfig
+
+        config = CompareConfig(base=base, donor=donor, texts=tuple(text), out=out, max_bytes=max_bytes,
+                               methods=tuple(m.strip() for m in (methods or "").split(",") if m.strip()),
+                               method_options=_method_options(option or []), seed=seed, device=device,
+                               corpus=tuple(corpus or []), force=force, trust_remote_code=trust_remote_code,
+                               allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            report = run_compare(config, progress)
+    _show(report, as_json=as_json, view="print_compare")
+
+
+def _method_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
+    """METHOD.KEY=VALUE pairs, grouped by method."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for pair in pairs:
+        name, dot, rest = pair.partition(".")
+        if not dot or not name or "=" in name:
+            raise TokenSurgeonError(f"--option expects METHOD.KEY=VALUE (e.g. omp.k=32), got {pair!r}")
+        grouped.setdefault(name, {}).update(_parse_options([rest]))
+    return grouped
+
+
 def _parse_options(pairs: list[str]) -> dict[str, Any]:
     options: dict[str, Any] = {}
     for pair in pairs:
@@ -241,6 +384,41 @@ def _parse_options(pairs: list[str]) -> dict[str, Any]:
     return options
 
 
+hypernet_app = typer.Typer(help="The hypernetwork of `transplant --method hypernet` (Zero-Shot Tokenizer Transfer).",
+                           no_args_is_help=True)
+app.add_typer(hypernet_app, name="hypernet")
+
+
+@hypernet_app.command("train")
+def hypernet_train(
+    base: Path = typer.Argument(..., help="Base checkpoint directory the network embeds tokens for."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory (hypernet.safetensors + hypernet.json)."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus", help="Text for the LM stage (repeatable)."),
+    steps: int = typer.Option(HypernetConfig.steps, help="Warm-up steps (on the base vocabulary)."),
+    lm_steps: int = typer.Option(HypernetConfig.lm_steps, help="LM-stage steps on --corpus, base model frozen."),
+    width: Optional[int] = typer.Option(HypernetConfig.width,
+                                        help="Transformer width [default: hidden size on CUDA, 128 on CPU]."),
+    seed: int = typer.Option(HypernetConfig.seed, help="Random seed."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the training record as JSON."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+) -> None:
+    """Train a hypernetwork for BASE once; reuse it for any donor with `transplant --hypernet OUT`.
+
+    Example: `tokensurgeon hypernet train ./SmolLM2-135M -o ./smollm2-hn --corpus news.txt --lm-steps 100`
+    """
+    with user_errors():
+        from .hypernet import train_to_directory
+
+        config = HypernetConfig(steps=steps, lm_steps=lm_steps, width=width, seed=seed)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            record = train_to_directory(base, out, config, corpus=tuple(corpus or []), device=device, force=force,
+                                        trust_remote_code=trust_remote_code, progress=progress)
+    _show(record, as_json=as_json, view="print_hypernet", payload=record)
+
+
 @app.command()
 def methods() -> None:
     """List the initialisation methods and what each needs."""
@@ -248,5 +426,5 @@ def methods() -> None:
 
     table = Table("method", "needs donor model", "what it does")
     for name, cls in sorted(INIT_METHODS.items()):
-        table.add_row(name, "yes" if cls.needs_donor_embeddings else "no", cls.summary)
+        table.add_row(name, "yes" if cls.needs_donor_embeddings else "no", escape(cls.summary))
     console.print(table)

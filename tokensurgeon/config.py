@@ -12,6 +12,7 @@ from typing import Any
 from .errors import TokenSurgeonError
 
 DEFAULT_METHOD = "subword-mean"
+DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,8 @@ class TransplantConfig:
         allow_pickle: read pytorch_model*.bin weights (weights-only unpickler) when there are no safetensors.
         allow_nonfinite: go on when an embedding holds NaN or inf (refused by default).
         corpus: text files for methods that learn from text (focus, tokenadapt, hypernet).
+        draft_for: make BASE a speculative-decoding draft for this target model (it must be DONOR): exact
+            row count, tokenizer, chat template and special ids of the target, verified (draft.py).
     """
 
     base: Path
@@ -45,8 +48,15 @@ class TransplantConfig:
     allow_pickle: bool = False
     allow_nonfinite: bool = False
     corpus: tuple[Path, ...] = ()
+    draft_for: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.draft_for is not None:
+            if Path(self.draft_for).resolve() != Path(self.donor).resolve():
+                raise TokenSurgeonError(f"--as-draft-for {self.draft_for}: the target must also be the donor, "
+                                        f"not {self.donor}; omit DONOR or pass the target twice")
+            if self.chat_template != "donor":
+                raise TokenSurgeonError("--as-draft-for takes the target's chat template; drop --chat-template base")
         if self.chat_template not in ("donor", "base"):
             raise TokenSurgeonError(f"--chat-template must be 'donor' or 'base', not {self.chat_template!r}")
         if self.pad_to_multiple < 1:
@@ -59,6 +69,51 @@ class TransplantConfig:
         for text in self.corpus:
             if not Path(text).is_file():
                 raise TokenSurgeonError(f"corpus file {text} does not exist")
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """Options of a method bake-off (compare.py): every method on one base/donor pair, scored on texts.
+
+    Attributes:
+        methods: method names in the order to run; empty means every registered method.
+        method_options: per method, its keyword options ({"omp": {"k": 32}}).
+        out: keep the best model (and its report) here; None writes nothing.
+        max_bytes: evaluate only the first bytes of each text.
+        Other fields as in TransplantConfig.
+    """
+
+    base: Path
+    donor: Path
+    texts: tuple[Path, ...]
+    methods: tuple[str, ...] = ()
+    method_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    out: Path | None = None
+    max_bytes: int | None = None
+    seed: int = 0
+    device: str = "auto"
+    corpus: tuple[Path, ...] = ()
+    force: bool = False
+    trust_remote_code: bool = False
+    allow_pickle: bool = False
+    allow_nonfinite: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            raise TokenSurgeonError("compare needs at least one --text to score the methods on")
+        if self.max_bytes is not None and self.max_bytes < 1:
+            raise TokenSurgeonError("--max-bytes must be positive")
+        unknown = sorted(set(self.method_options) - set(self.methods)) if self.methods else []
+        if unknown:
+            raise TokenSurgeonError(f"--option names method {unknown[0]!r}, which is not in --methods")
+
+    def for_method(self, method: str, out: Path) -> TransplantConfig:
+        """The transplant options of one entry (evaluation is compare's own: no eval texts here)."""
+        return TransplantConfig(base=self.base, donor=self.donor, out=out, method=method,
+                                method_options=self.method_options.get(method, {}), seed=self.seed,
+                                device=self.device, corpus=self.corpus, force=self.force,
+                                trust_remote_code=self.trust_remote_code, allow_pickle=self.allow_pickle,
+                                allow_nonfinite=self.allow_nonfinite)
 
 
 @dataclass(frozen=True)
@@ -78,6 +133,137 @@ class EvalConfig:
             raise TokenSurgeonError("--batch-size must be at least 1")
         if self.max_bytes is not None and self.max_bytes < 1:
             raise TokenSurgeonError("--max-bytes must be positive")
+
+
+HEAL_ROWS = ("new", "all")
+
+
+@dataclass(frozen=True)
+class HealConfig:
+    """Options of one heal: a short LM fine-tune of the embedding rows only (see heal.py).
+
+    Attributes:
+        texts: text files; the last ``held_out`` fraction of each (by bytes) is held out, the rest trained on.
+        rows: "new" trains only the rows a transplant computed (from its provenance.jsonl); "all" trains
+            every embedding row, with ``anchor_weight`` pulling rows that had trusted values back to them.
+        anchor_weight: L2 penalty weight (summed squared distance) keeping anchored rows near their start.
+        context: tokens per training sequence, BOS included.
+        eval_every: steps between held-out evaluations; the best one is kept.
+        patience: stop after this many evaluations in a row without a better held-out score.
+        eval_max_bytes: score at most this many bytes of each held-out part (quick, bounded evaluations).
+        compare_base: also score the transplant's base model on the held-out text (for ratios).
+    """
+
+    patched: Path
+    texts: tuple[Path, ...]
+    out: Path
+    rows: str = "new"
+    steps: int = 100
+    lr: float = 1e-3
+    anchor_weight: float = 1.0
+    batch_size: int = 4
+    context: int = 128
+    held_out: float = 0.1
+    eval_every: int = 20
+    patience: int = 3
+    eval_max_bytes: int | None = 8000
+    compare_base: bool = True
+    seed: int = 0
+    device: str = "auto"
+    force: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            raise TokenSurgeonError("heal needs text to train on: pass --text FILE (repeatable)")
+        for text in self.texts:
+            if not Path(text).is_file():
+                raise TokenSurgeonError(f"text file {text} does not exist")
+        if self.rows not in HEAL_ROWS:
+            raise TokenSurgeonError(f"--rows must be 'new' or 'all', not {self.rows!r}")
+        if min(self.steps, self.eval_every, self.patience, self.batch_size) < 1:
+            raise TokenSurgeonError("--steps, --eval-every, --patience and --batch-size must be at least 1")
+        if not self.lr > 0 or self.anchor_weight < 0:
+            raise TokenSurgeonError("--lr must be positive and --anchor-weight at least 0")
+        if self.context < 2:
+            raise TokenSurgeonError("--context must be at least 2 tokens")
+        if not 0 < self.held_out < 1:
+            raise TokenSurgeonError(f"--held-out must be a fraction between 0 and 1, not {self.held_out}")
+        if self.eval_max_bytes is not None and self.eval_max_bytes < 1:
+            raise TokenSurgeonError("--eval-max-bytes must be positive")
+
+
+@dataclass(frozen=True)
+class HypernetConfig:
+    """Training options of the hypernetwork (hypernet.py); one set of defaults for `hypernet train` and
+    for the copy `transplant --method hypernet` trains on the fly.
+
+    Attributes:
+        steps: warm-up steps (predict base tokens from their split into other base tokens).
+        lm_steps: language-model steps on --corpus text with the base model frozen (0: warm-up only).
+        width: transformer width; None: the model's hidden size on CUDA, at most 128 on CPU (3x faster than 256).
+        max_pieces: longest decomposition the network reads; longer ones get the subword mean.
+        expand: chance, per piece and round (two rounds), that a warm-up piece is split further, so
+            the network also sees the 3-8 piece splits donor tokens have.
+        holdout: share of base tokens kept out of training to measure reconstruction error.
+        replace: LM stage: share of the distinct tokens in a batch whose rows the network supplies.
+        aux_weight: LM stage: weight of the reconstruction loss beside the LM loss.
+    """
+
+    steps: int = 1000
+    lm_steps: int = 0
+    batch_size: int = 256
+    lr: float = 1e-3
+    layers: int = 2
+    heads: int = 4
+    width: int | None = None
+    max_pieces: int = 16
+    expand: float = 0.35
+    holdout: float = 0.05
+    seq_len: int = 64
+    lm_batch: int = 4
+    lm_lr: float = 2e-4
+    replace: float = 0.3
+    aux_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if min(self.steps, self.lm_steps) < 0 or min(self.batch_size, self.layers, self.heads, self.max_pieces,
+                                                     self.seq_len, self.lm_batch) < 1:
+            raise TokenSurgeonError("hypernet: steps must be >= 0 and sizes >= 1")
+        if self.width is not None and (self.width < 1 or self.width % self.heads):
+            raise TokenSurgeonError(f"hypernet: width {self.width} must be a positive multiple of heads {self.heads}")
+        if not (0 <= self.holdout < 1 and 0 <= self.expand < 1 and 0 < self.replace <= 1):
+            raise TokenSurgeonError("hypernet: holdout and expand must lie in [0, 1), replace in (0, 1]")
+
+
+@dataclass(frozen=True)
+class SpeculativeConfig:
+    """Options of a speculative-decoding measurement (see speculative.py).
+
+    Attributes:
+        k: draft tokens proposed per round (constant; transformers' own schedule would change it).
+        prompts: prompts cut from the texts, spread evenly over them.
+        prompt_tokens: target tokens per prompt (after BOS).
+        max_new_tokens: greedy tokens generated per prompt.
+        warmup_tokens: tokens generated once per model pair before timing (not counted).
+        max_bytes: cut prompts from the first bytes of each text only.
+    """
+
+    k: int = 5
+    prompts: int = 8
+    prompt_tokens: int = 64
+    max_new_tokens: int = 64
+    warmup_tokens: int = 8
+    max_bytes: int | None = None
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        for name, flag in (("k", "-k"), ("prompts", "--prompts"), ("prompt_tokens", "--prompt-tokens"),
+                           ("max_new_tokens", "--new-tokens"), ("warmup_tokens", "warmup_tokens"),
+                           ("max_bytes", "--max-bytes")):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise TokenSurgeonError(f"{flag} must be at least 1")
 
 
 EXPORT_DTYPES = {"bf16": "BF16", "fp16": "F16", "fp32": "F32"}

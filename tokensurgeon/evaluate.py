@@ -108,7 +108,7 @@ def score_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
     if max_bytes is not None:
         text = truncate_utf8(text, max_bytes)
     ids = tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
-    prefix = _context_prefix(tokenizer)
+    prefix = context_prefix(tokenizer)
     first_scored = 0 if prefix else 1
     n_tokens = len(ids) - first_scored
     if n_tokens < 1:
@@ -134,7 +134,7 @@ def score_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
     return TextScore(label, n_bytes, n_tokens, bits, bits / n_bytes, n_bytes / n_tokens)
 
 
-def _context_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
+def context_prefix(tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """BOS, else EOS, as an unscored first token; empty when the tokenizer has neither."""
     for token_id in (tokenizer.bos_token_id, tokenizer.eos_token_id):
         if token_id is not None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import ctypes
+import gc
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -10,13 +12,43 @@ from .alignment import Alignment, align_vocabularies, with_decompositions
 from .vocab import Vocabulary, build_vocabulary, load_tokenizer
 
 
-@dataclass(frozen=True)
+@dataclass
 class TokenizerPair:
-    base_tokenizer: Any
-    donor_tokenizer: Any
+    """Vocabularies and alignment, plus the two tokenizers, which load on first use.
+
+    A large tokenizer object (Gemma 3's: ~300 MB) outweighs the vocabularies it was read into, so a
+    long job can ``release_tokenizers()`` while it works on embeddings; the next use loads them again.
+    """
+
     base_vocab: Vocabulary
     donor_vocab: Vocabulary
     alignment: Alignment
+    base_path: Path
+    donor_path: Path
+    trust_remote_code: bool = False
+    loaded: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def base_tokenizer(self) -> Any:
+        return self._tokenizer("base", self.base_path)
+
+    @property
+    def donor_tokenizer(self) -> Any:
+        return self._tokenizer("donor", self.donor_path)
+
+    def _tokenizer(self, side: str, path: Path) -> Any:
+        if side not in self.loaded:
+            self.loaded[side] = load_tokenizer(path, trust_remote_code=self.trust_remote_code)
+        return self.loaded[side]
+
+    def release_tokenizers(self) -> None:
+        """Drop the tokenizer objects and hand their memory back to the system (glibc keeps freed pages)."""
+        self.loaded.clear()
+        gc.collect()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):  # not glibc: the memory is reused by the process instead
+            pass
 
 
 def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, pad_to_multiple: int = 1,
@@ -35,4 +67,5 @@ def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, pad_to_mult
     rows = -(-rows // pad_to_multiple) * pad_to_multiple
     alignment = align_vocabularies(base_vocab, donor_vocab, n_rows=rows)
     alignment = with_decompositions(alignment, base_vocab, donor_vocab, base_tokenizer)
-    return TokenizerPair(base_tokenizer, donor_tokenizer, base_vocab, donor_vocab, alignment)
+    return TokenizerPair(base_vocab, donor_vocab, alignment, Path(base), Path(donor), trust_remote_code,
+                         {"base": base_tokenizer, "donor": donor_tokenizer})

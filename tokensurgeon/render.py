@@ -80,6 +80,30 @@ def print_transplant(console: Console, report: TransplantReport) -> None:
     console.print(f"report: {report.output['path']}/report.md, report.json, provenance.jsonl")
 
 
+def print_compare(console: Console, report) -> None:
+    """The ranked methods of a bake-off (report: compare.CompareReport)."""
+    table = Table("rank", "method", *(f"{row['text']}\nbpb" for row in report.texts), "ratio", "time (s)",
+                  "peak RSS +", title=f"Methods ranked: {report.base} <- {report.donor}",
+                  caption=f"ratio: {report.ranking}; time: method + writing the checkpoint; peak RSS +: highest "
+                          "resident memory sampled during that, above what was resident before")
+    table.add_row("", "base", *(f"{row['base_bpb']:.4f}" for row in report.texts), "1.000", "", "")
+    for rank, entry in enumerate(report.entries, 1):
+        if entry.status != "ok":
+            continue
+        memory = f"{entry.peak_rss_increase / 1e6:,.0f} MB" if entry.peak_rss_increase is not None else "n/a"
+        style = "bold green" if entry.method == report.best else None
+        table.add_row(str(rank), entry.method, *(f"{row['patched_bpb']:.4f} ({row['ratio']:.2f})"
+                                                  for row in entry.evaluation),
+                      f"{entry.score:.3f}", f"{entry.seconds:.1f}", memory, style=style)
+    console.print(table)
+    for entry in report.entries:
+        if entry.status != "ok":
+            console.print(f"[yellow]skipped[/] {entry.method}: {entry.reason}", highlight=False)
+    if report.out:
+        console.print(f"[bold green]best ({report.best}) written to[/] {report.out} with report.md, report.html, "
+                      "compare.json")
+
+
 def print_scores(console: Console, results: list) -> None:
     table = Table("model", "text", "bytes", "tokens", "bytes/token", "bits/byte", title="Bits per byte")
     for result in results:
@@ -112,3 +136,55 @@ def print_export(console: Console, result) -> None:
                   + f"; check passed: {result.checked:,} tensors as intended, config vocab_size matches the embedding")
     for warning in result.warnings:
         console.print(f"[yellow]warning:[/] {warning}")
+
+
+def print_heal(console: Console, report) -> None:
+    """Held-out bits per byte before and after a heal (report: heal.HealReport)."""
+    verdict = (f"best held-out state at step {report.best_step}" if report.improved
+               else "no step beat the input on held-out text: output equals input")
+    console.print(f"[bold green]healed checkpoint written to[/] {report.out} ({report.trainable_rows:,} rows "
+                  f"trained ({report.rows}), {report.steps_run} steps, {report.timings['total']:.0f} s; {verdict})")
+    table = Table("text", "held-out bytes", "base bpb", "before bpb", "after bpb", "ratio before", "ratio after",
+                  title="Held-out bits per byte")
+    for row in report.texts:
+        base = row["base_bpb"] is not None
+        table.add_row(row["text"], f"{row['held_out_bytes']:,}", f"{row['base_bpb']:.4f}" if base else "-",
+                      f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}",
+                      f"{row['before_ratio']:.3f}" if base else "-", f"{row['after_ratio']:.3f}" if base else "-")
+    console.print(table)
+    console.print(f"report: {report.out}/heal.json")
+
+
+def print_hypernet(console: Console, record: dict) -> None:
+    training, arch = record["training"], record["architecture"]
+    table = Table("", "value", title=f"Hypernetwork written to {record['path']}")
+    table.add_row("network", f"{arch['layers']} layers, width {arch['width']}, {arch['matrices']} head(s), "
+                             f"up to {arch['max_pieces']} pieces")
+    table.add_row("warm-up", f"{training['config']['steps']} steps on {training['warmup_tokens']:,} base tokens")
+    table.add_row("LM stage", f"{training['config']['lm_steps']} steps" if training["lm_loss"] else "none")
+    if training.get("heldout_error") is not None:
+        table.add_row("held-out error (relative)",
+                      f"{training['heldout_error']:.3f} (subword mean {training['heldout_error_subword_mean']:.3f}, "
+                      f"{training['heldout_tokens']:,} tokens never trained on)")
+    table.add_row("time", f"{training['seconds']} s on {training['device']}")
+    console.print(table)
+
+
+def print_speculative(console: Console, report) -> None:
+    """Acceptance and throughput of each draft against the target alone (report: speculative.SpeculativeReport)."""
+    figure = lambda value, spec: "-" if value is None else format(value, spec)  # noqa: E731
+    table = Table("draft", "pairing", "acceptance", "accepted / round", "tokens/s", "speedup", "same output",
+                  title=f"Greedy assisted generation, k={report.k}: {report.prompts} prompts x {report.prompt_tokens} "
+                        f"tokens, up to {report.max_new_tokens} new ({report.device})")
+    table.add_row("(target alone)", "", "", "", figure(report.baseline_tokens_per_second, ".1f"), "1.00", "")
+    for run in report.runs:
+        if run.error:
+            table.add_row(run.draft, run.mode, f"[red]failed: {run.error}[/]", "", "", "", "")
+            continue
+        table.add_row(run.draft, run.mode, figure(run.acceptance_rate, ".3f"), figure(run.mean_accepted, ".2f"),
+                      figure(run.tokens_per_second, ".1f"), figure(report.speedup(run), ".2f"),
+                      f"{run.identical}/{report.prompts}")
+    console.print(table)
+    for run in report.runs:
+        if run.notes and run.mode.startswith("shared"):
+            console.print(f"[yellow]{run.draft}[/]: not a drop-in draft: {'; '.join(run.notes)}")

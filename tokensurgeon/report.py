@@ -23,6 +23,8 @@ class TransplantReport:
     timings: dict[str, float]
     warnings: list[str] = field(default_factory=list)
     evaluation: list[dict[str, Any]] = field(default_factory=list)
+    norms: dict[str, Any] = field(default_factory=dict)  # transplant.row_norm_histograms
+    residuals: dict[str, Any] = field(default_factory=dict)  # transplant.new_row_departures
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -53,6 +55,12 @@ def render_markdown(report: TransplantReport) -> str:
         lines += [f"| {row['text']} | {row['bytes']:,} | {row['base_bpb']:.4f} | {row['patched_bpb']:.4f} | "
                   f"{row['ratio']:.3f} | {row['new_token_share']:.1%} | {row['boundary_agreement']:.1%} |"
                   for row in report.evaluation]
+    if report.norms.get("new_median") is not None:
+        lines += ["", "## New rows", "", f"- median L2 norm: new {report.norms['new_median']:.4f}, shared "
+                  f"{report.norms['shared_median']:.4f}"]
+        if report.residuals.get("max"):
+            lines.append(f"- worst by {report.residuals['measure']}: " + ", ".join(
+                f"`{t['token']!r}` {t['value']:.3f}" for t in report.residuals["tokens"][:5]))
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in report.warnings]
     lines += ["", "## Timings (s)", ""] + [f"- {phase}: {seconds:.2f}" for phase, seconds in report.timings.items()]
@@ -63,9 +71,41 @@ def render_markdown(report: TransplantReport) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: TransplantReport, out_dir: Path, provenance: list[dict[str, Any]]) -> None:
+def comparison_markdown(comparison: Any) -> str:
+    """The ranked methods of a compare run (compare.CompareReport), as a markdown section."""
+    texts = [row["text"] for row in comparison.texts]
+    lines = ["## Method comparison", "", f"Ranked by {comparison.ranking}; this checkpoint is `{comparison.best}`.",
+             "", "| rank | method | " + " | ".join(f"{t} bpb" for t in texts) + " | ratio | time (s) | peak RSS increase |",
+             "|---:|---|" + "---:|" * (len(texts) + 3),
+             "| | base | " + " | ".join(f"{row['base_bpb']:.4f}" for row in comparison.texts) + " | 1.000 | | |"]
+    for rank, entry in enumerate(comparison.entries, 1):
+        if entry.status != "ok":
+            continue
+        memory = f"{entry.peak_rss_increase / 1e6:,.0f} MB" if entry.peak_rss_increase is not None else "n/a"
+        lines.append(f"| {rank} | {entry.method} | " + " | ".join(f"{row['patched_bpb']:.4f}" for row in entry.evaluation)
+                     + f" | {entry.score:.3f} | {entry.seconds:.1f} | {memory} |")
+    skipped = [entry for entry in comparison.entries if entry.status != "ok"]
+    if skipped:
+        lines += ["", "Skipped:", ""] + [f"- `{entry.method}`: {entry.reason}" for entry in skipped]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: TransplantReport, out_dir: Path, provenance: list[dict[str, Any]] | None,
+                 comparison: Any = None) -> None:
+    """report.json, report.md, report.html, and provenance.jsonl unless provenance is None (kept as written).
+
+    comparison (compare.CompareReport) adds the ranked methods to the markdown and HTML, and compare.json.
+    """
+    from .report_html import render_html
+
     (out_dir / "report.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
-    (out_dir / "report.md").write_text(render_markdown(report))
-    with open(out_dir / "provenance.jsonl", "w", encoding="utf-8") as handle:
-        for row in provenance:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    markdown = render_markdown(report)
+    if comparison is not None:
+        (out_dir / "compare.json").write_text(json.dumps(comparison.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        markdown += "\n" + comparison_markdown(comparison)
+    (out_dir / "report.md").write_text(markdown)
+    (out_dir / "report.html").write_text(render_html(report, comparison), encoding="utf-8")
+    if provenance is not None:
+        with open(out_dir / "provenance.jsonl", "w", encoding="utf-8") as handle:
+            for row in provenance:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -21,7 +21,7 @@ from torch import Tensor
 _GRAM_SHARE = 0.5  # the (N, N) Gram may take at most this share of free memory
 _GRAM_CAP = 1 << 30  # ...and at most 1 GiB (N <= 16k anchors)
 _BATCH_SHARE = 0.25  # one batch's working set may take this share of the memory left after it
-_BATCH_CAP = 512 << 20  # ...and at most 512 MiB: larger batches are no faster, and memory should follow the embeddings
+_BATCH_CAP = 128 << 20  # ...and at most 128 MiB: larger batches are no faster, and memory should follow the embeddings
 _JITTER = 1e-6  # floor on Cholesky pivots, relative to the mean squared atom norm
 
 

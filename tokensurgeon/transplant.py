@@ -13,6 +13,7 @@ import hashlib
 import json
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,10 +24,12 @@ from .alignment import COPIED
 from .checkpoint import (Checkpoint, CheckpointError, nonfinite_summary, open_checkpoint, read_embeddings,
                          write_weights)
 from .devices import resolve_device
+from .draft import check_draft_request, finish_draft
 from .errors import MethodError
 from .config import TransplantConfig
 from .methods import InitContext, InitResult, Provenance, get_init_method
 from .methods.base import mean_rows
+from .methods.subword_mean import piece_means
 from .outdir import atomic_directory, check_output_path
 from .overlap import number_scheme_warning, text_stats
 from .pair import TokenizerPair, load_pair
@@ -35,6 +38,7 @@ from .tokenizer_files import write_tokenizer
 
 Progress = Callable[[str, int, int], None]
 TOKEN_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
+UNK_KEY = "unk_token_id"  # set only where the base config has one: generation configs never carry it
 
 
 def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint | None:
@@ -100,15 +104,16 @@ class AssembledMatrix:
 
 
 def donor_token_ids(pair: TokenizerPair, donor_model: Checkpoint | None) -> dict[str, Any]:
-    """bos/eos/pad ids the patched model should use: the donor model's own, else the donor tokenizer's roles."""
+    """bos/eos/pad/unk ids the patched model should use: the donor model's own, else the donor tokenizer's roles."""
+    roles = pair.donor_vocab.roles
     if donor_model is not None:
         source = dict(donor_model.config)
         generation = donor_model.path / "generation_config.json"
         if generation.is_file():
             source.update({k: v for k, v in json.loads(generation.read_text()).items() if k in TOKEN_ID_KEYS})
-        return {key: source.get(key) for key in TOKEN_ID_KEYS}
-    roles = pair.donor_vocab.roles
-    return {"bos_token_id": roles.get("bos"), "eos_token_id": roles.get("eos"), "pad_token_id": roles.get("pad")}
+        return {key: source.get(key) for key in TOKEN_ID_KEYS} | {UNK_KEY: source.get(UNK_KEY, roles.get("unk"))}
+    return {"bos_token_id": roles.get("bos"), "eos_token_id": roles.get("eos"), "pad_token_id": roles.get("pad"),
+            UNK_KEY: roles.get("unk")}
 
 
 def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
@@ -119,7 +124,7 @@ def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
         if "vocab_size" in target or target is patched:
             target["vocab_size"] = n_rows
         for key, value in token_ids.items():
-            if key in target or target is patched:
+            if key in target or (target is patched and key != UNK_KEY):
                 target[key] = value
     return patched
 
@@ -156,11 +161,52 @@ def check_base_rows(pair: TokenizerPair, rows: int, path: Path) -> None:
                               f"only {rows} embedding rows; tokenizer and weights do not belong together")
 
 
-def run_method(config: TransplantConfig, pair: TokenizerPair, donor_model: Checkpoint | None,
-               embeds: tuple[torch.Tensor, torch.Tensor | None], progress: Progress | None,
-               warnings: list[str] | None = None) -> InitResult:
+@dataclass
+class Session:
+    """A base checkpoint and a donor opened, aligned and read once; every method run (transplant runs one,
+    compare several) reuses it, so no checkpoint is re-read per method."""
+
+    config: TransplantConfig
+    base: Checkpoint
+    donor_model: Checkpoint | None
+    pair: TokenizerPair
+    base_embed: torch.Tensor
+    base_head: torch.Tensor | None
+    warnings: list[str]
+    donor_matrices_read: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def donor_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The donor model's embeddings, read and checked on first use only."""
+        if self.donor_matrices_read is None:
+            matrices = read_embeddings(self.donor_model)
+            for matrix, what in zip(matrices, ("donor input embedding", "donor output head")):
+                self.warnings += check_finite(matrix, what, self.config.donor, allow=self.config.allow_nonfinite)
+            self.donor_matrices_read = matrices
+        return self.donor_matrices_read
+
+
+def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda phase: None) -> Session:
+    """Open both checkpoints, align the vocabularies and read the base embeddings (nothing else)."""
+    trust, pickle = config.trust_remote_code, config.allow_pickle
+    base = open_checkpoint(config.base, trust_remote_code=trust, allow_pickle=pickle)
+    donor_model = open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle)
+    rows = donor_model.vocab_rows if donor_model is not None else 0
+    pair = load_pair(config.base, config.donor, n_rows=rows, pad_to_multiple=config.pad_to_multiple,
+                     trust_remote_code=trust)
+    check_base_rows(pair, base.vocab_rows, config.base)
+    lap("align")
+    base_embed, base_head = read_embeddings(base)
+    warnings = check_finite(base_embed, "base input embedding", config.base, allow=config.allow_nonfinite)
+    warnings += check_finite(base_head, "base output head", config.base, allow=config.allow_nonfinite)
+    lap("read")
+    return Session(config, base, donor_model, pair, base_embed, base_head, warnings)
+
+
+def run_method(config: TransplantConfig, session: Session, progress: Progress | None) -> InitResult:
+    """Run config's method on the session's matrices; MethodError when its inputs are missing."""
     method = get_init_method(config.method, **config.method_options)
     device = resolve_device(config.device)
+    pair, donor_model = session.pair, session.donor_model
     donor_embed = donor_head = None
     if method.needs_donor_embeddings:
         if donor_model is None:
@@ -170,15 +216,11 @@ def run_method(config: TransplantConfig, pair: TokenizerPair, donor_model: Check
             raise MethodError(f"{config.donor}: donor tokenizer defines {pair.donor_vocab.size} ids but the donor "
                               f"model has only {donor_model.vocab_rows} embedding rows; tokenizer and weights do not "
                               "belong together")
-        donor_matrices = read_embeddings(donor_model)
-        for matrix, what in zip(donor_matrices, ("donor input embedding", "donor output head")):
-            found = check_finite(matrix, what, config.donor, allow=config.allow_nonfinite)
-            if warnings is not None:
-                warnings += found
-        donor_embed, donor_head = (m.float().to(device) if m is not None else None for m in donor_matrices)
-    base_embed, base_head = embeds
     # float32 working copies, unless the method upcasts the rows it reads (then bf16 stays bf16: half the memory)
     working = (lambda m: m.to(device)) if getattr(method, "upcasts_rows", False) else (lambda m: m.float().to(device))
+    if method.needs_donor_embeddings:
+        donor_embed, donor_head = (working(m) if m is not None else None for m in session.donor_matrices())
+    base_embed, base_head = session.base_embed, session.base_head
     ctx = InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, working(base_embed),
                       working(base_head) if base_head is not None else None, donor_embed, donor_head,
                       device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None,
@@ -202,8 +244,117 @@ def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, A
         else:
             prov: Provenance = computed[donor_id]
             row |= {"path": prov.path, "sources": prov.sources, "weights": [round(w, 6) for w in prov.weights]}
+            if prov.residual is not None:
+                row["residual"] = round(prov.residual, 6)
         rows.append(row)
     return rows
+
+
+def write_patched(session: Session, config: TransplantConfig, result: InitResult, staging: Path,
+                  progress: Progress | None) -> tuple[TransplantReport, list[dict[str, Any]]]:
+    """Write the patched checkpoint (weights, config, tokenizer) into staging; return its report (no
+    evaluation yet, empty timings) and provenance rows. Shared by transplant and compare."""
+    base, pair = session.base, session.pair
+    base_embed, base_head = session.base_embed, session.base_head
+    n_rows = pair.alignment.n_rows
+    residuals = new_row_departures(session, result)
+    defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
+    new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
+    result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
+    replacements = {base.input_name: new_embed}
+    if base.tied and base.output_name:
+        replacements[base.output_name] = new_embed
+    new_head = None
+    if not base.tied:
+        new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
+        replacements[base.output_name] = new_head
+        result.head = None
+    if base.format == "pickle":  # the pickle writer takes whole tensors
+        replacements = {name: matrix.materialise() for name, matrix in replacements.items()}
+    warnings = session.warnings + build_warnings(pair, result)
+
+    write_weights(base, staging, replacements,
+                  progress=(lambda done, total: progress("write", done, total)) if progress else None)
+    token_ids = donor_token_ids(pair, session.donor_model)
+    config_out = patch_config(base.config, n_rows, token_ids)
+    (staging / "config.json").write_text(json.dumps(config_out, indent=2, sort_keys=True) + "\n")
+    write_generation_config(base.path, staging, token_ids)
+    if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
+        for code in sorted(Path(config.base).glob("*.py")):
+            shutil.copyfile(code, staging / code.name)
+    warnings += write_tokenizer(config.donor, pair.base_tokenizer, pair.donor_tokenizer,
+                                set(pair.base_vocab.specials.values()), set(pair.donor_vocab.specials.values()),
+                                staging, chat_template=config.chat_template)
+    report = TransplantReport(
+        version=__version__,
+        base={"path": str(config.base), "kind": pair.base_vocab.kind, "vocab_size": pair.base_vocab.size,
+              "rows": base.vocab_rows, "hidden_size": base.hidden_size, "tied": base.tied,
+              "embed_sha256": tensor_sha256(base_embed),
+              "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
+        donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
+               "is_model": session.donor_model is not None},
+        output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
+                "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
+        method={"name": config.method, "options": config.method_options, "seed": config.seed,
+                "device": str(resolve_device(config.device)), "chat_template": config.chat_template}
+               | ({"info": result.info} if result.info else {}),
+        counts=pair.alignment.counts() | {"shared_tokens": pair.alignment.shared_tokens,
+                                          "computed": len(pair.alignment.new_ids)},
+        timings={},
+        warnings=warnings,
+        norms=row_norm_histograms(new_embed),
+        residuals=residuals,
+    )
+    return report, provenance_rows(pair, result)
+
+
+def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, Any]:
+    """Histogram counts of the L2 norms of copied (shared) and new input-embedding rows, on common bins:
+    new rows far outside the shared rows' range are the first sign of a bad initialisation."""
+    shared = torch.linalg.vector_norm(matrix.base[matrix.source[matrix.kind == 0]].float(), dim=1)
+    new = (torch.linalg.vector_norm(matrix.new_rows.float(), dim=1) if matrix.new_rows is not None
+           else torch.zeros(0))
+    both = torch.cat([shared, new])
+    if not both.numel():
+        return {}
+    low, high = both.min().item(), both.max().item()
+    high = high if high > low else low + 1.0
+    count = lambda values: torch.histc(values, bins=bins, min=low, max=high).long().tolist()  # noqa: E731
+    return {"edges": torch.linspace(low, high, bins + 1).tolist(), "shared": count(shared), "new": count(new),
+            "shared_median": shared.median().item() if shared.numel() else None,
+            "new_median": new.median().item() if new.numel() else None}
+
+
+def new_row_departures(session: Session, result: InitResult, top: int = 20) -> dict[str, Any]:
+    """The new tokens a method approximated worst, for the report.
+
+    Methods that approximate a target (omp: the donor row) put a relative residual in their provenance;
+    those are reported. Otherwise the measure is how far each new row lies from its pieces' mean
+    (the subword-mean row), relative to that row's norm: where the method departs most from the
+    tokenizer-only baseline. Computed before the rows are handed to the writer.
+    """
+    pair, new_ids = session.pair, session.pair.alignment.new_ids
+    tokens = pair.donor_vocab.tokens
+    residual = [p.residual for p in result.provenance]
+    if new_ids and all(r is not None for r in residual):
+        values = torch.tensor(residual, dtype=torch.float32)
+        measure = f"relative residual of the {result.provenance[0].path} approximation in the donor space"
+    else:
+        with_pieces = [row for row, i in enumerate(new_ids) if pair.alignment.decompositions.get(i)]
+        if not with_pieces:
+            return {}
+        pieces = [pair.alignment.decompositions[new_ids[row]] for row in with_pieces]
+        reference = piece_means(session.base_embed, pieces, session.base_embed[0]).float()
+        rows = result.embed[with_pieces].float().to(reference.device)
+        distance = torch.linalg.vector_norm(rows - reference, dim=1) / torch.linalg.vector_norm(reference, dim=1
+                                                                                               ).clamp(min=1e-12)
+        values = torch.full((len(new_ids),), float("nan"))
+        values[with_pieces] = distance.cpu()
+        measure = "distance of the new row from its pieces' mean (subword-mean row), relative to that row's norm"
+    order = torch.nan_to_num(values, nan=-1.0).argsort(descending=True)[:top].tolist()
+    return {"measure": measure, "max": float(torch.nan_to_num(values, nan=0.0).max()),
+            "tokens": [{"id": new_ids[row], "token": tokens[new_ids[row]] if new_ids[row] < len(tokens) else None,
+                        "value": round(float(values[row]), 6)} for row in order if values[row] == values[row]]}
 
 
 def transplant(config: TransplantConfig, progress: Progress | None = None) -> TransplantReport:
@@ -218,73 +369,22 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
 
     resolve_device(config.device)  # a wrong --device fails now, not after the slow steps
     check_output_path(config.out, [config.base, config.donor], force=config.force)
-    trust, pickle = config.trust_remote_code, config.allow_pickle
-    base = open_checkpoint(config.base, trust_remote_code=trust, allow_pickle=pickle)
-    donor_model = open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle)
-    rows = donor_model.vocab_rows if donor_model is not None else 0
-    pair = load_pair(config.base, config.donor, n_rows=rows, pad_to_multiple=config.pad_to_multiple,
-                     trust_remote_code=trust)
-    n_rows = pair.alignment.n_rows
-    check_base_rows(pair, base.vocab_rows, config.base)
-    lap("align")
-
-    base_embed, base_head = read_embeddings(base)
-    input_warnings = check_finite(base_embed, "base input embedding", config.base, allow=config.allow_nonfinite)
-    input_warnings += check_finite(base_head, "base output head", config.base, allow=config.allow_nonfinite)
-    lap("read")
-    result = run_method(config, pair, donor_model, (base_embed, base_head), progress, input_warnings)
+    session = open_session(config, lap)
+    if config.draft_for is not None:  # refuse a row count that cannot match before the slow method runs
+        check_draft_request(config.draft_for, session.donor_model and session.donor_model.vocab_rows,
+                            session.pair.alignment.n_rows, config.pad_to_multiple)
+    result = run_method(config, session, progress)
     lap("method")
 
-    defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
-    new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
-    result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
-    replacements = {base.input_name: new_embed}
-    if base.tied and base.output_name:
-        replacements[base.output_name] = new_embed
-    new_head = None
-    if not base.tied:
-        new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
-        replacements[base.output_name] = new_head
-        result.head = None
-    if base.format == "pickle":  # the pickle writer takes whole tensors
-        replacements = {name: matrix.materialise() for name, matrix in replacements.items()}
-    warnings = input_warnings + build_warnings(pair, result)
-
     with atomic_directory(config.out) as staging:
-        write_weights(base, staging, replacements,
-                      progress=(lambda done, total: progress("write", done, total)) if progress else None)
-        token_ids = donor_token_ids(pair, donor_model)
-        config_out = patch_config(base.config, n_rows, token_ids)
-        (staging / "config.json").write_text(json.dumps(config_out, indent=2, sort_keys=True) + "\n")
-        write_generation_config(base.path, staging, token_ids)
-        if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
-            for code in sorted(Path(config.base).glob("*.py")):
-                shutil.copyfile(code, staging / code.name)
-        warnings += write_tokenizer(config.donor, pair.base_tokenizer, pair.donor_tokenizer,
-                                    set(pair.base_vocab.specials.values()), set(pair.donor_vocab.specials.values()),
-                                    staging, chat_template=config.chat_template)
+        report, provenance = write_patched(session, config, result, staging, progress)
+        if config.draft_for is not None:
+            report.warnings += finish_draft(config.draft_for, staging)
         lap("write")
-        evaluation = evaluate_pair(config, pair, staging, progress)
+        report.evaluation = evaluate_pair(config, session.pair, staging, progress)
         lap("evaluate")
-        report = TransplantReport(
-            version=__version__,
-            base={"path": str(config.base), "kind": pair.base_vocab.kind, "vocab_size": pair.base_vocab.size,
-                  "rows": base.vocab_rows, "hidden_size": base.hidden_size, "tied": base.tied,
-                  "embed_sha256": tensor_sha256(base_embed),
-                  "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
-            donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
-                   "is_model": donor_model is not None},
-            output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
-                    "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
-            method={"name": config.method, "options": config.method_options, "seed": config.seed,
-                    "device": str(resolve_device(config.device)), "chat_template": config.chat_template},
-            counts=pair.alignment.counts() | {"shared_tokens": pair.alignment.shared_tokens,
-                                              "computed": len(pair.alignment.new_ids)},
-            timings=timings,
-            warnings=warnings,
-            evaluation=evaluation,
-        )
-        write_report(report, staging, provenance_rows(pair, result))
+        report.timings = timings
+        write_report(report, staging, provenance)
     return report
 
 
@@ -292,7 +392,7 @@ def write_generation_config(base_dir: Path, staging: Path, token_ids: dict[str, 
     """The base's generation settings with the donor's special token ids."""
     source = base_dir / "generation_config.json"
     generation = json.loads(source.read_text()) if source.is_file() else {}
-    generation.update({key: value for key, value in token_ids.items() if value is not None})
+    generation.update({key: value for key, value in token_ids.items() if value is not None and key != UNK_KEY})
     (staging / "generation_config.json").write_text(json.dumps(generation, indent=2, sort_keys=True) + "\n")
 
 
@@ -314,13 +414,25 @@ def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
     """Bits per byte of base (base tokenizer) and patched (donor tokenizer) on each --eval-text."""
     if not config.eval_texts:
         return []
-    from .evaluate import evaluate_models, truncate_utf8
+    from .evaluate import evaluate_models
 
-    texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in config.eval_texts}
-    if config.eval_max_bytes:
-        texts = {label: truncate_utf8(text, config.eval_max_bytes) for label, text in texts.items()}
+    texts = read_eval_texts(config.eval_texts, config.eval_max_bytes)
     before, after = evaluate_models([config.base, patched], texts, device=config.device, progress=progress,
                                     trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+    return evaluation_rows(pair, texts, before, after)
+
+
+def read_eval_texts(paths: tuple[Path, ...], max_bytes: int | None) -> dict[str, str]:
+    """label (file name) -> text, cut to max_bytes UTF-8 bytes when given."""
+    from .evaluate import truncate_utf8
+
+    texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in paths}
+    return {label: truncate_utf8(text, max_bytes) for label, text in texts.items()} if max_bytes else texts
+
+
+def evaluation_rows(pair: TokenizerPair, texts: dict[str, str], before, after) -> list[dict[str, Any]]:
+    """One row per text: base and patched bits per byte (evaluate.ModelScores), their ratio, and the
+    pair's split statistics on it (the floor a method cannot beat)."""
     rows = []
     for label, base_score, patched_score in zip(texts, before.scores, after.scores):
         stats = text_stats(label, texts[label], pair.alignment, pair.base_tokenizer, pair.donor_tokenizer)

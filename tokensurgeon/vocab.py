@@ -169,9 +169,30 @@ def _role_tokens(tokenizer: Any) -> dict[str, str]:
     return roles
 
 
+def tokenizer_spec(backend: Any) -> dict:
+    """The parts of tokenizer.json that build_vocabulary reads, from a tokenizers.Tokenizer.
+
+    Serialising the whole tokenizer (``to_str``) and parsing it back would also copy every merge:
+    hundreds of MB and seconds for a 262k vocabulary. Each part is asked for on its own instead;
+    only a Unigram model, whose byte-fallback flag the bindings do not expose, is serialised whole.
+    """
+    model_type = type(backend.model).__name__
+    if model_type == "Unigram":
+        model = json.loads(backend.model.__getstate__())
+    else:
+        model = {"type": model_type, "byte_fallback": bool(getattr(backend.model, "byte_fallback", False)),
+                 "vocab": backend.get_vocab(with_added_tokens=False)}
+    spec = {"model": model, "added_tokens": [{"id": token_id, "content": added.content, "special": added.special}
+                                             for token_id, added in backend.get_added_tokens_decoder().items()]}
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        component = getattr(backend, part)
+        spec[part] = json.loads(component.__getstate__()) if component is not None else None
+    return spec
+
+
 def build_vocabulary(tokenizer: Any) -> Vocabulary:
     """Read a fast tokenizer's vocabulary into canonical bytes, keeping specials apart."""
-    spec = json.loads(tokenizer.backend_tokenizer.to_str())
+    spec = tokenizer_spec(tokenizer.backend_tokenizer)
     scheme, kind = detect_scheme(spec)
     model = spec["model"]
     pieces = model.get("vocab", {})

@@ -21,9 +21,9 @@ from ..vocab import Vocabulary
 @dataclass
 class InitContext:
     """Everything a method may use. Matrices are float32 on ``device``, except for a method whose class
-    sets ``upcasts_rows = True``: it gets the base matrices in the checkpoint's own dtype (half the
-    memory for bf16), upcasts the rows it gathers (``mean_rows`` and ``base_mean`` do) and may
-    return its rows in that dtype (they are stored in it anyway).
+    sets ``upcasts_rows = True``: it gets the base (and donor) matrices in the checkpoint's own dtype
+    (half the memory for bf16), upcasts the rows it gathers (``mean_rows`` and ``base_mean`` do) and
+    may return its rows in that dtype (they are stored in it anyway).
 
     Attributes:
         base_embed: (V_base, d) the base model's input embeddings.
@@ -82,11 +82,16 @@ def mean_rows(matrix: torch.Tensor, ids: list[int], block: int = 8192) -> torch.
 
 @dataclass
 class Provenance:
-    """How one new row was made: the path taken and the base (or anchor) ids it mixes."""
+    """How one new row was made: the path taken and the base (or anchor) ids it mixes.
+
+    residual: for a method that approximates a target (omp: the donor row), how much of it was left
+    unexplained, relative to the target's norm; the report lists the worst tokens.
+    """
 
     path: str
     sources: list[int] = field(default_factory=list)
     weights: list[float] = field(default_factory=list)
+    residual: float | None = None
 
 
 @dataclass
@@ -94,11 +99,13 @@ class InitResult:
     """Rows for ``ctx.new_ids``: embed (n_new, d), head (n_new, d) when untied, one provenance each.
 
     float32, or the base matrices' dtype for a method with ``upcasts_rows`` (see InitContext).
+    ``info``: what the report should record about the run (e.g. the trained artefact a method used).
     """
 
     embed: torch.Tensor
     head: torch.Tensor | None
     provenance: list[Provenance]
+    info: dict[str, Any] = field(default_factory=dict)
 
 
 class InitMethod(Protocol):

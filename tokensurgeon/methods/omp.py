@@ -9,7 +9,9 @@ when it has one.
 
 Tokens that are not valid UTF-8 on their own (a space plus the first byte of a Devanagari
 character, say) are built from their byte-level pieces instead: their donor rows are rarely
-trained, and a wrong row on such a token can carry much of a text's loss.
+trained, and a wrong row on such a token can carry much of a text's loss. So are tokens whose OMP
+code leaves more than half of the donor row unexplained (``max_residual``, relative): the code is
+then a fit to noise (coefficients spread over unrelated anchors), and the pieces' mean is safer.
 """
 
 from __future__ import annotations
@@ -40,16 +42,19 @@ class OMPMethod:
     name: ClassVar[str] = "omp"
     summary: ClassVar[str] = "k-sparse combination of shared anchors in the donor space, replayed in the base (OMP)"
     needs_donor_embeddings: ClassVar[bool] = True
-    upcasts_rows: ClassVar[bool] = True  # only the anchors' base rows are upcast, never a whole matrix
+    upcasts_rows: ClassVar[bool] = True  # gathered rows are upcast (anchors, targets), never a whole matrix
 
     def __init__(self, k: int = 64, normalize_atoms: bool = False, candidates: int | None = None,
-                 refresh: int = 8, refresh_pool: int = 64) -> None:
+                 refresh: int = 8, refresh_pool: int = 64, max_residual: float = 0.5) -> None:
         if int(k) < 1 or int(refresh) < 1 or int(refresh_pool) < 1:
             raise MethodError(f"omp: k, refresh and refresh_pool must be at least 1, got {k}, {refresh}, {refresh_pool}")
+        if not float(max_residual) > 0:
+            raise MethodError(f"omp: max_residual must be positive, got {max_residual}")
         self.k = int(k)
         self.normalize_atoms = bool(normalize_atoms)
         self.candidates = candidates
         self.refresh, self.refresh_pool = int(refresh), int(refresh_pool)
+        self.max_residual = float(max_residual)
 
     def anchors(self, ctx: InitContext) -> tuple[list[int], list[int]]:
         """Donor ids of ordinary shared tokens with a donor row, and their base ids."""
@@ -58,36 +63,46 @@ class OMPMethod:
         return donor_ids, [ctx.alignment.source[i] for i in donor_ids]
 
     def initialise(self, ctx: InitContext) -> InitResult:
+        """Solve every new token, then give its pieces' mean instead to two kinds: partial-UTF-8 tokens, and
+        tokens whose code leaves more than ``max_residual`` of the donor row unexplained (their codes
+        are fits to noise: on P1, newline-plus-indent tokens, which cost wikitext most of its gap)."""
         anchor_donor, anchor_base = self.anchors(ctx)
         if len(anchor_donor) < self.k:
             raise MethodError(f"omp: only {len(anchor_donor)} shared tokens to use as anchors, fewer than k={self.k}")
-        new_ids = ctx.new_ids
-        by_pieces = [is_partial_utf8(ctx.donor_vocab.canonical[i]) and bool(ctx.alignment.decompositions.get(i))
-                     for i in new_ids]
-        solve = [row for row, flag in enumerate(by_pieces) if not flag]
+        new_ids, pieces = ctx.new_ids, ctx.alignment.decompositions
+        paths = ["bytes-subword-mean" if is_partial_utf8(ctx.donor_vocab.canonical[i]) and pieces.get(i) else "omp"
+                 for i in new_ids]
+        solve = [row for row, path in enumerate(paths) if path == "omp"]
         targets = [new_ids[r] for r in solve]
         embed_codes = self.solve(ctx, ctx.donor_embed, anchor_donor, targets)
-        embed = self.replay(ctx, ctx.base_embed, anchor_base, embed_codes, solve, by_pieces)
+        residuals = relative_residuals(ctx.donor_embed, targets, embed_codes.residual_norm)
+        for row, residual in zip(solve, residuals):
+            if residual > self.max_residual and pieces.get(new_ids[row]):
+                paths[row] = "omp-residual-subword-mean"
+        embed = self.replay(ctx, ctx.base_embed, anchor_base, embed_codes, solve, paths)
         head = None
         if ctx.untied:
             head_codes = (embed_codes if ctx.donor_head is None
                           else self.solve(ctx, ctx.donor_head, anchor_donor, targets))
-            head = self.replay(ctx, ctx.base_head, anchor_base, head_codes, solve, by_pieces)
-        return InitResult(embed, head, self.provenance(ctx, by_pieces, solve, embed_codes, anchor_base))
+            head = self.replay(ctx, ctx.base_head, anchor_base, head_codes, solve, paths)
+        return InitResult(embed, head, self.provenance(ctx, paths, solve, embed_codes, residuals, anchor_base))
 
     def replay(self, ctx: InitContext, base_matrix: torch.Tensor, anchor_base: list[int], codes,
-               solve: list[int], by_pieces: list[bool]) -> torch.Tensor:
-        """Apply the codes to the anchors' base rows; byte-piece tokens get their pieces' mean."""
-        rows = torch.empty(len(by_pieces), base_matrix.shape[1], device=base_matrix.device)
+               solve: list[int], paths: list[str]) -> torch.Tensor:
+        """Apply the codes to the anchors' base rows; rows on a subword-mean path get their pieces' mean."""
+        rows = torch.empty(len(paths), base_matrix.shape[1], device=base_matrix.device)
         if solve:
-            atoms = base_matrix[anchor_base].float()  # (N, d_base)
-            indices, coefficients = codes.indices.to(atoms.device), codes.coefficients.to(atoms.device)
-            replayed = torch.empty(len(solve), base_matrix.shape[1], device=base_matrix.device)
-            for start in range(0, len(solve), _REPLAY_CHUNK):  # (chunk, k, d) gathers stay small
+            device = base_matrix.device
+            # anchor positions -> base ids once; each chunk gathers its (chunk, k, d) rows from the base matrix
+            # and upcasts only those: no float32 copy of all N anchor rows
+            base_ids = torch.tensor(anchor_base, dtype=torch.long, device=device)[codes.indices.to(device)]
+            coefficients = codes.coefficients.to(device)
+            replayed = torch.empty(len(solve), base_matrix.shape[1], device=device)
+            for start in range(0, len(solve), _REPLAY_CHUNK):
                 part = slice(start, start + _REPLAY_CHUNK)
-                replayed[part] = torch.einsum("bk,bkd->bd", coefficients[part], atoms[indices[part]])
+                replayed[part] = torch.einsum("bk,bkd->bd", coefficients[part], base_matrix[base_ids[part]].float())
             rows[solve] = replayed
-        picked = [row for row, flag in enumerate(by_pieces) if flag]
+        picked = [row for row, path in enumerate(paths) if path != "omp"]
         if picked:
             pieces = [ctx.alignment.decompositions[ctx.new_ids[row]] for row in picked]
             rows[picked] = piece_means(base_matrix, pieces, ctx.base_mean(base_matrix)).float()
@@ -104,15 +119,24 @@ class OMPMethod:
                            normalize_atoms=self.normalize_atoms, candidates=self.candidates,
                            refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress)
 
-    def provenance(self, ctx: InitContext, by_pieces: list[bool], solve: list[int], codes,
+    def provenance(self, ctx: InitContext, paths: list[str], solve: list[int], codes, residuals: list[float],
                    anchor_base: list[int]) -> list[Provenance]:
-        result: list[Provenance] = [None] * len(by_pieces)  # type: ignore[list-item]
-        for row, flag in enumerate(by_pieces):
-            if flag:
-                pieces = list(ctx.alignment.decompositions[ctx.new_ids[row]])
-                result[row] = Provenance("bytes-subword-mean", pieces, [1.0 / len(pieces)] * len(pieces))
+        result = [Provenance(path) for path in paths]
         if solve:
             indices, coefficients = codes.indices.tolist(), codes.coefficients.tolist()
             for position, row in enumerate(solve):
-                result[row] = Provenance("omp", [anchor_base[a] for a in indices[position]], coefficients[position])
+                result[row] = Provenance("omp", [anchor_base[a] for a in indices[position]], coefficients[position],
+                                         residual=residuals[position])
+        for row, path in enumerate(paths):
+            if path != "omp":
+                parts = list(ctx.alignment.decompositions[ctx.new_ids[row]])
+                result[row] = Provenance(path, parts, [1.0 / len(parts)] * len(parts), residual=result[row].residual)
         return result
+
+
+def relative_residuals(donor_matrix: torch.Tensor, target_ids: list[int], residual_norm: torch.Tensor) -> list[float]:
+    """||donor row - its reconstruction|| / ||donor row|| per target: how much of it the code leaves out."""
+    rows = donor_matrix.shape[0]
+    targets = donor_matrix[[i if i < rows else 0 for i in target_ids]].float()
+    scale = torch.linalg.vector_norm(targets, dim=1).clamp(min=1e-12)
+    return (residual_norm.to(scale.device) / scale).tolist()

@@ -1,0 +1,129 @@
+"""FOCUS (Dobler & de Melo, arXiv 2305.14481): a new token is a sparse convex mix of shared tokens.
+
+Each new donor token is compared, by cosine in an auxiliary space (auxiliary.py: the donor model's
+embeddings, or fastText trained on --corpus), with the tokens both vocabularies share; sparsemax
+of those similarities picks a handful of them, and the same weights mix their base rows. Unlike
+the original, no token ever gets a random row: tokens without an auxiliary vector, and tokens
+that are not valid UTF-8 on their own (rarely trained, easily mis-placed), get the subword mean.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+
+from ..auxiliary import auxiliary_space, fasttext_params
+from ..errors import MethodError
+from ..sparsemax import topk_sparsemax
+from .base import InitContext, InitResult, Provenance
+from .omp import is_partial_utf8
+from .subword_mean import piece_means
+
+_BLOCK = 1024  # new tokens per similarity block: (block, n_anchors) float32 stays ~150 MB for 40k anchors
+
+
+def shared_anchors(ctx: InitContext) -> tuple[list[bytes], list[int]]:
+    """Canonical bytes and base ids of the ordinary tokens both vocabularies share."""
+    donor_ids = [i for i, kind in enumerate(ctx.alignment.match) if kind in ("exact", "bytes")]
+    return [ctx.donor_vocab.canonical[i] for i in donor_ids], [ctx.alignment.source[i] for i in donor_ids]
+
+
+def weighted_rows(matrix: torch.Tensor, sources: list[list[int]], weights: list[list[float]],
+                  block: int = 256) -> torch.Tensor:
+    """Per row, the weighted sum of ``matrix`` rows (float32): (len(sources), d).
+
+    A block of rows at a time: the gathered (entries, d) temporary stays small (a mix may hold 256 rows).
+    """
+    rows = torch.zeros(len(sources), matrix.shape[1], dtype=torch.float32, device=matrix.device)
+    for start in range(0, len(sources), block):
+        groups, scales = sources[start:start + block], weights[start:start + block]
+        flat = torch.tensor([i for group in groups for i in group], dtype=torch.long, device=matrix.device)
+        owner = torch.tensor([row for row, group in enumerate(groups) for _ in group], dtype=torch.long,
+                             device=matrix.device)
+        scale = torch.tensor([w for group in scales for w in group], dtype=torch.float32, device=matrix.device)
+        rows[start:start + block].index_add_(0, owner, matrix[flat].float() * scale.unsqueeze(1))
+    return rows
+
+
+def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device: torch.device,
+               temperature: float = 1.0) -> list[tuple[list[int], list[float]]]:
+    """Sparsemax of cosine similarity to the anchors, per target: (anchor positions, weights).
+
+    Args:
+        targets: (M, d) unit vectors; anchors: (N, d) unit vectors.
+        top_k: candidates per target; sparsemax over them is exact unless all k get weight.
+        temperature: similarities are divided by it; below 1 makes the mix sparser (FOCUS: 1).
+    """
+    anchors = anchors.to(device)
+    result = []
+    for start in range(0, len(targets), _BLOCK):
+        similarity = targets[start:start + _BLOCK].to(device) @ anchors.T / temperature  # (block, N)
+        indices, weights, _ = topk_sparsemax(similarity, top_k)
+        for row_indices, row_weights in zip(indices.tolist(), weights.tolist()):
+            support = [(i, w) for i, w in zip(row_indices, row_weights) if w > 0]
+            result.append(([i for i, _ in support], [w for _, w in support]))
+    return result
+
+
+def assemble(ctx: InitContext, matrix: torch.Tensor, mixed: dict[int, tuple[list[int], list[float]]]) -> torch.Tensor:
+    """Rows for ``ctx.new_ids``: the mixes given by row position, the subword mean for every other row."""
+    rows = torch.empty(len(ctx.new_ids), matrix.shape[1], dtype=torch.float32, device=matrix.device)
+    positions = sorted(mixed)
+    if positions:
+        rows[positions] = weighted_rows(matrix, [mixed[p][0] for p in positions], [mixed[p][1] for p in positions])
+    new_ids = ctx.new_ids
+    rest = [p for p in range(len(new_ids)) if p not in mixed]
+    if rest:
+        pieces = [ctx.alignment.decompositions.get(new_ids[p], ()) for p in rest]
+        rows[rest] = piece_means(matrix, pieces, ctx.base_mean(matrix)).float()
+    return rows
+
+
+def subword_provenance(ctx: InitContext, token_id: int) -> Provenance:
+    """Provenance of a row that fell back to the subword mean (or the mean row: no pieces)."""
+    pieces = list(ctx.alignment.decompositions.get(token_id, ()))
+    if not pieces:
+        return Provenance("fallback-mean")
+    return Provenance("subword-mean", pieces, [1.0 / len(pieces)] * len(pieces))
+
+
+def mixable(ctx: InitContext, found: torch.Tensor) -> list[int]:
+    """Row positions with an auxiliary vector whose bytes are valid UTF-8 on their own."""
+    new_ids = ctx.new_ids
+    return [p for p, ok in enumerate(found.tolist()) if ok and not is_partial_utf8(ctx.donor_vocab.canonical[new_ids[p]])]
+
+
+class FocusMethod:
+    name: ClassVar[str] = "focus"
+    summary: ClassVar[str] = ("sparsemax mix of shared tokens, by similarity in the donor model or fastText "
+                              "on --corpus (FOCUS)")
+    needs_donor_embeddings: ClassVar[bool] = False
+    upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
+
+    def __init__(self, top_k: int = 256, temperature: float = 1.0, **aux_options: Any) -> None:
+        if int(top_k) < 1 or not float(temperature) > 0:
+            raise MethodError(f"focus: top_k must be at least 1 and temperature positive, got {top_k}, {temperature}")
+        self.top_k, self.temperature = int(top_k), float(temperature)
+        self.params = fasttext_params("focus", aux_options)
+
+    def initialise(self, ctx: InitContext) -> InitResult:
+        space = auxiliary_space(ctx, "focus", self.params)
+        anchor_raws, anchor_base = shared_anchors(ctx)
+        anchor_vectors, anchor_found, _ = space.vectors_for(anchor_raws)
+        anchor_base = [b for b, ok in zip(anchor_base, anchor_found.tolist()) if ok]
+        if not anchor_base:
+            raise MethodError("focus: no shared token has an auxiliary vector; the corpus is too small or "
+                              "in another language")
+        anchor_vectors = anchor_vectors[anchor_found]
+        vectors, found, seen = space.vectors_for([ctx.donor_vocab.canonical[i] for i in ctx.new_ids])
+        positions = mixable(ctx, found)
+        mixes = sparse_mix(vectors[positions], anchor_vectors, self.top_k, ctx.device, self.temperature)
+        mixed = {p: ([anchor_base[a] for a in anchors], weights) for p, (anchors, weights) in zip(positions, mixes)}
+        embed = assemble(ctx, ctx.base_embed, mixed)
+        head = assemble(ctx, ctx.base_head, mixed) if ctx.untied else None
+        provenance = [
+            Provenance("focus" if seen[p] else "focus-ngrams", *mixed[p]) if p in mixed else subword_provenance(ctx, i)
+            for p, i in enumerate(ctx.new_ids)
+        ]
+        return InitResult(embed, head, provenance, {"auxiliary": space.kind, **space.info})
