@@ -105,6 +105,18 @@ def test_method_needing_donor_model_is_refused_for_tokenizer(tiny_models, tmp_pa
     assert not (tmp_path / "o").exists()
 
 
+def test_methods_that_may_use_a_donor_model_get_its_embeddings(tiny_models, tmp_path):
+    """focus needs --corpus or a donor model: with a model as donor and no corpus it runs from the model's space."""
+    out = tmp_path / "out"
+    transplant(TransplantConfig(base=tiny_models["untied"], donor=tiny_models["donor_llama2"], out=out,
+                                method="focus"))
+    paths = {row["path"] for row in provenance(out)}
+    assert "focus" in paths
+    with pytest.raises(MethodError, match="--corpus"):
+        transplant(TransplantConfig(base=tiny_models["untied"], donor=TOKENIZERS / "llama2", out=tmp_path / "o",
+                                    method="focus"))
+
+
 def test_chat_template_policy(tiny_models, tmp_path):
     out = tmp_path / "out"
     report = transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama3", out=out,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 from .vocab import ROLES, Vocabulary
@@ -40,7 +41,7 @@ class Alignment:
     def n_rows(self) -> int:
         return len(self.source)
 
-    @property
+    @cached_property  # per-row loops index it: computing it per access would be quadratic
     def new_ids(self) -> list[int]:
         """Donor ids whose rows a method must compute, in id order."""
         return [i for i, kind in enumerate(self.match) if kind in COMPUTED]

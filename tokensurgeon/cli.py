@@ -78,6 +78,13 @@ def progress_bars(enabled: bool) -> Iterator[Callable[[str, int, int], None] | N
         yield update
 
 
+def _run_job(job: Callable[[Any, Any], Any], config: Any, *, as_json: bool, view: str) -> None:
+    """Run ``job(config, progress)`` under progress bars (none for JSON or a pipe) and print its result."""
+    with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+        result = job(config, progress)
+    _show(result, as_json=as_json, view=view)
+
+
 def _print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
@@ -182,9 +189,7 @@ def transplant(
                                   trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                                   allow_nonfinite=allow_nonfinite, corpus=tuple(corpus or []),
                                   draft_for=as_draft_for)
-        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
-            report = run_transplant(config, progress)
-    _show(report, as_json=as_json, view="print_transplant")
+        _run_job(run_transplant, config, as_json=as_json, view="print_transplant")
 
 
 @app.command()
@@ -266,9 +271,7 @@ def export(
 
         config = ExportConfig(source=source, out=out, dtype=dtype, max_shard_size=max_shard_size,
                               embeddings_only=embeddings_only, apply_to=apply_to, link=link, force=force)
-        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
-            result = run_export(config, progress)
-    _show(result, as_json=as_json, view="print_export")
+        _run_job(run_export, config, as_json=as_json, view="print_export")
 
 
 @app.command()
@@ -309,9 +312,7 @@ def heal(
                             eval_every=eval_every, patience=patience, eval_max_bytes=eval_max_bytes,
                             compare_base=compare_base, seed=seed, device=device, force=force,
                             trust_remote_code=trust_remote_code)
-        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
-            report = run_heal(config, progress)
-    _show(report, as_json=as_json, view="print_heal")
+        _run_job(run_heal, config, as_json=as_json, view="print_heal")
 
 
 @app.command()
@@ -355,9 +356,7 @@ def compare(
                                method_options=_method_options(option or []), seed=seed, device=device,
                                corpus=tuple(corpus or []), force=force, trust_remote_code=trust_remote_code,
                                allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
-        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
-            report = run_compare(config, progress)
-    _show(report, as_json=as_json, view="print_compare")
+        _run_job(run_compare, config, as_json=as_json, view="print_compare")
 
 
 def _method_options(pairs: list[str]) -> dict[str, dict[str, Any]]:

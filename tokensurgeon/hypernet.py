@@ -197,6 +197,27 @@ def _schedule(optimizer: torch.optim.Optimizer, steps: int) -> torch.optim.lr_sc
         else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warm) / max(1, steps - warm))))
 
 
+def _optimise(net: Hypernet, optimizer: torch.optim.Optimizer, scheduler: Any, loss: torch.Tensor) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+    optimizer.step()
+    scheduler.step()
+
+
+class _LossCurve:
+    """Mean loss over every ``every`` steps (and the last, shorter stretch): the curve hypernet.json keeps."""
+
+    def __init__(self, every: int, digits: int) -> None:
+        self.every, self.digits, self.points, self.running, self.count = every, digits, [], 0.0, 0
+
+    def add(self, loss: float, step: int, steps: int) -> None:
+        self.running, self.count = self.running + loss, self.count + 1
+        if (step + 1) % self.every == 0 or step + 1 == steps:
+            self.points.append(round(self.running / self.count, self.digits))
+            self.running, self.count = 0.0, 0
+
+
 def _unit_mse(net: Hypernet, predicted: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (((predicted - target) / net.scale.view(1, -1, 1)) ** 2).mean()
 
@@ -229,7 +250,7 @@ def _warmup_steps(net: Hypernet, matrices: Sequence[torch.Tensor], data: WarmupD
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=0.01)
     scheduler = _schedule(optimizer, config.steps)
     device = matrices[0].device
-    curve, running = [], 0.0
+    curve = _LossCurve(every=50, digits=5)
     net.train()
     for step in range(config.steps):
         ids = [data.train[rng.randrange(len(data.train))] for _ in range(config.batch_size)]
@@ -237,18 +258,11 @@ def _warmup_steps(net: Hypernet, matrices: Sequence[torch.Tensor], data: WarmupD
         index = torch.tensor(ids, device=device)
         target = torch.stack([m[index].float() for m in matrices], dim=1)
         loss = _unit_mse(net, net(*gather_pieces(matrices, pieces)), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        running += loss.item()
-        if (step + 1) % 50 == 0 or step + 1 == config.steps:
-            curve.append(round(running / (50 if (step + 1) % 50 == 0 else (step + 1) % 50), 5))
-            running = 0.0
+        _optimise(net, optimizer, scheduler, loss)
+        curve.add(loss.item(), step, config.steps)
         if progress:
             progress("warm-up", step + 1, config.steps)
-    return curve
+    return curve.points
 
 
 def corpus_windows(texts: Sequence[str], tokenizer: Any, vocab: Vocabulary, seq_len: int) -> torch.Tensor:
@@ -287,7 +301,7 @@ def train_lm(net: Hypernet, matrices: Sequence[torch.Tensor], data: WarmupData, 
     optimizer = torch.optim.AdamW(net.parameters(), lr=config.lm_lr, weight_decay=0.01)
     scheduler = _schedule(optimizer, config.lm_steps)
     backbone = model.base_model
-    curve, running = [], 0.0
+    curve = _LossCurve(every=10, digits=4)
     net.train()
     for step in range(config.lm_steps):
         batch = windows[[rng.randrange(len(windows)) for _ in range(config.lm_batch)]].to(device)
@@ -316,18 +330,11 @@ def train_lm(net: Hypernet, matrices: Sequence[torch.Tensor], data: WarmupData, 
         if chosen:
             target = torch.stack([m[chosen_t].float() for m in matrices], dim=1)
             loss = loss + config.aux_weight * _unit_mse(net, predicted, target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
-        optimizer.step()
-        scheduler.step()
-        running += lm_loss.item()
-        if (step + 1) % 10 == 0 or step + 1 == config.lm_steps:
-            curve.append(round(running / (10 if (step + 1) % 10 == 0 else (step + 1) % 10), 4))
-            running = 0.0
+        _optimise(net, optimizer, scheduler, loss)
+        curve.add(lm_loss.item(), step, config.lm_steps)
         if progress:
             progress("lm stage", step + 1, config.lm_steps)
-    return curve
+    return curve.points
 
 
 @dataclass

@@ -208,24 +208,27 @@ def run_method(config: TransplantConfig, session: Session, progress: Progress | 
     device = resolve_device(config.device)
     pair, donor_model = session.pair, session.donor_model
     donor_embed = donor_head = None
-    if method.needs_donor_embeddings:
-        if donor_model is None:
-            raise MethodError(f"method {config.method!r} needs the donor model's embeddings, but {config.donor} "
-                              "is a tokenizer only; pass a full model directory or pick a tokenizer-only method")
+    if method.needs_donor_embeddings and donor_model is None:
+        raise MethodError(f"method {config.method!r} needs the donor model's embeddings, but {config.donor} "
+                          "is a tokenizer only; pass a full model directory or pick a tokenizer-only method")
+    # a method that can work without them (focus, tokenadapt) still gets them when the donor is a model
+    reads_donor = donor_model is not None and (method.needs_donor_embeddings
+                                               or getattr(method, "uses_donor_embeddings", False))
+    if reads_donor:
         if donor_model.vocab_rows < pair.donor_vocab.size:
             raise MethodError(f"{config.donor}: donor tokenizer defines {pair.donor_vocab.size} ids but the donor "
                               f"model has only {donor_model.vocab_rows} embedding rows; tokenizer and weights do not "
                               "belong together")
     # float32 working copies, unless the method upcasts the rows it reads (then bf16 stays bf16: half the memory)
     working = (lambda m: m.to(device)) if getattr(method, "upcasts_rows", False) else (lambda m: m.float().to(device))
-    if method.needs_donor_embeddings:
+    if reads_donor:
         donor_embed, donor_head = (working(m) if m is not None else None for m in session.donor_matrices())
     base_embed, base_head = session.base_embed, session.base_head
     ctx = InitContext(pair.alignment, pair.base_vocab, pair.donor_vocab, working(base_embed),
                       working(base_head) if base_head is not None else None, donor_embed, donor_head,
                       device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None,
-                      base_tokenizer=pair.base_tokenizer, donor_tokenizer=pair.donor_tokenizer,
-                      base_path=Path(config.base), corpus=tuple(Path(p) for p in config.corpus))
+                      tokenizers=pair, base_path=Path(config.base), corpus=tuple(Path(p) for p in config.corpus))
+    pair.release_tokenizers()  # peak memory should follow the embeddings: a method that needs one reloads it
     return method.initialise(ctx)
 
 
@@ -314,6 +317,7 @@ def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, An
     shared = torch.linalg.vector_norm(matrix.base[matrix.source[matrix.kind == 0]].float(), dim=1)
     new = (torch.linalg.vector_norm(matrix.new_rows.float(), dim=1) if matrix.new_rows is not None
            else torch.zeros(0))
+    shared, new = shared[shared.isfinite()], new[new.isfinite()]  # --allow-nonfinite rows stay out of the picture
     both = torch.cat([shared, new])
     if not both.numel():
         return {}

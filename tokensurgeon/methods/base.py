@@ -30,7 +30,8 @@ class InitContext:
         base_head: (V_base, d) the base output head when untied, else None.
         donor_embed: (V_donor, d_donor) the donor model's input embeddings, when the donor is a model.
         donor_head: (V_donor, d_donor) the donor's untied output head, when it has one.
-        base_tokenizer, donor_tokenizer: the loaded tokenizers (methods that re-tokenize text or tokens).
+        tokenizers: the TokenizerPair (pair.py); ``base_tokenizer``/``donor_tokenizer`` load from it on first
+            use, so a method that never re-tokenizes never holds a tokenizer in memory.
         base_path: the base checkpoint directory (methods that run or train against the base model).
         corpus: the user's text files (--corpus), for methods that learn from text.
     """
@@ -45,10 +46,17 @@ class InitContext:
     device: torch.device
     seed: int = 0
     progress: Callable[[int, int], None] | None = None
-    base_tokenizer: Any = None
-    donor_tokenizer: Any = None
+    tokenizers: Any = None
     base_path: Path | None = None
     corpus: tuple[Path, ...] = ()
+
+    @property
+    def base_tokenizer(self) -> Any:
+        return None if self.tokenizers is None else self.tokenizers.base_tokenizer
+
+    @property
+    def donor_tokenizer(self) -> Any:
+        return None if self.tokenizers is None else self.tokenizers.donor_tokenizer
 
     @property
     def new_ids(self) -> list[int]:
@@ -109,7 +117,11 @@ class InitResult:
 
 
 class InitMethod(Protocol):
-    """A named initialisation method; its constructor takes its options as keywords."""
+    """A named initialisation method; its constructor takes its options as keywords.
+
+    Optional class flags: ``upcasts_rows`` (see InitContext) and ``uses_donor_embeddings``: the method
+    works from a donor tokenizer alone but gets the donor model's embeddings when the donor is a model.
+    """
 
     name: ClassVar[str]
     summary: ClassVar[str]

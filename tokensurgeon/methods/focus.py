@@ -99,6 +99,7 @@ class FocusMethod:
     summary: ClassVar[str] = ("sparsemax mix of shared tokens, by similarity in the donor model or fastText "
                               "on --corpus (FOCUS)")
     needs_donor_embeddings: ClassVar[bool] = False
+    uses_donor_embeddings: ClassVar[bool] = True  # its similarity space when the donor is a model
     upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
 
     def __init__(self, top_k: int = 256, temperature: float = 1.0, **aux_options: Any) -> None:

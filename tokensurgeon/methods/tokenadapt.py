@@ -52,6 +52,7 @@ class TokenAdaptMethod:
     summary: ClassVar[str] = ("similarity- and length-weighted pieces blended with nearest base tokens in an "
                               "auxiliary space (TokenAdapt)")
     needs_donor_embeddings: ClassVar[bool] = False
+    uses_donor_embeddings: ClassVar[bool] = True  # its similarity space when the donor is a model
     upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
 
     def __init__(self, global_weight: float = 0.3, top_k: int = 3, temperature: float = 1.0,
