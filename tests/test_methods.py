@@ -29,6 +29,12 @@ def test_default_method_is_registered():
     assert DEFAULT_METHOD in INIT_METHODS
 
 
+@pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Methods that cache what they train (hypernet, the corpus space) write here, not into the user's cache."""
+    monkeypatch.setenv("TOKENSURGEON_CACHE", str(tmp_path / "cache"))
+
+
 @pytest.fixture(scope="module")
 def required_options(tmp_path_factory):
     """Options a method cannot run without (wechsel: aligned word vectors, here a tiny file), or would run long

@@ -77,7 +77,7 @@ def print_transplant(console: Console, report: TransplantReport) -> None:
         console.print(table)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    console.print(f"report: {report.output['path']}/report.md, report.json, provenance.jsonl")
+    console.print(f"report: {report.output['path']}/report.md, report.html, report.json, provenance.jsonl")
 
 
 def print_compare(console: Console, report) -> None:
