@@ -48,6 +48,12 @@ def main(
     STATE["debug"] = debug
 
 
+def _trust_remote_code() -> Any:
+    """The one --trust-remote-code option every command that loads a model or tokenizer takes."""
+    return typer.Option(False, "--trust-remote-code",
+                        help="Let transformers run Python code shipped with the model or tokenizer (auto_map).")
+
+
 @contextlib.contextmanager
 def user_errors() -> Iterator[None]:
     """Turn a TokenSurgeonError into one line on stderr and exit code 2 (the traceback too with --debug)."""
@@ -115,8 +121,7 @@ def inspect(
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to measure splits on (repeatable)."),
     samples: int = typer.Option(12, help="How many new tokens to show with their base decomposition."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    trust_remote_code: bool = _trust_remote_code(),
 ) -> None:
     """Show how the donor vocabulary overlaps the base vocabulary.
 
@@ -154,8 +159,7 @@ def transplant(
     eval_max_bytes: Optional[int] = typer.Option(None, help="Evaluate at most this many bytes of each text."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    trust_remote_code: bool = _trust_remote_code(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Read pytorch_model*.bin weights (torch weights-only loader) when there are "
                                            "no safetensors; the output is safetensors."),
@@ -201,8 +205,7 @@ def evaluate(
     max_bytes: Optional[int] = typer.Option(EvalConfig.max_bytes, help="Score only the first bytes of each text."),
     device: str = typer.Option(EvalConfig.device, help="auto, cpu or cuda."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    trust_remote_code: bool = _trust_remote_code(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Load pytorch_model*.bin weights (weights-only) when there are no safetensors."),
     speculative: bool = typer.Option(False, "--speculative",
@@ -297,8 +300,7 @@ def heal(
     device: str = typer.Option(HealConfig.device, help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    trust_remote_code: bool = _trust_remote_code(),
 ) -> None:
     """Fine-tune only the embedding rows of PATCHED on text; keep the best held-out state, never a worse one.
 
@@ -333,8 +335,7 @@ def compare(
     device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    trust_remote_code: bool = _trust_remote_code(),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Read pytorch_model*.bin weights (weights-only) when there are no safetensors."),
     allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
@@ -401,8 +402,7 @@ def hypernet_train(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the training record as JSON."),
-    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
-                                           help="Let transformers run Python code shipped with the model or tokenizer (auto_map)."),
+    trust_remote_code: bool = _trust_remote_code(),
 ) -> None:
     """Train a hypernetwork for BASE once; reuse it for any donor with `transplant --hypernet OUT`.
 
