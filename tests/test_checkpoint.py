@@ -5,36 +5,31 @@ import json
 import pytest
 import torch
 from safetensors import safe_open
+from safetensors.torch import save_file
 from transformers import AutoModelForCausalLM
 
 import tokensurgeon.checkpoint as checkpoint_module
-from tokensurgeon.checkpoint import open_checkpoint, read_embeddings, read_header, write_weights
+from tokensurgeon.checkpoint import (gathered, open_checkpoint, read_embeddings, read_header, read_tensor,
+                                     release_pages, write_weights)
 from tokensurgeon.errors import CheckpointError
 
 
-class CountingSafeOpen:
-    """Wraps safetensors.safe_open to count the tensors actually materialised."""
+class CountingReads:
+    """Wraps checkpoint.read_tensor, the one place a tensor is materialised, to count the tensors read."""
 
     def __init__(self):
         self.names: list[str] = []
+        self.read = checkpoint_module.read_tensor
 
-    def __call__(self, *args, **kwargs):
-        handle = safe_open(*args, **kwargs)
-        names = self.names
+    def __call__(self, info):
+        self.names.append(info.name)
+        return self.read(info)
 
-        class Handle:
-            def __enter__(self):
-                handle.__enter__()
-                return self
 
-            def __exit__(self, *exc):
-                return handle.__exit__(*exc)
-
-            def get_tensor(self, name):
-                names.append(name)
-                return handle.get_tensor(name)
-
-        return Handle()
+def resident_file_mb() -> float:
+    """This process's resident file-backed memory (RssFile), in MB."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("RssFile:")) / 1024
 
 
 def test_tied_single_file(tiny_models):
@@ -51,8 +46,8 @@ def test_untied_sharded(tiny_models):
 
 
 def test_read_embeddings_reads_only_embeddings(tiny_models, monkeypatch):
-    counter = CountingSafeOpen()
-    monkeypatch.setattr(checkpoint_module, "safe_open", counter)
+    counter = CountingReads()
+    monkeypatch.setattr(checkpoint_module, "read_tensor", counter)
     ckpt = open_checkpoint(tiny_models["untied"])
     embed, head = read_embeddings(ckpt)
     assert counter.names == ["model.embed_tokens.weight", "lm_head.weight"]
@@ -60,13 +55,43 @@ def test_read_embeddings_reads_only_embeddings(tiny_models, monkeypatch):
     assert embed.shape == head.shape == (49152, 32) and embed.dtype == torch.bfloat16
 
 
+def test_mapped_tensors_equal_safetensors_and_hand_back_their_pages(tmp_path):
+    matrix = torch.randn(16384, 1024)  # 64 MB
+    save_file({"other": torch.ones(3, dtype=torch.int64), "embed": matrix.bfloat16(), "big": matrix}, tmp_path / "m.safetensors")
+    tensors, _ = read_header(tmp_path / "m.safetensors")
+    assert torch.equal(read_tensor(tensors["embed"]), matrix.bfloat16())
+    assert torch.equal(read_tensor(tensors["other"]), torch.ones(3, dtype=torch.int64))  # via safetensors
+    mapped = read_tensor(tensors["big"])
+    before = resident_file_mb()
+    assert torch.equal(mapped, matrix)  # reads every page
+    assert resident_file_mb() - before > 48
+    release_pages(mapped)
+    assert resident_file_mb() - before < 16
+    assert torch.equal(mapped[-5:], matrix[-5:])  # released pages read back from the file
+    release_pages(matrix)  # not a mapping: nothing happens
+    assert torch.equal(mapped[:3], matrix[:3])
+
+
+def test_gathered_reads_rows_in_row_order_with_repeats():
+    matrix = torch.arange(50 * 3, dtype=torch.float32).view(50, 3)
+    ids = [49, 0, 7, 7, 31, 12, 49, 3]
+    out = torch.empty(len(ids), 3)
+    windows = []
+    for positions, rows in gathered(matrix, ids, rows_per_block=8):
+        out[positions] = rows
+        windows.append(sorted(ids[p] // 8 for p in positions.tolist()))
+    assert torch.equal(out, matrix[ids])
+    assert [w[0] for w in windows] == sorted({i // 8 for i in ids}) and all(len(set(w)) == 1 for w in windows)
+    assert list(gathered(matrix, [])) == []
+
+
 def test_write_replaces_only_what_is_asked(tiny_models, tmp_path, monkeypatch):
     source = tiny_models["untied"]
     ckpt = open_checkpoint(source)
     embed, head = read_embeddings(ckpt)
     new_embed = torch.cat([embed, embed[:7] * 2])  # grow the vocabulary
-    counter = CountingSafeOpen()
-    monkeypatch.setattr(checkpoint_module, "safe_open", counter)
+    counter = CountingReads()
+    monkeypatch.setattr(checkpoint_module, "read_tensor", counter)
     (tmp_path / "config.json").write_text((source / "config.json").read_text())
     write_weights(ckpt, tmp_path, {ckpt.input_name: new_embed})
     assert counter.names == []  # nothing deserialised: other tensors are copied as raw bytes

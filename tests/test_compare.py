@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import tokensurgeon.checkpoint as checkpoint_module
 import tokensurgeon.evaluate as evaluate_module
 from conftest import CORPORA, TOKENIZERS
-from test_checkpoint import CountingSafeOpen
+from test_checkpoint import CountingReads
 from tokensurgeon.cli import app
 from tokensurgeon.compare import compare, geometric_mean
 from tokensurgeon.config import CompareConfig
@@ -29,8 +29,8 @@ def test_compare_keeps_the_best_and_reads_everything_once(tiny_models, text, tmp
     base, out = tiny_models["tied"], tmp_path / "best"
     loads, real_load = [], evaluate_module.load_for_eval
     monkeypatch.setattr(evaluate_module, "load_for_eval", lambda path, **kw: loads.append(path) or real_load(path, **kw))
-    reads = CountingSafeOpen()
-    monkeypatch.setattr(checkpoint_module, "safe_open", reads)
+    reads = CountingReads()
+    monkeypatch.setattr(checkpoint_module, "read_tensor", reads)
     report = compare(CompareConfig(base=base, donor=TOKENIZERS / "llama3", texts=(text,),
                                    methods=("subword-mean", "zero", "omp", "mean"), out=out))
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 import tokensurgeon.checkpoint as checkpoint_module
 from conftest import TOKENIZERS
-from test_checkpoint import CountingSafeOpen
+from test_checkpoint import CountingReads
 from tokensurgeon.cli import app
 from tokensurgeon.config import ExportConfig, TransplantConfig
 from tokensurgeon.errors import TokenSurgeonError
@@ -107,8 +107,8 @@ def test_unchanged_shards_are_copied_byte_for_byte(tiny_models, tmp_path):
 
 def test_export_deserialises_nothing(patched, tmp_path, monkeypatch):
     """Raw byte ranges and casts from the file: no tensor is ever loaded through safetensors."""
-    counter = CountingSafeOpen()
-    monkeypatch.setattr(checkpoint_module, "safe_open", counter)
+    counter = CountingReads()
+    monkeypatch.setattr(checkpoint_module, "read_tensor", counter)
     run(patched, tmp_path / "fp16", dtype="fp16", max_shard_size="1MB")
     run(patched, tmp_path / "patch", embeddings_only=True)
     assert counter.names == []

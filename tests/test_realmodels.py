@@ -10,7 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import tokensurgeon.checkpoint as checkpoint_module
 from conftest import CORPORA, TOKENIZERS
-from test_checkpoint import CountingSafeOpen
+from test_checkpoint import CountingReads
 from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
 from tokensurgeon.config import TransplantConfig
 from tokensurgeon.overlap import compare_tokenizers
@@ -33,8 +33,8 @@ def gemma3():
 
 @pytest.mark.parametrize("name, rows, hidden", [("smollm2-135m", 49152, 576), ("gemma3-270m", 262144, 640)])
 def test_reading_embeddings_reads_only_the_embedding(name, rows, hidden, monkeypatch):
-    counter = CountingSafeOpen()
-    monkeypatch.setattr(checkpoint_module, "safe_open", counter)
+    counter = CountingReads()
+    monkeypatch.setattr(checkpoint_module, "read_tensor", counter)
     ckpt = open_checkpoint(ensure_model(name))
     embed, head = read_embeddings(ckpt)
     assert ckpt.tied and head is None

@@ -10,12 +10,16 @@ The embedding tensor names come from the model class itself, built on the meta d
 
 from __future__ import annotations
 
+import hashlib
 import json
+import mmap
 import shutil
 import struct
+import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -295,11 +299,14 @@ def _check_embedding_layout(path: Path, embed: TensorInfo, head: TensorInfo | No
 
 
 def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Materialise one tensor (and only that one) from its shard."""
+    """One tensor (and only that one) from its shard: floating tensors are mapped read-only, so only
+    the rows a job touches are read, and ``release_pages`` can hand them back."""
     if info.file.suffix == ".bin":
         from .pickle_weights import load_pickle
 
         return load_pickle(info.file)[info.name].clone()  # clone: detach from the memory map
+    if info.dtype in SAFETENSORS_TO_TORCH:
+        return _map_tensor(info)
     try:
         with safe_open(info.file, framework="pt") as handle:
             return handle.get_tensor(info.name)
@@ -307,6 +314,83 @@ def read_tensor(info: TensorInfo) -> torch.Tensor:
         if isinstance(exc, (KeyboardInterrupt, MemoryError)):
             raise
         raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({first_line(exc)})") from exc
+
+
+_MAPPINGS: list[tuple[int, int, weakref.ref]] = []  # (address, length, mapping) of every live _map_tensor map
+
+
+def _map_tensor(info: TensorInfo) -> torch.Tensor:
+    """Map a tensor's byte range read-only (shared with the page cache; a write would fault, none is made)."""
+    first = info.start - info.start % mmap.ALLOCATIONGRANULARITY
+    try:
+        with open(info.file, "rb") as handle:
+            mapped = mmap.mmap(handle.fileno(), info.end - first, access=mmap.ACCESS_READ, offset=first)
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({exc})") from exc
+    dtype = SAFETENSORS_TO_TORCH[info.dtype]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "the given buffer is not writable": it is meant not to be
+        address = torch.frombuffer(mapped, dtype=torch.uint8, count=1).data_ptr() if len(mapped) else 0
+        tensor = torch.frombuffer(mapped, dtype=dtype, count=(info.end - info.start) // DTYPE_SIZES[info.dtype],
+                                  offset=info.start - first)
+    _MAPPINGS[:] = [entry for entry in _MAPPINGS if entry[2]() is not None] + [(address, len(mapped),
+                                                                               weakref.ref(mapped))]
+    return tensor.view(info.shape)
+
+
+def release_pages(tensor: object) -> None:
+    """Drop the pages of a tensor mapped by read_tensor from this process's resident memory.
+
+    A pass over a whole matrix (hash, finite check, mean) would otherwise leave all of it resident,
+    so peak memory would follow the file rather than the rows in use. The pages stay in the page cache
+    and fault back in on the next read. A no-op for any other tensor.
+    """
+    if not isinstance(tensor, torch.Tensor) or not tensor.numel():
+        return
+    start = tensor.data_ptr()
+    for address, length, ref in _MAPPINGS:
+        mapped = ref()
+        if mapped is not None and address <= start < address + length:
+            offset = (start - address) - (start - address) % mmap.PAGESIZE
+            end = min(start - address + tensor.numel() * tensor.element_size(), length)
+            mapped.madvise(mmap.MADV_DONTNEED, offset, end - offset)
+            return
+
+
+def row_blocks(matrix: "torch.Tensor", rows_per_block: int = 8192) -> Iterator[tuple[int, torch.Tensor]]:
+    """(first row, block) over a matrix, releasing a mapped matrix's pages behind each block."""
+    for start in range(0, matrix.shape[0], rows_per_block):
+        yield start, matrix[start:start + rows_per_block]
+        release_pages(matrix)
+
+
+def gathered(matrix: torch.Tensor, ids: "torch.Tensor | list[int]",
+             rows_per_block: int = 8192) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(positions in ids, matrix[ids[positions]]) for the ids inside one block of the matrix's rows at a time.
+
+    Scattered row reads from a mapped matrix fault in whole neighbourhoods of pages, so a plain
+    ``matrix[ids]`` leaves most of the file resident; read in row order, one block at a time, a mapped
+    matrix is read once and only one block of it is ever resident.
+    """
+    ids = torch.as_tensor(ids, dtype=torch.long, device=matrix.device)
+    order = ids.argsort(stable=True)
+    edges = torch.searchsorted(ids[order], torch.arange(0, matrix.shape[0] + rows_per_block, rows_per_block,
+                                                         device=matrix.device)).tolist()
+    for first, last in zip(edges, edges[1:]):
+        if first < last:
+            positions = order[first:last]
+            yield positions, matrix[ids[positions]]
+            release_pages(matrix)
+
+
+def tensor_sha256(tensor: "torch.Tensor", rows_per_block: int = 8192) -> str:
+    """sha256 of a matrix's bytes (row-major), read a block of rows at a time: no full copy.
+
+    Takes anything with row slices and ``contiguous()`` (transplant's AssembledMatrix too)."""
+    digest = hashlib.sha256()
+    for _, block in row_blocks(tensor.contiguous(), rows_per_block):
+        digest.update(block.contiguous().view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def read_embeddings(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -325,8 +409,8 @@ def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192) -> tuple
     """
     values = rows = 0
     first = None
-    for start in range(0, matrix.shape[0], rows_per_block):
-        bad = ~torch.isfinite(matrix[start:start + rows_per_block])
+    for start, block in row_blocks(matrix, rows_per_block):
+        bad = ~torch.isfinite(block)
         if not bool(bad.any()):
             continue
         bad_rows = bad.reshape(bad.shape[0], -1).any(dim=1).nonzero().flatten()
@@ -337,9 +421,8 @@ def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192) -> tuple
 
 def _tensor_bytes(tensor: torch.Tensor, rows_per_chunk: int = 8192):
     """Yield a 2-D tensor's raw bytes a block of rows at a time (no full copy)."""
-    tensor = tensor.contiguous()
-    for start in range(0, tensor.shape[0], rows_per_chunk):
-        yield tensor[start:start + rows_per_chunk].view(torch.uint8).numpy().tobytes()
+    for _, block in row_blocks(tensor.contiguous(), rows_per_chunk):
+        yield block.contiguous().view(torch.uint8).numpy().tobytes()
 
 
 def _copy_range(src, dst, start: int, end: int) -> None:

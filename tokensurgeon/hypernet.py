@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .alignment import fewest_pieces
+from .checkpoint import tensor_sha256
 from .config import HypernetConfig
 from .errors import MethodError, TokenSurgeonError
 from .vocab import Vocabulary
@@ -100,8 +101,6 @@ def build_hypernet(matrices: Sequence[torch.Tensor], config: HypernetConfig, dev
 
 def fingerprint(matrices: Sequence[torch.Tensor]) -> dict[str, Any]:
     """What ties a network to its base: shape and sha256 of each matrix's float32 values."""
-    from .transplant import tensor_sha256  # transplant imports the method registry, which imports this module
-
     return {"rows": matrices[0].shape[0], "hidden": matrices[0].shape[1], "tied": len(matrices) == 1,
             "sha256": [tensor_sha256(m.detach().float().cpu()) for m in matrices]}
 

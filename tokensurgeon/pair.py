@@ -5,10 +5,13 @@ from __future__ import annotations
 import ctypes
 import gc
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 from .alignment import Alignment, align_vocabularies, with_decompositions
+from .overlap import number_scheme_warning
+from .tokenizer_files import TokenizerTraits
 from .vocab import Vocabulary, build_vocabulary, load_tokenizer
 
 
@@ -18,6 +21,7 @@ class TokenizerPair:
 
     A large tokenizer object (Gemma 3's: ~300 MB) outweighs the vocabularies it was read into, so a
     long job can ``release_tokenizers()`` while it works on embeddings; the next use loads them again.
+    The facts writing the output needs (traits, the number-scheme warning) are kept when they go.
     """
 
     base_vocab: Vocabulary
@@ -41,8 +45,22 @@ class TokenizerPair:
             self.loaded[side] = load_tokenizer(path, trust_remote_code=self.trust_remote_code)
         return self.loaded[side]
 
+    @cached_property
+    def base_traits(self) -> TokenizerTraits:
+        return TokenizerTraits.of(self.base_tokenizer)
+
+    @cached_property
+    def donor_traits(self) -> TokenizerTraits:
+        return TokenizerTraits.of(self.donor_tokenizer)
+
+    @cached_property
+    def number_warning(self) -> str | None:
+        return number_scheme_warning(self.base_tokenizer, self.donor_tokenizer)
+
     def release_tokenizers(self) -> None:
         """Drop the tokenizer objects and hand their memory back to the system (glibc keeps freed pages)."""
+        if len(self.loaded) == 2:  # keep what later steps need while both are at hand
+            self.base_traits, self.donor_traits, self.number_warning  # noqa: B018
         self.loaded.clear()
         gc.collect()
         try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,9 +20,22 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
 
 
-def adds_bos(tokenizer: Any) -> bool:
-    bos = tokenizer.bos_token_id
-    return bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+@dataclass(frozen=True)
+class TokenizerTraits:
+    """What writing the patched tokenizer needs from a tokenizer, kept apart from the tokenizer object
+    (Gemma 3's holds ~300 MB) so a transplant need not load it again to write its output."""
+
+    adds_bos: bool
+    bos_token: str | None
+    bos_token_id: int | None
+    chat_template: str | None
+
+    @classmethod
+    def of(cls, tokenizer: Any) -> "TokenizerTraits":
+        bos = tokenizer.bos_token_id
+        adds = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+        template = tokenizer.chat_template
+        return cls(adds, tokenizer.bos_token, bos, template if isinstance(template, str) else None)
 
 
 def bos_post_processor(existing: dict | None, bos: str, bos_id: int) -> dict:
@@ -38,23 +52,23 @@ def bos_post_processor(existing: dict | None, bos: str, bos_id: int) -> dict:
     return {"type": "Sequence", "processors": [existing, template]}
 
 
-def match_bos(base_tokenizer: Any, donor_tokenizer: Any, staging: Path) -> list[str]:
+def match_bos(base: TokenizerTraits, donor: TokenizerTraits, staging: Path) -> list[str]:
     """Make the copied donor tokenizer prepend BOS when the base tokenizer does. Returns notes."""
     spec_file = staging / "tokenizer.json"
-    if not adds_bos(base_tokenizer) or adds_bos(donor_tokenizer) or not spec_file.is_file():
+    if not base.adds_bos or donor.adds_bos or not spec_file.is_file():
         return []
-    if donor_tokenizer.bos_token_id is None:
+    if donor.bos_token_id is None:
         return ["the base model expects a BOS token but the donor tokenizer has none; prepend one yourself"]
     spec = json.loads(spec_file.read_text(encoding="utf-8"))
-    spec["post_processor"] = bos_post_processor(spec.get("post_processor"), donor_tokenizer.bos_token,
-                                                donor_tokenizer.bos_token_id)
+    spec["post_processor"] = bos_post_processor(spec.get("post_processor"), donor.bos_token, donor.bos_token_id)
     spec_file.write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     return [f"the base tokenizer prepends BOS and the donor's did not: the patched tokenizer now prepends "
-            f"{donor_tokenizer.bos_token!r}"]
+            f"{donor.bos_token!r}"]
 
 
-def write_tokenizer(donor: Path, base_tokenizer: Any, donor_tokenizer: Any, base_specials: set[str],
-                    donor_specials: set[str], staging: Path, *, chat_template: str) -> list[str]:
+def write_tokenizer(donor: Path, base_traits: TokenizerTraits, donor_traits: TokenizerTraits,
+                    base_specials: set[str], donor_specials: set[str], staging: Path, *,
+                    chat_template: str) -> list[str]:
     """Copy the donor's tokenizer files into staging and apply the BOS and chat-template policies.
 
     Returns warnings and notes for the report.
@@ -62,10 +76,10 @@ def write_tokenizer(donor: Path, base_tokenizer: Any, donor_tokenizer: Any, base
     for name in TOKENIZER_FILES + CHAT_TEMPLATE_FILES:
         if (donor / name).is_file():
             shutil.copyfile(donor / name, staging / name)
-    notes = match_bos(base_tokenizer, donor_tokenizer, staging)
+    notes = match_bos(base_traits, donor_traits, staging)
     if chat_template == "donor":
-        return notes + ([] if donor_tokenizer.chat_template else ["the donor tokenizer has no chat template"])
-    template = base_tokenizer.chat_template
+        return notes + ([] if donor_traits.chat_template else ["the donor tokenizer has no chat template"])
+    template = base_traits.chat_template
     if not template:
         return notes + ["--chat-template base: the base tokenizer has no chat template; none written"]
     for name in CHAT_TEMPLATE_FILES:

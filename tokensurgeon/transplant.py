@@ -9,7 +9,6 @@ goes into a staging directory that becomes OUT only at the end.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -21,8 +20,8 @@ import torch
 
 from . import __version__
 from .alignment import COPIED
-from .checkpoint import (Checkpoint, CheckpointError, nonfinite_summary, open_checkpoint, read_embeddings,
-                         write_weights)
+from .checkpoint import (Checkpoint, CheckpointError, gathered, nonfinite_summary, open_checkpoint,
+                         read_embeddings, release_pages, tensor_sha256, write_weights)
 from .devices import resolve_device
 from .draft import check_draft_request, finish_draft
 from .errors import MethodError
@@ -31,7 +30,7 @@ from .methods import InitContext, InitResult, Provenance, get_init_method
 from .methods.base import mean_rows
 from .methods.subword_mean import piece_means
 from .outdir import atomic_directory, check_output_path
-from .overlap import number_scheme_warning, text_stats
+from .overlap import text_stats
 from .pair import TokenizerPair, load_pair
 from .report import TransplantReport, write_report
 from .tokenizer_files import write_tokenizer
@@ -92,7 +91,8 @@ class AssembledMatrix:
         kind = self.kind[start:stop]
         out = torch.empty(max(stop - start, 0), self.shape[1], dtype=self.dtype)
         copied = (kind == 0).nonzero().flatten()
-        out[copied] = self.base[self.source[start:stop][copied]]
+        for positions, rows in gathered(self.base, self.source[start:stop][copied]):
+            out[copied[positions]] = rows
         new = (kind == 1).nonzero().flatten()
         if new.numel():
             out[new] = self.new_rows[self.new_position[start:stop][new]]
@@ -127,15 +127,6 @@ def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
             if key in target or (target is patched and key != UNK_KEY):
                 target[key] = value
     return patched
-
-
-def tensor_sha256(tensor: "torch.Tensor | AssembledMatrix", rows_per_block: int = 8192) -> str:
-    """sha256 of a matrix's bytes (row-major), read a block of rows at a time: no full copy."""
-    digest = hashlib.sha256()
-    tensor = tensor.contiguous()
-    for start in range(0, tensor.shape[0], rows_per_block):
-        digest.update(tensor[start:start + rows_per_block].contiguous().view(torch.uint8).numpy().data)
-    return digest.hexdigest()
 
 
 def check_finite(matrix: torch.Tensor | None, what: str, path: Path, *, allow: bool) -> list[str]:
@@ -229,7 +220,10 @@ def run_method(config: TransplantConfig, session: Session, progress: Progress | 
                       device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None,
                       tokenizers=pair, base_path=Path(config.base), corpus=tuple(Path(p) for p in config.corpus))
     pair.release_tokenizers()  # peak memory should follow the embeddings: a method that needs one reloads it
-    return method.initialise(ctx)
+    result = method.initialise(ctx)
+    for matrix in (base_embed, base_head) + (session.donor_matrices_read or ()):
+        release_pages(matrix)
+    return result
 
 
 def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, Any]]:
@@ -285,7 +279,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
     if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
         for code in sorted(Path(config.base).glob("*.py")):
             shutil.copyfile(code, staging / code.name)
-    warnings += write_tokenizer(config.donor, pair.base_tokenizer, pair.donor_tokenizer,
+    warnings += write_tokenizer(config.donor, pair.base_traits, pair.donor_traits,
                                 set(pair.base_vocab.specials.values()), set(pair.donor_vocab.specials.values()),
                                 staging, chat_template=config.chat_template)
     report = TransplantReport(
@@ -314,7 +308,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
 def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, Any]:
     """Histogram counts of the L2 norms of copied (shared) and new input-embedding rows, on common bins:
     new rows far outside the shared rows' range are the first sign of a bad initialisation."""
-    shared = torch.linalg.vector_norm(matrix.base[matrix.source[matrix.kind == 0]].float(), dim=1)
+    shared = row_norms(matrix.base, matrix.source[matrix.kind == 0])
     new = (torch.linalg.vector_norm(matrix.new_rows.float(), dim=1) if matrix.new_rows is not None
            else torch.zeros(0))
     shared, new = shared[shared.isfinite()], new[new.isfinite()]  # --allow-nonfinite rows stay out of the picture
@@ -327,6 +321,14 @@ def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, An
     return {"edges": torch.linspace(low, high, bins + 1).tolist(), "shared": count(shared), "new": count(new),
             "shared_median": shared.median().item() if shared.numel() else None,
             "new_median": new.median().item() if new.numel() else None}
+
+
+def row_norms(matrix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """L2 norms of the given rows, read in row order (``checkpoint.gathered``)."""
+    norms = torch.zeros(len(ids))
+    for positions, rows in gathered(matrix, ids):
+        norms[positions.cpu()] = torch.linalg.vector_norm(rows.float(), dim=1).cpu()
+    return norms
 
 
 def new_row_departures(session: Session, result: InitResult, top: int = 20) -> dict[str, Any]:
@@ -401,10 +403,7 @@ def write_generation_config(base_dir: Path, staging: Path, token_ids: dict[str, 
 
 
 def build_warnings(pair: TokenizerPair, result: InitResult) -> list[str]:
-    warnings = []
-    scheme = number_scheme_warning(pair.base_tokenizer, pair.donor_tokenizer)
-    if scheme:
-        warnings.append(scheme)
+    warnings = [pair.number_warning] if pair.number_warning else []
     fallbacks = [pair.donor_vocab.tokens[i] for i, prov in zip(pair.alignment.new_ids, result.provenance)
                  if prov.path.startswith("fallback")]
     if fallbacks:

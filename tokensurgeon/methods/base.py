@@ -15,6 +15,7 @@ from typing import Any, Callable, ClassVar, Protocol
 import torch
 
 from ..alignment import Alignment
+from ..checkpoint import gathered
 from ..vocab import Vocabulary
 
 
@@ -79,12 +80,22 @@ class InitContext:
         return mean_rows(matrix, self.defined_base_ids())
 
 
-def mean_rows(matrix: torch.Tensor, ids: list[int], block: int = 8192) -> torch.Tensor:
+def gather_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
+    """matrix[ids] in (at least) float32, read in row order (``checkpoint.gathered``): no stored-dtype copy
+    of all the rows beside the float32 one, and at most one block of a mapped matrix resident."""
+    out = torch.empty(len(ids), matrix.shape[1], dtype=torch.promote_types(matrix.dtype, torch.float32),
+                      device=matrix.device)
+    for positions, rows in gathered(matrix, ids):
+        out[positions] = rows.to(out.dtype)
+    return out
+
+
+def mean_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """Mean of the given rows in (at least) float32, a block at a time: no full-size temporary copy."""
     total = torch.zeros(matrix.shape[1], dtype=torch.promote_types(matrix.dtype, torch.float32),
                         device=matrix.device)
-    for start in range(0, len(ids), block):
-        total += matrix[ids[start:start + block]].to(total.dtype).sum(dim=0)
+    for _, rows in gathered(matrix, ids):
+        total += rows.to(total.dtype).sum(dim=0)
     return total / max(len(ids), 1)
 
 

@@ -20,13 +20,11 @@ from typing import ClassVar
 
 import torch
 
+from ..checkpoint import gathered
 from ..errors import MethodError
 from ..sparse_coding import omp_batches
-from .base import InitContext, InitResult, Provenance
+from .base import InitContext, InitResult, Provenance, gather_rows
 from .subword_mean import piece_means
-
-_REPLAY_CHUNK = 2048
-
 
 def is_partial_utf8(raw: bytes | None) -> bool:
     if raw is None:
@@ -92,15 +90,15 @@ class OMPMethod:
         """Apply the codes to the anchors' base rows; rows on a subword-mean path get their pieces' mean."""
         rows = torch.empty(len(paths), base_matrix.shape[1], device=base_matrix.device)
         if solve:
+            # every (token, anchor) term of every code, summed in base-row order: the base matrix is read once,
+            # a block of rows at a time, and only those rows are upcast
             device = base_matrix.device
-            # anchor positions -> base ids once; each chunk gathers its (chunk, k, d) rows from the base matrix
-            # and upcasts only those: no float32 copy of all N anchor rows
-            base_ids = torch.tensor(anchor_base, dtype=torch.long, device=device)[codes.indices.to(device)]
-            coefficients = codes.coefficients.to(device)
-            replayed = torch.empty(len(solve), base_matrix.shape[1], device=device)
-            for start in range(0, len(solve), _REPLAY_CHUNK):
-                part = slice(start, start + _REPLAY_CHUNK)
-                replayed[part] = torch.einsum("bk,bkd->bd", coefficients[part], base_matrix[base_ids[part]].float())
+            base_ids = torch.tensor(anchor_base, dtype=torch.long, device=device)[codes.indices.to(device)].flatten()
+            coefficients = codes.coefficients.to(device).flatten()
+            token = torch.arange(len(solve), device=device).repeat_interleave(codes.indices.shape[1])
+            replayed = torch.zeros(len(solve), base_matrix.shape[1], device=device)
+            for positions, anchor_rows in gathered(base_matrix, base_ids):
+                replayed.index_add_(0, token[positions], anchor_rows.float() * coefficients[positions, None])
             rows[solve] = replayed
         picked = [row for row, path in enumerate(paths) if path != "omp"]
         if picked:
@@ -115,7 +113,7 @@ class OMPMethod:
         missing = [j for j, i in enumerate(target_ids) if i >= rows]
         targets[missing] = 0  # ids past the donor's rows have no donor embedding: no signal to match
         k = min(self.k, donor_matrix.shape[1])  # more atoms than dimensions are linearly dependent
-        return omp_batches(targets, donor_matrix[anchor_donor], k, device=ctx.device,
+        return omp_batches(targets, gather_rows(donor_matrix, anchor_donor), k, device=ctx.device,
                            normalize_atoms=self.normalize_atoms, candidates=self.candidates,
                            refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress)
 
