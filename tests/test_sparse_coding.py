@@ -89,12 +89,27 @@ def test_exact_sparse_combinations_are_recovered_on_every_path(monkeypatch):
     monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
     runs["no-gram"] = batch_omp(targets, dictionary, k)
     runs["candidates, no gram"] = batch_omp(targets, dictionary, k, candidates=pool)
+    runs["refreshed, bf16 ranking"] = omp_batches(targets, dictionary, k, device="cpu", refresh=2,
+                                                  select_dtype=torch.bfloat16)
     for name, result in runs.items():
         assert [set(row) for row in result.indices.tolist()] == [set(row) for row in support.tolist()], name
         assert (result.residual_norm / targets.norm(dim=1)).max() < 1e-4, name
         order = result.indices.argsort(dim=1)
         torch.testing.assert_close(result.coefficients.gather(1, order),
                                    weights.gather(1, support.argsort(dim=1)), rtol=1e-4, atol=1e-4)
+
+
+def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):
+    """bf16 only ranks atoms into the pools; the codes are solved in float32 and nearly as good."""
+    monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
+    targets, dictionary = problem(5, n_atoms=2000, dim=64, batch=64)
+    full = omp_batches(targets, dictionary, 16, device="cpu", refresh=4, refresh_pool=16)
+    fast = omp_batches(targets, dictionary, 16, device="cpu", refresh=4, refresh_pool=16, select_dtype=torch.bfloat16)
+    assert fast.coefficients.dtype == torch.float32
+    assert fast.residual_norm.mean() < 1.02 * full.residual_norm.mean()
+    overlap = [len(set(a) & set(b)) for a, b in zip(fast.indices.tolist(), full.indices.tolist())]
+    assert sum(overlap) / (16 * len(overlap)) > 0.8
+    assert sparse_coding.fast_selection_dtype(torch.device("cpu")) in (torch.bfloat16, torch.float32)
 
 
 def test_candidates_equal_exact_when_the_pool_holds_the_exact_picks():

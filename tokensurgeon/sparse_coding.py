@@ -21,7 +21,7 @@ from torch import Tensor
 _GRAM_SHARE = 0.5  # the (N, N) Gram may take at most this share of free memory
 _GRAM_CAP = 1 << 30  # ...and at most 1 GiB (N <= 16k anchors)
 _BATCH_SHARE = 0.25  # one batch's working set may take this share of the memory left after it
-_BATCH_CAP = 128 << 20  # ...and at most 128 MiB: larger batches are no faster, and memory should follow the embeddings
+_BATCH_CAP = 64 << 20  # ...and at most 64 MiB: larger batches are no faster, and memory should follow the embeddings
 _JITTER = 1e-6  # floor on Cholesky pivots, relative to the mean squared atom norm
 
 
@@ -62,6 +62,20 @@ def gram_fits(n_atoms: int, device: torch.device) -> bool:
     return size <= _GRAM_CAP and size <= _GRAM_SHARE * free_memory_bytes(device)
 
 
+def fast_selection_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 where the hardware multiplies it natively, else float32.
+
+    The refreshed path's full correlations only rank atoms into each target's pool, whose
+    correlations are then kept exact in float32, so bf16's ~3 significant digits change the pool only
+    at near ties; a bf16 GEMM is ~5x faster than float32 on CPUs with AVX512-BF16 or AMX.
+    """
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
+    cpu = torch.cpu
+    native = [getattr(cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return torch.bfloat16 if device.type == "cpu" and any(check() for check in native) else torch.float32
+
+
 def selection_atoms(dictionary: Tensor, normalize_atoms: bool) -> tuple[Tensor, Tensor]:
     """The float32 atoms OMP correlates with, and each atom's scale back to the original rows.
 
@@ -78,7 +92,7 @@ def selection_atoms(dictionary: Tensor, normalize_atoms: bool) -> tuple[Tensor, 
 
 def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: bool = True,
               candidates: int | None = None, gram: Tensor | None = None, refresh: int = 1,
-              refresh_pool: int = 64) -> OMPResult:
+              refresh_pool: int = 64, selection: Tensor | None = None) -> OMPResult:
     """k-sparse OMP codes of ``targets`` (B, D) over the rows of ``dictionary`` (N, D), in float32.
 
     Work happens on ``targets.device``, for the whole batch at once (``omp_batches`` splits large B).
@@ -101,7 +115,8 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
       the initial ranking, it leaves a far larger residual (bench/bench_omp_solver.py measures it).
 
     ``gram`` is the Gram of the selection atoms (unit rows when ``normalize_atoms``); pass it to reuse
-    one Gram across batches. Ties go to the lowest atom index.
+    one Gram across batches. ``selection``: the selection atoms in a lower precision (``fast_selection_dtype``)
+    for the refreshed path's full correlations; None uses the float32 atoms. Ties go to the lowest atom index.
     """
     _check(targets, dictionary, k, candidates, gram)
     if refresh < 1 or refresh_pool < 1:
@@ -116,7 +131,8 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
     if gram is None and gram_fits(n_atoms, device):
         gram = atoms @ atoms.T  # (N, N)
     if gram is None and pool_size is None and refresh > 1:
-        indices, gamma = _pursue_refreshed(x, atoms, k, floor, refresh, refresh_pool)
+        indices, gamma = _pursue_refreshed(x, atoms, k, floor, refresh, refresh_pool,
+                                           atoms if selection is None else selection.to(device))
     elif gram is None and pool_size is None:
         indices, gamma = _pursue_residual(x, atoms, k, floor)
     else:
@@ -130,9 +146,12 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
 def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | torch.device | None = None,
                 batch_size: int | None = None, progress: Callable[[int, int], None] | None = None,
                 normalize_atoms: bool = True, candidates: int | None = None,
-                gram: Tensor | None = None, refresh: int = 8, refresh_pool: int = 64) -> OMPResult:
+                gram: Tensor | None = None, refresh: int = 8, refresh_pool: int = 64,
+                select_dtype: torch.dtype = torch.float32) -> OMPResult:
     """``batch_omp`` over any number of targets on ``device``, in batches sized from free memory.
 
+    ``select_dtype`` other than float32 (``fast_selection_dtype``) runs the refreshed path's full
+    correlations in that precision, from one converted copy of the atoms.
     The dictionary is moved and its Gram built once; results come back on the targets' device.
     ``progress(done, total)`` is called after every batch. Same inputs give bit-identical outputs on
     CPU; another batch size can move the last float bits of a GEMM, and so break a near tie.
@@ -145,6 +164,9 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
         atoms, _ = selection_atoms(dictionary, normalize_atoms)
         gram = atoms @ atoms.T  # (N, N)
         del atoms
+    selection = None
+    if gram is None and select_dtype != torch.float32:
+        selection = selection_atoms(dictionary, normalize_atoms)[0].to(select_dtype)  # (N, D)
     # Working set per target in floats: ~3 vectors over N, the chosen atoms, and on the Batch-OMP
     # paths the chosen atoms' Gram rows over the atoms searched.
     searched = min(candidates or n_atoms, n_atoms)
@@ -155,7 +177,8 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     parts: list[tuple[Tensor, ...]] = []
     for start in range(0, max(total, 1), size):  # one (empty) batch when there are no targets
         part = batch_omp(targets[start:start + size].to(run_on), dictionary, k, normalize_atoms=normalize_atoms,
-                         candidates=candidates, gram=gram, refresh=refresh, refresh_pool=refresh_pool)
+                         candidates=candidates, gram=gram, refresh=refresh, refresh_pool=refresh_pool,
+                         selection=selection)
         parts.append(tuple(field.to(targets.device) for field in
                            (part.indices, part.coefficients, part.residual_norm)))
         if progress is not None:
@@ -271,14 +294,14 @@ def _pursue_residual(x: Tensor, atoms: Tensor, k: int, floor: float) -> tuple[Te
 
 
 def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: int,
-                      pool_size: int) -> tuple[Tensor, Tensor]:
+                      pool_size: int, selection: Tensor) -> tuple[Tensor, Tensor]:
     """OMP that correlates the residual with every atom only every ``refresh`` steps.
 
     At each refresh each target keeps its ``pool_size`` atoms of largest |residual correlation|;
     the steps in between pick among them, with their correlations kept exact through Gram rows
     (alpha_pool = x A_P^T - gamma G[I, P]). Costs k/refresh full GEMMs instead of k; the atom
     chosen can differ from exact OMP only when an atom outside the pool overtakes every pooled
-    atom within ``refresh`` steps.
+    atom within ``refresh`` steps. The full correlations use ``selection`` (the atoms, maybe in bf16).
     """
     batch, dim = x.shape
     chosen_atoms = x.new_empty(batch, k, dim)  # (B, k, D)
@@ -289,7 +312,7 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
     for step in range(k):
         if step % refresh == 0:
             residual = x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :step]).squeeze(1)  # (B, D)
-            scores = (residual @ atoms.T).abs_().scatter_(1, ids[:, :step], -1.0)  # (B, N)
+            scores = (residual.to(selection.dtype) @ selection.T).abs_().scatter_(1, ids[:, :step], -1.0)  # (B, N)
             pool = scores.topk(min(pool_size, atoms.shape[0] - step), dim=1).indices  # (B, M)
             del scores
             pool_atoms = atoms[pool]  # (B, M, D)

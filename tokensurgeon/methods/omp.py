@@ -22,7 +22,7 @@ import torch
 
 from ..checkpoint import gathered
 from ..errors import MethodError
-from ..sparse_coding import omp_batches
+from ..sparse_coding import fast_selection_dtype, omp_batches
 from .base import InitContext, InitResult, Provenance, gather_rows
 from .subword_mean import piece_means
 
@@ -43,7 +43,7 @@ class OMPMethod:
     upcasts_rows: ClassVar[bool] = True  # gathered rows are upcast (anchors, targets), never a whole matrix
 
     def __init__(self, k: int = 64, normalize_atoms: bool = False, candidates: int | None = None,
-                 refresh: int = 8, refresh_pool: int = 64, max_residual: float = 0.5) -> None:
+                 refresh: int = 8, refresh_pool: int = 64, max_residual: float = 0.5, fast_select: bool = True) -> None:
         if int(k) < 1 or int(refresh) < 1 or int(refresh_pool) < 1:
             raise MethodError(f"omp: k, refresh and refresh_pool must be at least 1, got {k}, {refresh}, {refresh_pool}")
         if not float(max_residual) > 0:
@@ -53,6 +53,7 @@ class OMPMethod:
         self.candidates = candidates
         self.refresh, self.refresh_pool = int(refresh), int(refresh_pool)
         self.max_residual = float(max_residual)
+        self.fast_select = bool(fast_select)
 
     def anchors(self, ctx: InitContext) -> tuple[list[int], list[int]]:
         """Donor ids of ordinary shared tokens with a donor row, and their base ids."""
@@ -83,7 +84,8 @@ class OMPMethod:
             head_codes = (embed_codes if ctx.donor_head is None
                           else self.solve(ctx, ctx.donor_head, anchor_donor, targets))
             head = self.replay(ctx, ctx.base_head, anchor_base, head_codes, solve, paths)
-        return InitResult(embed, head, self.provenance(ctx, paths, solve, embed_codes, residuals, anchor_base))
+        return InitResult(embed, head, self.provenance(ctx, paths, solve, embed_codes, residuals, anchor_base),
+                          info={"selection_dtype": str(self.select_dtype(ctx)).removeprefix("torch.")})
 
     def replay(self, ctx: InitContext, base_matrix: torch.Tensor, anchor_base: list[int], codes,
                solve: list[int], paths: list[str]) -> torch.Tensor:
@@ -115,7 +117,12 @@ class OMPMethod:
         k = min(self.k, donor_matrix.shape[1])  # more atoms than dimensions are linearly dependent
         return omp_batches(targets, gather_rows(donor_matrix, anchor_donor), k, device=ctx.device,
                            normalize_atoms=self.normalize_atoms, candidates=self.candidates,
-                           refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress)
+                           refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress,
+                           select_dtype=self.select_dtype(ctx))
+
+    def select_dtype(self, ctx: InitContext) -> torch.dtype:
+        """bf16 full correlations where the hardware has native bf16 (``fast_select``), else float32."""
+        return fast_selection_dtype(torch.device(ctx.device)) if self.fast_select else torch.float32
 
     def provenance(self, ctx: InitContext, paths: list[str], solve: list[int], codes, residuals: list[float],
                    anchor_base: list[int]) -> list[Provenance]:
