@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokensurgeon.sparsemax import sparsemax, topk_sparsemax
+from tokensurgeon.methods.focus import sparse_mix, weighted_rows
+from tokensurgeon.sparsemax import sparsemax
 
 
 def test_known_values():
@@ -49,14 +50,18 @@ def test_is_sparse_where_softmax_is_not():
     assert (p == 0).sum() == 3 and torch.all(torch.softmax(z, 0) > 0)
 
 
-def test_topk_is_exact_when_the_support_fits():
+def test_focus_mix_equals_full_sparsemax_when_the_support_fits_in_the_candidates():
     generator = torch.Generator().manual_seed(0)
-    scores = torch.randn(50, 300, generator=generator) * 2
-    indices, weights, exact = topk_sparsemax(scores, 16)
-    full = sparsemax(scores)
-    assert exact.all()  # scale 2: supports are small
-    rebuilt = torch.zeros_like(scores).scatter_(1, indices, weights)
-    assert torch.allclose(rebuilt, full, atol=1e-6)
-    flat = torch.zeros(1, 300)  # every entry ties: the support is all 300, more than k
-    _, weights, exact = topk_sparsemax(flat, 16)
-    assert not exact.any() and torch.allclose(weights.sum(), torch.tensor(1.0))
+    unit = lambda m: m / m.norm(dim=1, keepdim=True)  # noqa: E731
+    targets, anchors = unit(torch.randn(40, 24, generator=generator)), unit(torch.randn(500, 24, generator=generator))
+    mixes = sparse_mix(targets, anchors, 16, torch.device("cpu"), temperature=0.2)
+    full = sparsemax(targets @ anchors.T / 0.2)
+    for row, (positions, weights) in enumerate(mixes):
+        assert 0 < len(positions) < 16 and positions == sorted(positions)
+        assert positions == full[row].nonzero().flatten().tolist()
+        assert torch.allclose(torch.tensor(weights), full[row, positions], atol=1e-5)
+    matrix = torch.randn(500, 7, generator=generator).bfloat16()
+    rows = weighted_rows(matrix, [m[0] for m in mixes] + [[]], [m[1] for m in mixes] + [[]], block=16)
+    assert torch.allclose(rows[:-1], full @ matrix.float(), atol=1e-5) and not rows[-1].any()
+    repeated = weighted_rows(matrix, [[3, 9, 3]], [[0.25, 0.5, 0.25]])  # tokenadapt: a piece may also be a neighbour
+    assert torch.allclose(repeated[0], 0.5 * (matrix[3].float() + matrix[9].float()), atol=1e-6)

@@ -24,17 +24,3 @@ def sparsemax(scores: torch.Tensor, dim: int = -1) -> torch.Tensor:
     support = (ranks * ordered > cumulative).sum(dim=-1, keepdim=True)  # k(z): entries above the threshold
     tau = cumulative.gather(-1, support - 1) / support.to(scores.dtype)
     return (scores - tau).clamp(min=0).transpose(dim, -1)
-
-
-def topk_sparsemax(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sparsemax over the ``k`` largest scores of each row: (indices, weights, exact), each (B, k) / (B,).
-
-    Entries below the k-th score cannot enter the support unless all k do, so the result equals
-    full sparsemax wherever fewer than k weights are positive (``exact``), at a fraction of the cost
-    of sorting every row of a (B, N) similarity matrix.
-    """
-    k = min(k, scores.shape[-1])
-    values, indices = scores.topk(k, dim=-1)
-    weights = sparsemax(values)
-    exact = (weights > 0).sum(dim=-1) < k if k < scores.shape[-1] else torch.ones(len(values), dtype=torch.bool)
-    return indices, weights, exact

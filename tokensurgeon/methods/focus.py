@@ -15,8 +15,9 @@ import torch
 
 from ..auxiliary import auxiliary_space, fasttext_params
 from ..errors import MethodError
-from ..sparsemax import topk_sparsemax
-from .base import InitContext, InitResult, Provenance
+from ..sparse_coding import fast_selection_dtype
+from ..sparsemax import sparsemax
+from .base import InitContext, InitResult, Provenance, gather_rows
 from .omp import is_partial_utf8
 from .subword_mean import piece_means
 
@@ -30,19 +31,25 @@ def shared_anchors(ctx: InitContext) -> tuple[list[bytes], list[int]]:
 
 
 def weighted_rows(matrix: torch.Tensor, sources: list[list[int]], weights: list[list[float]],
-                  block: int = 256) -> torch.Tensor:
+                  block: int = 1024) -> torch.Tensor:
     """Per row, the weighted sum of ``matrix`` rows (float32): (len(sources), d).
 
-    A block of rows at a time: the gathered (entries, d) temporary stays small (a mix may hold 256 rows).
+    A block of rows at a time, as a sparse (block, used rows) matrix times the rows it uses (read in row
+    order, upcast only those): no (entries, d) gathered copy, which a mix of 256 rows would make huge.
     """
     rows = torch.zeros(len(sources), matrix.shape[1], dtype=torch.float32, device=matrix.device)
     for start in range(0, len(sources), block):
         groups, scales = sources[start:start + block], weights[start:start + block]
-        flat = torch.tensor([i for group in groups for i in group], dtype=torch.long, device=matrix.device)
-        owner = torch.tensor([row for row, group in enumerate(groups) for _ in group], dtype=torch.long,
-                             device=matrix.device)
-        scale = torch.tensor([w for group in scales for w in group], dtype=torch.float32, device=matrix.device)
-        rows[start:start + block].index_add_(0, owner, matrix[flat].float() * scale.unsqueeze(1))
+        flat = torch.tensor([i for group in groups for i in group], dtype=torch.long)
+        if not len(flat):
+            continue
+        used, column = flat.unique(return_inverse=True)
+        owner = torch.repeat_interleave(torch.tensor([len(group) for group in groups], dtype=torch.long))
+        mix = torch.sparse_coo_tensor(torch.stack([owner, column]),
+                                      torch.tensor([w for group in scales for w in group], dtype=torch.float32),
+                                      size=(len(groups), len(used)), check_invariants=True).coalesce()  # repeats add up
+        rows[start:start + len(groups)] = torch.sparse.mm(mix.to(matrix.device),
+                                                                 gather_rows(matrix, used.tolist()).float())
     return rows
 
 
@@ -52,16 +59,22 @@ def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device:
 
     Args:
         targets: (M, d) unit vectors; anchors: (N, d) unit vectors.
-        top_k: candidates per target; sparsemax over them is exact unless all k get weight.
+        top_k: candidates per target; sparsemax over them equals sparsemax over all N unless all k
+            get weight. Candidates are ranked with a bf16 product where the hardware has native bf16
+            (``fast_selection_dtype``); their similarities are then recomputed in float32.
         temperature: similarities are divided by it; below 1 makes the mix sparser (FOCUS: 1).
     """
-    anchors = anchors.to(device)
+    anchors = anchors.to(device=device, dtype=torch.float32)
+    ranking = anchors.to(fast_selection_dtype(torch.device(device)))
+    top_k = min(top_k, len(anchors))
     result = []
     for start in range(0, len(targets), _BLOCK):
-        similarity = targets[start:start + _BLOCK].to(device) @ anchors.T / temperature  # (block, N)
-        indices, weights, _ = topk_sparsemax(similarity, top_k)
-        for row_indices, row_weights in zip(indices.tolist(), weights.tolist()):
-            support = [(i, w) for i, w in zip(row_indices, row_weights) if w > 0]
+        block = targets[start:start + _BLOCK].to(device=device, dtype=torch.float32)  # (b, d)
+        candidates = (block.to(ranking.dtype) @ ranking.T).topk(top_k, dim=1).indices  # (b, k)
+        similarity = torch.bmm(anchors[candidates], block.unsqueeze(-1)).squeeze(-1)  # (b, k), float32
+        weights = sparsemax(similarity / temperature)
+        for row_indices, row_weights in zip(candidates.tolist(), weights.tolist()):
+            support = sorted((i, w) for i, w in zip(row_indices, row_weights) if w > 0)
             result.append(([i for i, _ in support], [w for _, w in support]))
     return result
 
@@ -102,7 +115,7 @@ class FocusMethod:
     uses_donor_embeddings: ClassVar[bool] = True  # its similarity space when the donor is a model
     upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
 
-    def __init__(self, top_k: int = 256, temperature: float = 1.0, **aux_options: Any) -> None:
+    def __init__(self, top_k: int = 64, temperature: float = 0.1, **aux_options: Any) -> None:
         if int(top_k) < 1 or not float(temperature) > 0:
             raise MethodError(f"focus: top_k must be at least 1 and temperature positive, got {top_k}, {temperature}")
         self.top_k, self.temperature = int(top_k), float(temperature)
