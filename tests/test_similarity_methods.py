@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from conftest import CORPORA, SMOLLM2_TOKENIZER, TOKENIZERS
-from tokensurgeon.auxiliary import FastTextParams, corpus_space
+from tokensurgeon.auxiliary import FastTextParams, corpus_space, most_similar
 from tokensurgeon.errors import MethodError
 from tokensurgeon.methods import InitContext, get_init_method
 from tokensurgeon.methods.omp import is_partial_utf8
@@ -79,7 +79,7 @@ def test_focus_mixes_shared_rows_sparsely_and_falls_back_to_the_subword_mean(mak
 
 def test_focus_temperature_makes_mixes_sparser(make_ctx):
     ctx = make_ctx()
-    sizes = {t: sum(len(p.sources) for p in get_init_method("focus", **SMALL, temperature=t).initialise(ctx).provenance
+    sizes = {t: sum(len(p.sources) for p in get_init_method("focus", **SMALL, temperature=t, top_k=256).initialise(ctx).provenance
                     if p.path.startswith("focus")) for t in (1.0, 0.05)}
     # a 16-dim space trained on 30 KB has flat similarities, so even a 20x sharper sparsemax drops only
     # ~20% of the support here (measured 0.81); on real spaces the drop is larger
@@ -158,3 +158,14 @@ def test_wechsel_mixes_nearest_base_words_and_falls_back(make_ctx, pair, tmp_pat
     check_rows(ctx, result, ctx.base_embed, {"wechsel"})
     with pytest.raises(MethodError, match="needs aligned word vectors"):
         get_init_method("wechsel")
+
+
+def test_most_similar_finds_float32_top_k_from_a_bf16_ranking():
+    generator = torch.Generator().manual_seed(3)
+    unit = lambda m: m / m.norm(dim=1, keepdim=True)  # noqa: E731
+    targets, candidates = unit(torch.randn(300, 32, generator=generator)), unit(torch.randn(4000, 32, generator=generator))
+    found = list(most_similar(targets, candidates, 5, "cpu", block=128))
+    assert [len(values) for _, values in found] == [128, 128, 44]
+    indices, values = torch.cat([i for i, _ in found]), torch.cat([v for _, v in found])
+    expected_values, expected = (targets @ candidates.T).topk(5, dim=1)
+    assert torch.equal(indices, expected) and torch.allclose(values, expected_values, atol=1e-6)

@@ -13,16 +13,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..auxiliary import auxiliary_space, fasttext_params
+from ..auxiliary import auxiliary_space, fasttext_params, most_similar
 from ..errors import MethodError
-from ..sparse_coding import fast_selection_dtype
 from ..sparsemax import sparsemax
 from .base import InitContext, InitResult, Provenance, gather_rows
 from .omp import is_partial_utf8
 from .subword_mean import piece_means
-
-_BLOCK = 1024  # new tokens per similarity block: (block, n_anchors) float32 stays ~150 MB for 40k anchors
-
 
 def shared_anchors(ctx: InitContext) -> tuple[list[bytes], list[int]]:
     """Canonical bytes and base ids of the ordinary tokens both vocabularies share."""
@@ -59,19 +55,12 @@ def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device:
 
     Args:
         targets: (M, d) unit vectors; anchors: (N, d) unit vectors.
-        top_k: candidates per target; sparsemax over them equals sparsemax over all N unless all k
-            get weight. Candidates are ranked with a bf16 product where the hardware has native bf16
-            (``fast_selection_dtype``); their similarities are then recomputed in float32.
+        top_k: candidates per target (``auxiliary.most_similar``); sparsemax over them equals sparsemax
+            over all N unless all k get weight.
         temperature: similarities are divided by it; below 1 makes the mix sparser (FOCUS: 1).
     """
-    anchors = anchors.to(device=device, dtype=torch.float32)
-    ranking = anchors.to(fast_selection_dtype(torch.device(device)))
-    top_k = min(top_k, len(anchors))
     result = []
-    for start in range(0, len(targets), _BLOCK):
-        block = targets[start:start + _BLOCK].to(device=device, dtype=torch.float32)  # (b, d)
-        candidates = (block.to(ranking.dtype) @ ranking.T).topk(top_k, dim=1).indices  # (b, k)
-        similarity = torch.bmm(anchors[candidates], block.unsqueeze(-1)).squeeze(-1)  # (b, k), float32
+    for candidates, similarity in most_similar(targets, anchors, top_k, device):
         weights = sparsemax(similarity / temperature)
         for row_indices, row_weights in zip(candidates.tolist(), weights.tolist()):
             support = sorted((i, w) for i, w in zip(row_indices, row_weights) if w > 0)

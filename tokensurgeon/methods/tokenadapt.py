@@ -15,13 +15,10 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..auxiliary import auxiliary_space, fasttext_params
+from ..auxiliary import auxiliary_space, fasttext_params, most_similar
 from ..errors import MethodError
 from .base import InitContext, InitResult, Provenance
 from .focus import assemble, mixable, subword_provenance
-
-_BLOCK = 1024
-
 
 def local_weights(token: torch.Tensor, pieces: torch.Tensor, piece_found: torch.Tensor, piece_bytes: list[int],
                   temperature: float) -> list[float]:
@@ -37,13 +34,10 @@ def local_weights(token: torch.Tensor, pieces: torch.Tensor, piece_found: torch.
 
 def nearest(targets: torch.Tensor, candidates: torch.Tensor, k: int, temperature: float, device: torch.device
             ) -> list[tuple[list[int], list[float]]]:
-    """Top-k candidates by cosine per target, softmax(similarity / temperature)-weighted."""
-    candidates = candidates.to(device)
+    """Top-k candidates by cosine per target (``auxiliary.most_similar``), softmax(similarity / temperature)-weighted."""
     result = []
-    for start in range(0, len(targets), _BLOCK):
-        values, indices = (targets[start:start + _BLOCK].to(device) @ candidates.T).topk(min(k, len(candidates)))
-        weights = torch.softmax(values / temperature, dim=1)
-        result += list(zip(indices.tolist(), weights.tolist()))
+    for indices, values in most_similar(targets, candidates, k, device):
+        result += list(zip(indices.tolist(), torch.softmax(values / temperature, dim=1).tolist()))
     return result
 
 
