@@ -345,8 +345,8 @@ def release_pages(tensor: object) -> None:
     so peak memory would follow the file rather than the rows in use. The pages stay in the page cache
     and fault back in on the next read. A no-op for any other tensor.
     """
-    if not isinstance(tensor, torch.Tensor) or not tensor.numel():
-        return
+    if not isinstance(tensor, torch.Tensor) or not tensor.numel() or not hasattr(mmap, "MADV_DONTNEED"):
+        return  # (no madvise on Windows: the pages then stay until the kernel reclaims them)
     start = tensor.data_ptr()
     for address, length, ref in _MAPPINGS:
         mapped = ref()
