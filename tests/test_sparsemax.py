@@ -4,7 +4,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokensurgeon.methods.focus import sparse_mix, weighted_rows
+from tokensurgeon.methods.base import weighted_rows
+from tokensurgeon.methods.focus import sparse_mix
 from tokensurgeon.sparsemax import sparsemax
 
 

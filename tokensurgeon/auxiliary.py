@@ -30,6 +30,7 @@ import torch
 
 from .errors import MethodError
 from .outdir import atomic_directory
+from .sparse_coding import fast_selection_dtype
 from .vocab import Vocabulary, gpt2_byte_decoder
 
 _CACHE_FORMAT = 1
@@ -78,8 +79,6 @@ def most_similar(targets: torch.Tensor, candidates: torch.Tensor, k: int, device
     candidates and float32 re-ranks them, so the k found and their similarities are float32's unless
     bf16 rounding pushes a true top-k candidate below the margin (k + 32).
     """
-    from .sparse_coding import fast_selection_dtype
-
     device = torch.device(device)
     candidates = candidates.to(device=device, dtype=torch.float32)
     ranking = candidates.to(fast_selection_dtype(device))

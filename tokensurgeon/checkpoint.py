@@ -388,8 +388,8 @@ def tensor_sha256(tensor: "torch.Tensor", rows_per_block: int = 8192) -> str:
 
     Takes anything with row slices and ``contiguous()`` (transplant's AssembledMatrix too)."""
     digest = hashlib.sha256()
-    for _, block in row_blocks(tensor.contiguous(), rows_per_block):
-        digest.update(block.contiguous().view(torch.uint8).numpy().data)
+    for block in _tensor_bytes(tensor, rows_per_block):
+        digest.update(block)
     return digest.hexdigest()
 
 
@@ -419,10 +419,10 @@ def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192) -> tuple
     return None if first is None else (values, rows, first)
 
 
-def _tensor_bytes(tensor: torch.Tensor, rows_per_chunk: int = 8192):
-    """Yield a 2-D tensor's raw bytes a block of rows at a time (no full copy)."""
+def _tensor_bytes(tensor: torch.Tensor, rows_per_chunk: int = 8192) -> Iterator[memoryview]:
+    """A 2-D tensor's raw bytes a block of rows at a time (no full copy; AssembledMatrix too)."""
     for _, block in row_blocks(tensor.contiguous(), rows_per_chunk):
-        yield block.contiguous().view(torch.uint8).numpy().tobytes()
+        yield block.contiguous().view(torch.uint8).numpy().data
 
 
 def _copy_range(src, dst, start: int, end: int) -> None:

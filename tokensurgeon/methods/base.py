@@ -90,6 +90,30 @@ def gather_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return out
 
 
+def weighted_rows(matrix: torch.Tensor, sources: list[list[int]], weights: list[list[float]],
+                  block: int = 1024) -> torch.Tensor:
+    """Per row, the weighted sum of ``matrix`` rows (float32): (len(sources), d).
+
+    A block of rows at a time, as a sparse (block, used rows) matrix times the rows it uses (read in row
+    order, upcast only those): no (entries, d) gathered copy, which mixes of many rows (focus's sparsemax,
+    omp's k=64 codes) would make huge.
+    """
+    rows = torch.zeros(len(sources), matrix.shape[1], dtype=torch.float32, device=matrix.device)
+    for start in range(0, len(sources), block):
+        groups, scales = sources[start:start + block], weights[start:start + block]
+        flat = torch.tensor([i for group in groups for i in group], dtype=torch.long)
+        if not len(flat):
+            continue
+        used, column = flat.unique(return_inverse=True)
+        owner = torch.repeat_interleave(torch.tensor([len(group) for group in groups], dtype=torch.long))
+        mix = torch.sparse_coo_tensor(torch.stack([owner, column]),
+                                      torch.tensor([w for group in scales for w in group], dtype=torch.float32),
+                                      size=(len(groups), len(used)), check_invariants=True).coalesce()  # repeats add up
+        used_rows = gather_rows(matrix, used.tolist()).float()
+        rows[start:start + len(groups)] = torch.sparse.mm(mix.to(matrix.device), used_rows)
+    return rows
+
+
 def mean_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
     """Mean of the given rows in (at least) float32, a block at a time: no full-size temporary copy."""
     total = torch.zeros(matrix.shape[1], dtype=torch.promote_types(matrix.dtype, torch.float32),

@@ -16,7 +16,7 @@ import torch
 from ..auxiliary import auxiliary_space, fasttext_params, most_similar
 from ..errors import MethodError
 from ..sparsemax import sparsemax
-from .base import InitContext, InitResult, Provenance, gather_rows
+from .base import InitContext, InitResult, Provenance, weighted_rows
 from .omp import is_partial_utf8
 from .subword_mean import piece_means
 
@@ -24,29 +24,6 @@ def shared_anchors(ctx: InitContext) -> tuple[list[bytes], list[int]]:
     """Canonical bytes and base ids of the ordinary tokens both vocabularies share."""
     donor_ids = [i for i, kind in enumerate(ctx.alignment.match) if kind in ("exact", "bytes")]
     return [ctx.donor_vocab.canonical[i] for i in donor_ids], [ctx.alignment.source[i] for i in donor_ids]
-
-
-def weighted_rows(matrix: torch.Tensor, sources: list[list[int]], weights: list[list[float]],
-                  block: int = 1024) -> torch.Tensor:
-    """Per row, the weighted sum of ``matrix`` rows (float32): (len(sources), d).
-
-    A block of rows at a time, as a sparse (block, used rows) matrix times the rows it uses (read in row
-    order, upcast only those): no (entries, d) gathered copy, which a mix of 256 rows would make huge.
-    """
-    rows = torch.zeros(len(sources), matrix.shape[1], dtype=torch.float32, device=matrix.device)
-    for start in range(0, len(sources), block):
-        groups, scales = sources[start:start + block], weights[start:start + block]
-        flat = torch.tensor([i for group in groups for i in group], dtype=torch.long)
-        if not len(flat):
-            continue
-        used, column = flat.unique(return_inverse=True)
-        owner = torch.repeat_interleave(torch.tensor([len(group) for group in groups], dtype=torch.long))
-        mix = torch.sparse_coo_tensor(torch.stack([owner, column]),
-                                      torch.tensor([w for group in scales for w in group], dtype=torch.float32),
-                                      size=(len(groups), len(used)), check_invariants=True).coalesce()  # repeats add up
-        rows[start:start + len(groups)] = torch.sparse.mm(mix.to(matrix.device),
-                                                                 gather_rows(matrix, used.tolist()).float())
-    return rows
 
 
 def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device: torch.device,

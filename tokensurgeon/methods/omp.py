@@ -20,10 +20,9 @@ from typing import ClassVar
 
 import torch
 
-from ..checkpoint import gathered
 from ..errors import MethodError
 from ..sparse_coding import fast_selection_dtype, omp_batches
-from .base import InitContext, InitResult, Provenance, gather_rows
+from .base import InitContext, InitResult, Provenance, gather_rows, weighted_rows
 from .subword_mean import piece_means
 
 def is_partial_utf8(raw: bytes | None) -> bool:
@@ -92,16 +91,8 @@ class OMPMethod:
         """Apply the codes to the anchors' base rows; rows on a subword-mean path get their pieces' mean."""
         rows = torch.empty(len(paths), base_matrix.shape[1], device=base_matrix.device)
         if solve:
-            # every (token, anchor) term of every code, summed in base-row order: the base matrix is read once,
-            # a block of rows at a time, and only those rows are upcast
-            device = base_matrix.device
-            base_ids = torch.tensor(anchor_base, dtype=torch.long, device=device)[codes.indices.to(device)].flatten()
-            coefficients = codes.coefficients.to(device).flatten()
-            token = torch.arange(len(solve), device=device).repeat_interleave(codes.indices.shape[1])
-            replayed = torch.zeros(len(solve), base_matrix.shape[1], device=device)
-            for positions, anchor_rows in gathered(base_matrix, base_ids):
-                replayed.index_add_(0, token[positions], anchor_rows.float() * coefficients[positions, None])
-            rows[solve] = replayed
+            sources = [[anchor_base[a] for a in code] for code in codes.indices.tolist()]
+            rows[solve] = weighted_rows(base_matrix, sources, codes.coefficients.tolist())
         picked = [row for row, path in enumerate(paths) if path != "omp"]
         if picked:
             pieces = [ctx.alignment.decompositions[ctx.new_ids[row]] for row in picked]
