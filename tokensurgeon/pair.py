@@ -57,11 +57,13 @@ class TokenizerPair:
     def number_warning(self) -> str | None:
         return number_scheme_warning(self.base_tokenizer, self.donor_tokenizer)
 
-    def release_tokenizers(self) -> None:
-        """Drop the tokenizer objects and hand their memory back to the system (glibc keeps freed pages)."""
+    def release_tokenizers(self, keep: tuple[str, ...] = ()) -> None:
+        """Drop the tokenizer objects, but those named in ``keep`` ("base", "donor"), and hand their memory
+        back to the system (glibc keeps freed pages)."""
         if len(self.loaded) == 2:  # keep what later steps need while both are at hand
             self.base_traits, self.donor_traits, self.number_warning  # noqa: B018
-        self.loaded.clear()
+        for side in [side for side in self.loaded if side not in keep]:
+            del self.loaded[side]
         gc.collect()
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)

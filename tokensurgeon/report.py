@@ -106,6 +106,6 @@ def write_report(report: TransplantReport, out_dir: Path, provenance: list[dict[
     (out_dir / "report.md").write_text(markdown)
     (out_dir / "report.html").write_text(render_html(report, comparison), encoding="utf-8")
     if provenance is not None:
+        encode = json.JSONEncoder(ensure_ascii=False).encode  # one encoder: json.dumps builds one per call
         with open(out_dir / "provenance.jsonl", "w", encoding="utf-8") as handle:
-            for row in provenance:
-                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+            handle.writelines(encode(row) + "\n" for row in provenance)

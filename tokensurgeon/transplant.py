@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from itertools import accumulate, chain
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 
 from . import __version__
@@ -219,17 +221,27 @@ def run_method(config: TransplantConfig, session: Session, progress: Progress | 
                       working(base_head) if base_head is not None else None, donor_embed, donor_head,
                       device, config.seed, (lambda done, total: progress("method", done, total)) if progress else None,
                       tokenizers=pair, base_path=Path(config.base), corpus=tuple(Path(p) for p in config.corpus))
-    pair.release_tokenizers()  # peak memory should follow the embeddings: a method that needs one reloads it
+    # peak memory should follow the embeddings: a method that needs a tokenizer reloads it, but a corpus is
+    # only ever read through the donor tokenizer (auxiliary spaces), so that one stays when a corpus is given
+    pair.release_tokenizers(keep=("donor",) if config.corpus and not reads_donor else ())
     result = method.initialise(ctx)
     for matrix in (base_embed, base_head) + (session.donor_matrices_read or ()):
         release_pages(matrix)
     return result
 
 
+def rounded_weights(provenance: list[Provenance]) -> list[list[float]]:
+    """Each row's weights rounded to 6 decimals (readable JSON), in one numpy call: ~10^6 weights."""
+    flat = np.round(np.fromiter(chain.from_iterable(p.weights for p in provenance), dtype=np.float64), 6).tolist()
+    ends = list(accumulate(len(p.weights) for p in provenance))
+    return [flat[end - len(p.weights):end] for p, end in zip(provenance, ends)]
+
+
 def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, Any]]:
     """One JSON-able row per donor row: how it got its values."""
     alignment, vocab = pair.alignment, pair.donor_vocab
     computed = dict(zip(alignment.new_ids, result.provenance))
+    weights = dict(zip(alignment.new_ids, rounded_weights(result.provenance)))
     rows = []
     for donor_id, kind in enumerate(alignment.match):
         row: dict[str, Any] = {"id": donor_id, "token": vocab.tokens[donor_id] if donor_id < vocab.size else None,
@@ -240,7 +252,7 @@ def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, A
             row |= {"path": "padding-mean", "sources": [], "weights": []}
         else:
             prov: Provenance = computed[donor_id]
-            row |= {"path": prov.path, "sources": prov.sources, "weights": [round(w, 6) for w in prov.weights]}
+            row |= {"path": prov.path, "sources": prov.sources, "weights": weights[donor_id]}
             if prov.residual is not None:
                 row["residual"] = round(prov.residual, 6)
         rows.append(row)

@@ -39,9 +39,13 @@ def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device:
     result = []
     for candidates, similarity in most_similar(targets, anchors, top_k, device):
         weights = sparsemax(similarity / temperature)
-        for row_indices, row_weights in zip(candidates.tolist(), weights.tolist()):
-            support = sorted((i, w) for i, w in zip(row_indices, row_weights) if w > 0)
-            result.append(([i for i, _ in support], [w for _, w in support]))
+        # support first, in anchor order: unused candidates sort past every anchor position
+        keys = torch.where(weights > 0, candidates, len(anchors))
+        keys, order = keys.sort(dim=1)
+        weights = weights.gather(1, order)
+        sizes = (keys < len(anchors)).sum(dim=1).tolist()
+        for row_indices, row_weights, size in zip(keys.tolist(), weights.tolist(), sizes):
+            result.append((row_indices[:size], row_weights[:size]))
     return result
 
 
