@@ -162,7 +162,7 @@ class StaticVectors:
                 seen_rows.append(index)
                 continue
             hashes = ft_ngram_hashes(word, self.params.min_n, self.params.max_n, self.params.buckets)
-            known = [self.bucket_row[h] for h in hashes if h in self.bucket_row]
+            known = [row for row in map(self.bucket_row.get, hashes) if row is not None]
             if known and len(known) >= min_share * len(hashes):
                 owners += [position] * len(known)
                 buckets += known
@@ -222,14 +222,17 @@ def tokenize_corpus(corpus: tuple[Path, ...], donor_tokenizer: Any, donor_vocab:
     lines = [line for path in corpus for line in Path(path).read_text(encoding="utf-8", errors="replace").splitlines()
              if line.strip()]
     encoded = donor_tokenizer.backend_tokenizer.encode_batch(lines, add_special_tokens=False)
-    words = {}
+    words = {}  # token id -> its word ("" for special tokens), spelled once per id
     sentences = []
     for encoding in encoded:
         sentence = []
         for token_id in encoding.ids:
-            raw = donor_vocab.canonical[token_id] if token_id < donor_vocab.size else None
-            if raw:
-                sentence.append(words.setdefault(raw, token_word(raw)))
+            word = words.get(token_id)
+            if word is None:
+                raw = donor_vocab.canonical[token_id] if token_id < donor_vocab.size else None
+                word = words[token_id] = token_word(raw) if raw else ""
+            if word:
+                sentence.append(word)
         if sentence:
             sentences.append(sentence)
     if not sentences:
