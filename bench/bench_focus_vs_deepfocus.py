@@ -7,11 +7,17 @@ Prints wall time and peak RSS of each run (its own process, measured with wait4;
 auxiliary vectors from scratch: fresh caches), then bits per byte of the base and of each patched
 model, with the ratio to the base.
 
-    python bench/bench_focus_vs_deepfocus.py [--max-bytes 6000] [--skip-deepfocus]
+    python bench/bench_focus_vs_deepfocus.py [--max-bytes 6000] [--repeat 3] [--skip-deepfocus]
+
+With --repeat N every run is repeated N times (each from scratch, the tools taking turns) and the median
+wall time and the largest peak RSS are printed: on a shared 2-core machine single timings vary by a few
+seconds.
 
 deepfocus is installed into bench/.venv-deepfocus (beside torch==2.13.0, with fasttext-wheel in place
 of the fasttext source package it names) when missing. It returns a matrix, not a checkpoint: the
 script writes its rows into a copy of our subword-mean output (same tokenizer files, config, layers).
+deepfocus runs with processes=1, its faster setting here (24.3 s against 25.6 s with its default, one
+process per CPU).
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -88,6 +95,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--max-bytes", type=int, default=6000, help="bytes of each text to score")
     parser.add_argument("--out", type=Path, default=Path("/tmp/tokensurgeon-bench-p2"))
+    parser.add_argument("--repeat", type=int, default=1, help="runs of each tool (median wall time)")
     parser.add_argument("--skip-deepfocus", action="store_true")
     args = parser.parse_args()
 
@@ -97,26 +105,35 @@ def main() -> None:
     base, donor = ensure_model("smollm2-135m"), SHARED / "tokenizers" / "llama3"
     corpus = sorted((SHARED / "corpora").rglob("*.txt"))
     fresh_cache = Path(tempfile.mkdtemp(prefix="bench-p2-cache-"))
-    runs, outputs = {}, {}
+    commands, outputs = {}, {}
     for method in METHODS:
         outputs[method] = args.out / method
         command = [sys.executable, "-m", "tokensurgeon", "transplant", str(base), str(donor), "-o",
                    str(outputs[method]), "--method", method, "--force", "--device", "cpu"]
-        command += [arg for path in corpus for arg in ("--corpus", str(path))] if method != "subword-mean" else []
-        runs[method] = measured(command, {"TOKENSURGEON_CACHE": str(fresh_cache / method)})
+        commands[method] = command + ([arg for path in corpus for arg in ("--corpus", str(path))]
+                                      if method != "subword-mean" else [])
     if not args.skip_deepfocus:
         joined = fresh_cache / "corpus.txt"  # deepfocus takes one file
         joined.write_text("\n".join(p.read_text(encoding="utf-8") for p in corpus), encoding="utf-8")
         rows_file = fresh_cache / "deepfocus.safetensors"
-        runs["deepfocus"] = measured([str(ensure_deepfocus()), "-c", DRIVER, str(base), str(donor), str(joined),
-                                      str(rows_file)], {"XDG_CACHE_HOME": str(fresh_cache / "deepfocus")})
+        commands["deepfocus"] = [str(ensure_deepfocus()), "-c", DRIVER, str(base), str(donor), str(joined),
+                                 str(rows_file)]
+    # round robin, so a machine that slows down during the benchmark slows every tool alike
+    timings: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+    for i in range(args.repeat):
+        for name, command in commands.items():
+            cache = {"XDG_CACHE_HOME" if name == "deepfocus" else "TOKENSURGEON_CACHE": str(fresh_cache / f"{name}-{i}")}
+            timings[name].append(measured(command, cache))
+    runs = {name: (statistics.median(wall for wall, _ in results), max(rss for _, rss in results))
+            for name, results in timings.items()}
+    if not args.skip_deepfocus:
         outputs["deepfocus"] = args.out / "deepfocus"
         with_rows(outputs["subword-mean"], rows_file, outputs["deepfocus"])
     shutil.rmtree(fresh_cache, ignore_errors=True)
 
     print(f"\nP2: base {base.name} <- donor tokenizer {donor.name}, corpus {len(corpus)} files "
           f"({sum(p.stat().st_size for p in corpus) / 1e6:.2f} MB), {os.cpu_count()} CPUs")
-    print(f"{'run':<14}{'wall s':>9}{'peak RSS GB':>13}")
+    print(f"{'run':<14}{'wall s':>9}{'peak RSS GB':>13}" + (f"   (median of {args.repeat})" if args.repeat > 1 else ""))
     for run, (wall, rss) in runs.items():
         print(f"{run:<14}{wall:>9.1f}{rss:>13.2f}")
 

@@ -124,6 +124,9 @@ def test_no_corpus_and_no_donor_model_is_a_method_error(make_ctx, name):
         get_init_method(name).initialise(make_ctx(with_corpus=False))
     with pytest.raises(MethodError, match="auxiliary-space options"):
         get_init_method(name, dimension=3)
+    for bad in ({"negative": 0}, {"alpha": 0.0}, {"sample": 1.0}, {"dim": 0}, {"min_ngram_share": 1.5}):
+        with pytest.raises(MethodError, match="must be at least 1"):
+            get_init_method(name, **bad)
 
 
 def test_corpus_vectors_are_cached_and_deterministic(pair, corpus, tmp_path):

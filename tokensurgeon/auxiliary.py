@@ -40,19 +40,24 @@ _CACHE_FORMAT = 1
 class FastTextParams:
     """Training parameters of the corpus space (gensim FastText; skip-gram suits small corpora).
 
+    The defaults were chosen on pair P2 (docs/methods/focus.md): a 32-wide space, 3 negatives and 5
+    epochs at twice gensim's learning rate scored as well as 100 wide, 5 negatives and 10 epochs, in
+    a quarter of the training time (one worker: deterministic, but one core).
+
     Attributes:
         min_ngram_share: a token outside the training vocabulary needs at least this share of its
             character n-grams seen in training to get a vector.
     """
 
     dim: int = 32
-    epochs: int = 10
+    epochs: int = 5
     min_count: int = 1
     min_n: int = 3
     max_n: int = 6
     window: int = 5
     negative: int = 3
     sample: float = 1e-3
+    alpha: float = 0.05
     skipgram: bool = True
     buckets: int = 500_000
     min_ngram_share: float = 0.5
@@ -248,7 +253,7 @@ def train_fasttext(sentences: list[list[str]], params: FastTextParams, seed: int
 
     model = FastText(vector_size=params.dim, window=params.window, min_count=params.min_count,
                      min_n=params.min_n, max_n=params.max_n, sg=int(params.skipgram), epochs=params.epochs,
-                     negative=params.negative, sample=params.sample, bucket=params.buckets, workers=1, seed=seed)
+                     negative=params.negative, sample=params.sample, alpha=params.alpha, bucket=params.buckets, workers=1, seed=seed)
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=model.corpus_count, epochs=model.epochs)
     words = list(model.wv.index_to_key)
@@ -280,6 +285,8 @@ def fasttext_params(method: str, options: dict[str, Any]) -> FastTextParams:
         known = ", ".join(FastTextParams.__dataclass_fields__)
         raise MethodError(f"{method}: unknown option among {sorted(options)}; auxiliary-space options are {known}"
                           ) from exc
-    if params.dim < 1 or params.epochs < 1 or params.min_count < 1 or not 0 <= params.min_ngram_share <= 1:
-        raise MethodError(f"{method}: dim, epochs and min_count must be at least 1 and min_ngram_share in [0, 1]")
+    if min(params.dim, params.epochs, params.min_count, params.negative) < 1 or not params.alpha > 0 \
+            or not 0 <= params.min_ngram_share <= 1 or not 0 <= params.sample < 1:
+        raise MethodError(f"{method}: dim, epochs, min_count and negative must be at least 1, alpha positive, "
+                          "min_ngram_share in [0, 1] and sample in [0, 1)")
     return params
