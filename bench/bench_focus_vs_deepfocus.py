@@ -122,8 +122,8 @@ def main() -> None:
     timings: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
     for i in range(args.repeat):
         for name, command in commands.items():
-            cache = {"XDG_CACHE_HOME" if name == "deepfocus" else "TOKENSURGEON_CACHE": str(fresh_cache / f"{name}-{i}")}
-            timings[name].append(measured(command, cache))
+            variable = "XDG_CACHE_HOME" if name == "deepfocus" else "TOKENSURGEON_CACHE"
+            timings[name].append(measured(command, {variable: str(fresh_cache / f"{name}-{i}")}))
     runs = {name: (statistics.median(wall for wall, _ in results), max(rss for _, rss in results))
             for name, results in timings.items()}
     if not args.skip_deepfocus:

@@ -79,8 +79,9 @@ def test_focus_mixes_shared_rows_sparsely_and_falls_back_to_the_subword_mean(mak
 
 def test_focus_temperature_makes_mixes_sparser(make_ctx):
     ctx = make_ctx()
-    sizes = {t: sum(len(p.sources) for p in get_init_method("focus", **SMALL, temperature=t, top_k=256).initialise(ctx).provenance
-                    if p.path.startswith("focus")) for t in (1.0, 0.05)}
+    methods = {t: get_init_method("focus", **SMALL, temperature=t, top_k=256) for t in (1.0, 0.05)}
+    sizes = {t: sum(len(p.sources) for p in method.initialise(ctx).provenance if p.path.startswith("focus"))
+             for t, method in methods.items()}
     # a 16-dim space trained on 30 KB has flat similarities, so even a 20x sharper sparsemax drops only
     # ~20% of the support here (measured 0.81); on real spaces the drop is larger
     assert sizes[0.05] < 0.9 * sizes[1.0]
@@ -166,7 +167,8 @@ def test_wechsel_mixes_nearest_base_words_and_falls_back(make_ctx, pair, tmp_pat
 def test_most_similar_finds_float32_top_k_from_a_bf16_ranking():
     generator = torch.Generator().manual_seed(3)
     unit = lambda m: m / m.norm(dim=1, keepdim=True)  # noqa: E731
-    targets, candidates = unit(torch.randn(300, 32, generator=generator)), unit(torch.randn(4000, 32, generator=generator))
+    targets = unit(torch.randn(300, 32, generator=generator))
+    candidates = unit(torch.randn(4000, 32, generator=generator))
     found = list(most_similar(targets, candidates, 5, "cpu", block=128))
     assert [len(values) for _, values in found] == [128, 128, 44]
     indices, values = torch.cat([i for i, _ in found]), torch.cat([v for _, v in found])

@@ -253,7 +253,8 @@ def train_fasttext(sentences: list[list[str]], params: FastTextParams, seed: int
 
     model = FastText(vector_size=params.dim, window=params.window, min_count=params.min_count,
                      min_n=params.min_n, max_n=params.max_n, sg=int(params.skipgram), epochs=params.epochs,
-                     negative=params.negative, sample=params.sample, alpha=params.alpha, bucket=params.buckets, workers=1, seed=seed)
+                     negative=params.negative, sample=params.sample, alpha=params.alpha, bucket=params.buckets,
+                     workers=1, seed=seed)
     model.build_vocab(corpus_iterable=sentences)
     model.train(corpus_iterable=sentences, total_examples=model.corpus_count, epochs=model.epochs)
     words = list(model.wv.index_to_key)

@@ -240,8 +240,7 @@ def rounded_weights(provenance: list[Provenance]) -> list[list[float]]:
 def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, Any]]:
     """One JSON-able row per donor row: how it got its values."""
     alignment, vocab = pair.alignment, pair.donor_vocab
-    computed = dict(zip(alignment.new_ids, result.provenance))
-    weights = dict(zip(alignment.new_ids, rounded_weights(result.provenance)))
+    computed = dict(zip(alignment.new_ids, zip(result.provenance, rounded_weights(result.provenance))))
     rows = []
     for donor_id, kind in enumerate(alignment.match):
         row: dict[str, Any] = {"id": donor_id, "token": vocab.tokens[donor_id] if donor_id < vocab.size else None,
@@ -251,8 +250,8 @@ def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, A
         elif kind == "padding":
             row |= {"path": "padding-mean", "sources": [], "weights": []}
         else:
-            prov: Provenance = computed[donor_id]
-            row |= {"path": prov.path, "sources": prov.sources, "weights": weights[donor_id]}
+            prov, weights = computed[donor_id]
+            row |= {"path": prov.path, "sources": prov.sources, "weights": weights}
             if prov.residual is not None:
                 row["residual"] = round(prov.residual, 6)
         rows.append(row)

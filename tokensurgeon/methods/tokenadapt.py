@@ -34,7 +34,8 @@ def local_weights(token: torch.Tensor, pieces: torch.Tensor, piece_found: torch.
 
 def nearest(targets: torch.Tensor, candidates: torch.Tensor, k: int, temperature: float, device: torch.device
             ) -> list[tuple[list[int], list[float]]]:
-    """Top-k candidates by cosine per target (``auxiliary.most_similar``), softmax(similarity / temperature)-weighted."""
+    """Top-k candidates by cosine per target (``auxiliary.most_similar``), weighted by
+    softmax(similarity / temperature)."""
     result = []
     for indices, values in most_similar(targets, candidates, k, device):
         result += list(zip(indices.tolist(), torch.softmax(values / temperature, dim=1).tolist()))
