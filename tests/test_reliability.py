@@ -245,6 +245,45 @@ def test_transplant_inspect_evaluate_never_touch_their_inputs(small, tmp_path):
         assert_user_error(refused, "inside input")
 
 
+@pytest.mark.parametrize("command", ["transplant", "export", "heal", "compare"])
+@pytest.mark.parametrize("out_kind", ["parent", "same", "symlink_to_parent"])
+def test_an_output_that_holds_an_input_is_refused_and_deletes_nothing(small, tmp_path, monkeypatch,
+                                                                         command, out_kind):
+    """Issue 17.1: `-o PARENT --force` used to replace PARENT, deleting BASE and DONOR inside it."""
+    work = tmp_path / "w"
+    work.mkdir()
+    base = Path(shutil.copytree(small["tied"], work / "base"))
+    donor = Path(shutil.copytree(small["donor_model"], work / "donor"))
+    text = Path(shutil.copy(TEXT, work / "text.txt"))
+    out = {"parent": work, "same": base, "symlink_to_parent": tmp_path / "link"}[out_kind]
+    if out_kind == "symlink_to_parent":
+        out.symlink_to(work, target_is_directory=True)
+    args = {"transplant": ["transplant", base, donor],
+            "export": ["export", base],
+            "heal": ["heal", base, "--text", text, "--rows", "all", "--steps", 1],
+            "compare": ["compare", base, donor, "--text", text]}[command]
+    monkeypatch.chdir(work)
+    with untouched(work):
+        result = invoke(*args, "-o", out, "--force")
+        line = assert_user_error(result, "choose another -o")
+    assert ("contains input" in line) if out_kind != "same" else ("is the input" in line), line
+
+
+def test_an_eval_text_inside_the_output_is_refused(small, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    text = Path(shutil.copy(TEXT, out / "held.txt"))
+    with untouched(out):
+        result = invoke("transplant", small["tied"], small["donor"], "-o", out, "--force", "--eval-text", text)
+        assert_user_error(result, f"contains input {text}")
+
+
+def test_a_symlink_loop_as_output_is_one_line(small, tmp_path):
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    assert_user_error(invoke("transplant", small["tied"], small["donor"], "-o", loop / "x"), "cannot resolve")
+
+
 def test_identity_transplant_into_a_sibling_leaves_base_alone(small, tmp_path):
     with untouched(small["tied"]):
         assert invoke("transplant", small["tied"], small["tied"], "-o", tmp_path / "o", "--json").exit_code == 0

@@ -89,7 +89,7 @@ def compare(config: CompareConfig, progress: Progress | None = None) -> CompareR
                                 f"{', '.join(sorted(INIT_METHODS))}")
     device = resolve_device(config.device)
     if config.out is not None:
-        check_output_path(config.out, [config.base, config.donor], force=config.force)
+        check_output_path(config.out, [config.base, config.donor, *config.texts, *config.corpus], force=config.force)
     for path in config.texts:
         if not Path(path).is_file():
             raise TokenSurgeonError(f"text file {path} does not exist")

@@ -70,6 +70,13 @@ class TransplantConfig:
             if not Path(text).is_file():
                 raise TokenSurgeonError(f"corpus file {text} does not exist")
 
+    def input_paths(self) -> list[Path]:
+        """Every file or directory this transplant reads (the output must neither hold nor replace one)."""
+        paths = [Path(self.base), Path(self.donor), *map(Path, self.eval_texts), *map(Path, self.corpus)]
+        paths += [Path(value) for value in self.method_options.values()
+                  if isinstance(value, (str, Path)) and Path(value).exists()]
+        return paths
+
 
 @dataclass(frozen=True)
 class CompareConfig:

@@ -281,7 +281,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     """
     clock, timings = time.perf_counter(), {}
     device = resolve_device(config.device)
-    check_output_path(config.out, [config.patched], force=config.force)
+    check_output_path(config.out, [config.patched, *config.texts], force=config.force)
     checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
     rows = _trainable_rows(config, checkpoint.vocab_rows)
     texts = {Path(p).name: Path(p).read_text(encoding="utf-8", errors="replace") for p in config.texts}

@@ -456,7 +456,7 @@ def train_to_directory(base: Path, out: Path, config: HypernetConfig, *, corpus:
     from .vocab import build_vocabulary, load_tokenizer
 
     target = resolve_device(device)
-    check_output_path(out, [base], force=force)
+    check_output_path(out, [base, *corpus], force=force)
     for path in corpus:
         if not Path(path).is_file():
             raise TokenSurgeonError(f"corpus file {path} does not exist")

@@ -77,16 +77,31 @@ def _exchange(a: Path, b: Path) -> bool:
     return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
 
 
+def _resolved(path: Path, role: str) -> Path:
+    """``path`` with every symlink followed; a loop or an unencodable name is a user mistake."""
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # RuntimeError: symlink loop on Python < 3.13
+        raise TokenSurgeonError(f"{role} {path}: cannot resolve the path ({exc})") from exc
+
+
 def check_output_path(out: Path, inputs: list[Path], *, force: bool) -> None:
-    """Refuse an output that would overwrite work or land inside an input.
+    """Refuse an output that would overwrite work, land inside an input, or hold an input.
+
+    ``inputs`` are every file and directory the job reads (models, texts, corpora): an OUT equal
+    to one, inside one, or containing one is refused, since replacing OUT would delete it.
 
     Leftover staging directories of killed runs to the same ``out`` are cleaned up first.
     """
-    out = Path(out).resolve()
-    for source in inputs:
-        source = Path(source).resolve()
-        if out == source or source in out.parents:
-            raise TokenSurgeonError(f"output {out} lies inside input {source}; choose another -o")
+    out = _resolved(out, "output")
+    for given in inputs:
+        source = _resolved(given, "input")
+        if out == source:
+            raise TokenSurgeonError(f"output {out} is the input {given}; choose another -o")
+        if source in out.parents:
+            raise TokenSurgeonError(f"output {out} lies inside input {given}; choose another -o")
+        if out in source.parents:  # replacing OUT would delete the input with it
+            raise TokenSurgeonError(f"output {out} contains input {given}; choose another -o")
     if out.exists() and not out.is_dir():
         raise TokenSurgeonError(f"output {out} exists and is not a directory")
     ancestor = out.parent

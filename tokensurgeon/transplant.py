@@ -385,7 +385,7 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
         clock = time.perf_counter()
 
     resolve_device(config.device)  # a wrong --device fails now, not after the slow steps
-    check_output_path(config.out, [config.base, config.donor], force=config.force)
+    check_output_path(config.out, config.input_paths(), force=config.force)
     session = open_session(config, lap)
     if config.draft_for is not None:  # refuse a row count that cannot match before the slow method runs
         check_draft_request(config.draft_for, session.donor_model and session.donor_model.vocab_rows,
