@@ -1,0 +1,123 @@
+"""Deployment check: the static engine checks on good and broken checkpoints, and the GGUF converter's verdicts.
+
+The converter is llama.cpp's own script; tests run stand-in scripts with its command line and failure modes,
+and the real one when TOKENSURGEON_LLAMA_CPP points to a llama.cpp checkout (or an unpacked llama-cpp-python
+source distribution).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tokensurgeon.deploy import check_deploy, check_draft, check_model, convert, find_converter, render_text
+from tokensurgeon.deploy.gguf import bos_template, failure_reason
+from tokensurgeon.errors import TokenSurgeonError
+
+LLAMA_CPP = os.environ.get("TOKENSURGEON_LLAMA_CPP")
+
+
+def _failed(findings):
+    return {f.check: f.message for f in findings if not f.ok}
+
+
+def _edit(path: Path, **changes) -> None:
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    path.write_text(json.dumps(data | changes))
+
+
+def test_a_sound_checkpoint_passes(tiny_models):
+    for name in ("tied", "untied"):
+        findings = check_model(tiny_models[name])
+        assert not _failed(findings), render_text(check_deploy(tiny_models[name]))
+        assert {"config vocab_size", "token ids below vocab_size", "special ids in the vocabulary"} <= {f.check for f in findings}
+
+
+def test_vocab_size_disagreeing_with_the_embedding_is_refused(tiny_models, fresh_copy):
+    model = fresh_copy(tiny_models["untied"])
+    rows = json.loads((model / "config.json").read_text())["vocab_size"]
+    _edit(model / "config.json", vocab_size=rows - 10)
+    failed = _failed(check_model(model))
+    assert f"config.json vocab_size = {rows - 10:,}, input embedding model.embed_tokens.weight has {rows:,} rows" \
+        == failed["config vocab_size"]
+    assert "10 ids at or above it" in failed["token ids below vocab_size"]
+
+
+def test_special_ids_outside_the_vocabulary_are_refused(tiny_models, fresh_copy):
+    model = fresh_copy(tiny_models["tied"])
+    _edit(model / "generation_config.json", eos_token_id=[2, 99999])
+    _edit(model / "tokenizer_config.json", bos_token="<|no such token|>")
+    report = check_deploy(model)
+    failed = _failed(report.findings)
+    assert failed["special ids in the vocabulary"] == "generation_config.json eos_token_id = 99999 (not an id of the tokenizer)"
+    assert "bos '<|no such token|>'" in failed["special tokens in the vocabulary"]
+    assert not report.ok and "FAIL" in render_text(report) and "GGUF conversion not run" in render_text(report)
+
+
+def test_a_draft_must_share_its_targets_vocabulary(tiny_models):
+    assert not _failed(check_draft(tiny_models["tied"], tiny_models["untied"]))
+    failed = _failed(check_draft(tiny_models["tied"], tiny_models["donor_llama2"]))
+    assert "pairs differ" in failed["draft vocabulary equals target's"]
+    assert "draft vocab_size equals target's" in failed
+
+
+def _fake_llama_cpp(root: Path, body: str) -> Path:
+    """A folder shaped like llama.cpp whose converter runs body (argv as the real one's)."""
+    (root / "gguf-py").mkdir(parents=True)
+    script = root / "convert_hf_to_gguf.py"
+    script.write_text("import sys\nmodel, out = sys.argv[1], sys.argv[sys.argv.index('--outfile') + 1]\n"
+                      + textwrap.dedent(body))
+    return root
+
+
+def test_converter_failure_reason_and_hint(tiny_models, fresh_copy, tmp_path):
+    llama_cpp = _fake_llama_cpp(tmp_path / "llama.cpp", """
+        print("INFO:hf-to-gguf:Loading model")
+        raise NotImplementedError("BPE pre-tokenizer was not recognized - update get_vocab_base_pre()")
+    """)
+    model = fresh_copy(tiny_models["tied"])
+    plain = convert(model, llama_cpp)
+    assert not plain.ok and plain.reason == \
+        "NotImplementedError: BPE pre-tokenizer was not recognized - update get_vocab_base_pre()"
+    assert "add_bos_token" not in plain.hint
+    spec = json.loads((model / "tokenizer.json").read_text())
+    spec["post_processor"] = {"type": "Sequence", "processors": [spec["post_processor"], {
+        "type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<|im_start|>", "type_id": 0}},
+                                                 {"Sequence": {"id": "A", "type_id": 0}}], "pair": [], "special_tokens": {}}]}
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    assert bos_template(model)
+    assert "add_bos_token" in convert(model, llama_cpp / "convert_hf_to_gguf.py").hint
+
+
+def test_converter_success_and_where_it_is_found(tiny_models, tmp_path):
+    sdist = tmp_path / "llama_cpp_python-0.3" / "vendor" / "llama.cpp"
+    _fake_llama_cpp(sdist, "open(out, 'wb').write(b'GGUF' + bytes(60))\n")
+    assert find_converter(tmp_path / "llama_cpp_python-0.3") == sdist / "convert_hf_to_gguf.py"
+    result = convert(tiny_models["tied"], sdist.parent.parent, outfile=tmp_path / "tiny.gguf")
+    assert result.ok and result.gguf_bytes == 64 and result.outfile == str(tmp_path / "tiny.gguf")
+    temporary = convert(tiny_models["tied"], sdist)
+    assert temporary.ok and temporary.outfile is None
+    with pytest.raises(TokenSurgeonError, match="no convert_hf_to_gguf.py"):
+        find_converter(tmp_path)
+    (tmp_path / "lonely").mkdir()
+    (tmp_path / "lonely" / "convert_hf_to_gguf.py").write_text("")
+    with pytest.raises(TokenSurgeonError, match="no gguf-py"):
+        find_converter(tmp_path / "lonely")
+
+
+def test_failure_reason_falls_back_to_the_last_line():
+    assert failure_reason(["loading", "Killed"], -9) == "Killed"
+    assert failure_reason([], 1) == "exit status 1 and no output"
+    assert failure_reason(["Traceback", "  File x", "ValueError: Unexpected tensor", "  during handling"], 1) \
+        == "ValueError: Unexpected tensor"
+
+
+@pytest.mark.skipif(not LLAMA_CPP, reason="set TOKENSURGEON_LLAMA_CPP to a llama.cpp checkout to run its converter")
+def test_real_converter_on_a_tiny_model(tiny_models, tmp_path):
+    result = convert(tiny_models["tied"], Path(LLAMA_CPP), outfile=tmp_path / "tiny.gguf", timeout=600)
+    assert result.ok, (result.reason, result.tail)
+    assert (tmp_path / "tiny.gguf").read_bytes()[:4] == b"GGUF"

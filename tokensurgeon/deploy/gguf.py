@@ -1,0 +1,130 @@
+"""Run llama.cpp's own converter (``convert_hf_to_gguf.py``) on a checkpoint and say why it failed.
+
+GGUF is how most users deploy (llama.cpp, ollama, LM Studio), so "does it convert?" is answered by
+the converter itself, never by an imitation. The user points to a llama.cpp checkout, to the script,
+or to an unpacked llama-cpp-python source distribution (``vendor/llama.cpp``); the converter runs in
+a subprocess with this Python (it needs torch, transformers, numpy and safetensors, which tokensurgeon
+has) and with the ``gguf-py`` that sits next to it, which the script puts on its own path.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenSurgeonError
+
+SCRIPT = "convert_hf_to_gguf.py"
+_ERROR_LINE = re.compile(r"^(\w+(?:\.\w+)*(?:Error|Exception|Exit)|NotImplementedError|AssertionError)\b.*")
+_UNRECOGNISED = "BPE pre-tokenizer was not recognized"
+
+
+@dataclass
+class Conversion:
+    ok: bool
+    script: str
+    model: str
+    outfile: str | None
+    returncode: int | None
+    seconds: float
+    reason: str = ""
+    hint: str = ""
+    tail: list[str] = field(default_factory=list)
+    gguf_bytes: int | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def find_converter(path: Path) -> Path:
+    """The converter script from a llama.cpp checkout, the script itself, or a llama-cpp-python source tree."""
+    path = Path(path).expanduser()
+    candidates = [path] if path.is_file() else [path / SCRIPT, path / "vendor" / "llama.cpp" / SCRIPT]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.name == SCRIPT:
+            if not (candidate.parent / "gguf-py").is_dir():
+                raise TokenSurgeonError(f"{candidate}: no gguf-py folder next to it; point to a whole llama.cpp "
+                                        "checkout (the converter needs its own gguf-py)")
+            return candidate
+    raise TokenSurgeonError(f"{path}: no {SCRIPT} here; point to a llama.cpp checkout, the script, or an unpacked "
+                            "llama-cpp-python source distribution (pip download llama-cpp-python --no-binary :all: "
+                            "--no-deps)")
+
+
+def convert(model: Path, converter: Path, *, outfile: Path | None = None, outtype: str = "f16",
+            vocab_only: bool = False, timeout: float = 1800) -> Conversion:
+    """Convert model to GGUF with llama.cpp's converter; outfile None: a temporary file, removed afterwards."""
+    script = find_converter(converter)
+    model = Path(model).resolve()
+    with tempfile.TemporaryDirectory(prefix="tokensurgeon-gguf-") as scratch:
+        target = Path(outfile) if outfile is not None else Path(scratch) / f"{model.name}.gguf"
+        command = [sys.executable, str(script), str(model), "--outfile", str(target), "--outtype", outtype]
+        if vocab_only:
+            command.append("--vocab-only")
+        start = time.perf_counter()
+        try:
+            run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=scratch)
+        except subprocess.TimeoutExpired as exc:
+            return Conversion(False, str(script), str(model), None, None, round(time.perf_counter() - start, 1),
+                              f"the converter ran past {timeout:.0f} s", tail=_lines(exc.stderr)[-12:])
+        seconds = round(time.perf_counter() - start, 1)
+        lines = _lines(run.stdout) + _lines(run.stderr)
+        ok = run.returncode == 0 and target.is_file()
+        size = target.stat().st_size if ok else None
+        reason = "" if ok else failure_reason(lines, run.returncode)
+        return Conversion(ok, str(script), str(model), str(target) if ok and outfile is not None else None,
+                          run.returncode, seconds, reason, explain(reason, model), lines[-12:], size)
+
+
+def _lines(text: str | bytes | None) -> list[str]:
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "replace")
+    return [line.rstrip() for line in (text or "").splitlines() if line.strip()]
+
+
+def failure_reason(lines: list[str], returncode: int | None) -> str:
+    """The exception line the converter died with (the last one), else its last line."""
+    errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip())]
+    if errors:
+        return errors[-1]
+    return lines[-1] if lines else f"exit status {returncode} and no output"
+
+
+def bos_template(model: Path) -> bool:
+    """Whether tokenizer.json's post-processor prepends a special token (a TemplateProcessing, maybe in a Sequence)."""
+    spec_file = Path(model) / "tokenizer.json"
+    if not spec_file.is_file():
+        return False
+    processor = json.loads(spec_file.read_text(encoding="utf-8")).get("post_processor") or {}
+    processors = processor.get("processors", []) if processor.get("type") == "Sequence" else [processor]
+    return any(p.get("type") == "TemplateProcessing" and "SpecialToken" in (p.get("single") or [{}])[0]
+               for p in processors if isinstance(p, dict))
+
+
+def explain(reason: str, model: Path) -> str:
+    """What a known failure means for a tokensurgeon output, and what to do."""
+    if _UNRECOGNISED in reason:
+        why = ("llama.cpp recognises a BPE tokenizer by the ids AutoTokenizer.encode gives a fixed text, special "
+               "tokens included; this tokenizer is not in its list.")
+        if bos_template(model):
+            why += (" Its tokenizer.json post-processor prepends a BOS token, which changes those ids even when the "
+                    "vocabulary and pre-tokenizer are a known tokenizer's: keep the donor's tokenizer.json unchanged "
+                    "and state the BOS policy as \"add_bos_token\": true in tokenizer_config.json (llama.cpp's gguf-py "
+                    "reads it into tokenizer.ggml.add_bos_token).")
+        return why
+    if reason.startswith("ModuleNotFoundError"):
+        return ("the converter needs a package this Python lacks: pip install -r "
+                "requirements/requirements-convert_hf_to_gguf.txt from the llama.cpp checkout, or just the named one "
+                "(usually sentencepiece or protobuf)")
+    if "vocab size" in reason.lower() or "vocab_size" in reason:
+        return "config.json vocab_size and the embedding rows or the tokenizer disagree; run the static checks."
+    if "not supported" in reason.lower() and "Model" in reason:
+        return "this llama.cpp does not know the architecture; update the checkout."
+    return ""
