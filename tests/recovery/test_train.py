@@ -1,0 +1,104 @@
+"""Training: identity transplant at the loss minimum, gradients only where --train says, merged output equal
+to the PEFT model, and the guard returning the input when nothing improves."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from conftest import CORPORA, SMOLLM2_TOKENIZER, build_tiny_model
+from tokensurgeon.checkpoint import open_checkpoint
+from tokensurgeon.evaluate import load_for_eval
+from tokensurgeon.recovery.data import samples, side
+from tokensurgeon.recovery.student import load_teacher
+from tokensurgeon.recovery.train import Objective, RecoveryOptions, fit, merged_tensors, prepare, recover
+
+TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A float32 tied tiny model with a provenance.jsonl marking rows 1000-1999 as computed."""
+    out = build_tiny_model(tmp_path_factory.mktemp("rec") / "tiny", SMOLLM2_TOKENIZER, tied=True,
+                           dtype=torch.float32)
+    rows = open_checkpoint(out).vocab_rows
+    lines = [{"id": i, "path": "copy" if not 1000 <= i < 2000 else "subword-mean", "sources": [i]}
+             for i in range(rows)]
+    (out / "provenance.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    return out
+
+
+def _options(**kw):
+    return RecoveryOptions(**({"steps": 2, "eval_every": 1, "context": 32, "batch_size": 2,
+                               "eval_max_bytes": 600, "eval_context": 64} | kw))
+
+
+def test_identity_transplant_is_at_the_minimum(tiny):
+    """Student == teacher (same body, same rows): distill loss 0 and no gradient anywhere."""
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    teacher = load_teacher(tiny, model, device=torch.device("cpu"))
+    assert teacher.shares_body
+    options = _options(train="embeddings")
+    model, trainable, _ = prepare(model, options, None)
+    student = side(tokenizer)
+    # a second tokenizer object (the teacher's) forces the chunk path (ALM), not token-level KL
+    objective = Objective(options, student, teacher, side(teacher.tokenizer))
+    batch = samples(TEXT, "news", student, side(teacher.tokenizer), options.context)[:2]
+    loss, _ = objective(model, batch, torch.device("cpu"))
+    loss.backward()
+    assert abs(loss.item()) < 1e-5
+    assert max(p.grad.abs().max().item() for p in trainable.values()) < 1e-6
+
+
+@pytest.mark.parametrize("train", ["rows", "embeddings", "lora"])
+def test_gradients_reach_only_what_train_names(tiny, train):
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    options = _options(objective="lm", train=train)
+    model, trainable, _ = prepare(model, options, list(range(1000, 2000)))
+    objective = Objective(options, side(tokenizer), None, None)
+    loss, _ = objective(model, samples(TEXT, "news", side(tokenizer), None, 32)[:2], torch.device("cpu"))
+    loss.backward()
+    graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+    # lora_B starts at zero, so lora_A's first gradient is zero too: it is trainable but not graded yet
+    assert graded <= set(trainable) and graded == {n for n in trainable if "lora_A" not in n}
+    assert all("embed_tokens" in n or (train == "lora" and "lora_" in n) for n in graded)
+    if train == "lora":
+        assert any("lora_" in n for n in graded)
+    embed = [p for n, p in model.named_parameters() if "embed_tokens" in n][0]
+    if train == "rows":
+        assert embed.grad[:1000].abs().max() == 0 and embed.grad[2000:].abs().max() == 0
+
+
+def test_merged_output_equals_peft_logits(tiny):
+    """Adapters with non-zero weights (as after training) merge into plain projections with the same logits."""
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    model, trainable, _ = prepare(model, _options(train="lora"), None)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in trainable.items():
+            param.add_(torch.randn_like(param) * (0.05 if "lora_" in name else 0.01))
+    replacements = merged_tensors(model, open_checkpoint(tiny))
+    assert any("q_proj" in name for name in replacements) and "model.embed_tokens.weight" in replacements
+    plain = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    plain.load_state_dict(replacements, strict=False)
+    ids = torch.tensor([tokenizer(TEXT[:200])["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        ours, merged = model(input_ids=ids).logits, plain(ids).logits
+    assert torch.allclose(merged, ours, atol=1e-4)
+
+
+def test_guard_returns_the_input_when_nothing_improves(tiny, tmp_path):
+    """An absurd learning rate makes every state worse: the model ends as it began and nothing is replaced."""
+    patched = shutil.copytree(tiny, tmp_path / "p")
+    start = AutoModelForCausalLM.from_pretrained(patched, dtype=torch.float32).state_dict()
+    model, result = recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
+                            _options(objective="lm", train="lora", lr=50.0, lora_lr=50.0), device="cpu")
+    assert not result.improved and result.replacements == {}
+    assert result.held_out[0]["after_bpb"] == result.held_out[0]["before_bpb"]
+    merged = model.merge_and_unload().state_dict()
+    assert all(torch.equal(merged[name], tensor) for name, tensor in start.items())

@@ -1,0 +1,438 @@
+"""The recovery loop: train a patched model toward its base (distill) or its text (lm), keep the best state.
+
+What trains (``train``): ``rows`` = the rows the transplant computed plus copied rows the base barely
+trained; ``embeddings`` = every row, copied rows anchored to their start; ``lora`` = embeddings plus
+PEFT LoRA adapters on the attention and MLP projections. The held-out guard stays: the in-file held-out
+part of every training text is scored (bits per byte) before training and every ``eval_every`` steps,
+and a state counts only when it lowers the mean and raises no text above its start; when none does,
+the result is the input, unchanged. ``eval_texts`` are scored before and after but never choose a state.
+
+Memory, by design: one model copy (the teacher pass reuses the student's body with adapters off and
+the base rows swapped in), the base embedding (and untied head), logits for one block of positions at
+a time, Adam state of the trainable tensors only, and one CPU copy of them for the best state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
+from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
+from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
+from tokensurgeon.recovery.student import LORA_TARGETS, Teacher, add_lora, head_weight, hidden_states, \
+    load_teacher, softcap, unwrap
+
+Progress = Callable[[int, int], None]
+OBJECTIVES = ("distill", "lm")
+TRAIN = ("rows", "embeddings", "lora")
+UNTRAINED_PATHS = ("copy", "padding-mean")  # provenance paths of rows a transplant did not compute
+_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+LOW_NORM = 0.5  # a base row below this fraction of the median row norm counts as barely trained (magikarp-style)
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """How to recover one patched model; see the module docstring for train and the guard.
+
+    Attributes:
+        objective: "distill" (ALM chunk divergence toward the teacher; token-level KL when the tokenizers
+            are one) or "lm" (next-token loss on the text).
+        lm_mix: weight of the LM loss added to the distillation loss (objective "distill").
+        temperature: ALM temperature (the paper's default 100); the loss is scaled by it (objectives.py).
+        lora_lr: learning rate of the LoRA adapters (lr is the embeddings').
+        max_minutes: stop training after this many minutes (None: no budget).
+        block: positions per block of float32 logits.
+    """
+
+    objective: str = "distill"
+    lm_mix: float = 0.0
+    temperature: float = 100.0
+    train: str = "lora"
+    steps: int = 200
+    lr: float = 1e-3
+    lora_lr: float = 5e-4
+    lora_rank: int = 16
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    anchor_weight: float = 1.0
+    batch_size: int = 4
+    context: int = 128
+    eval_every: int = 20
+    patience: int = 3
+    eval_max_bytes: int | None = 8000
+    eval_context: int = 512
+    max_minutes: float | None = None
+    gradient_checkpointing: bool = False
+    block: int = 1024
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TokenSurgeonError(f"--objective {self.objective}: choose one of {', '.join(OBJECTIVES)}")
+        if self.train not in TRAIN:
+            raise TokenSurgeonError(f"--train {self.train}: choose one of {', '.join(TRAIN)}")
+        if self.steps < 1 or self.batch_size < 1 or self.context < 4 or self.eval_every < 1 or self.patience < 1:
+            raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
+        if self.temperature <= 0 or self.lm_mix < 0 or self.lr <= 0 or self.lora_lr <= 0:
+            raise TokenSurgeonError("temperature and learning rates must be > 0 and lm-mix >= 0")
+
+
+@dataclass
+class RecoveryResult:
+    """What training did: scores before/after (bits per byte), the evaluation history, speed and the best state.
+
+    replacements holds the best state's changed checkpoint tensors (merged, in the stored dtype); it is
+    empty when no state beat the input.
+    """
+
+    improved: bool
+    best_step: int
+    steps_run: int
+    trainable: dict[str, int]
+    held_out: list[dict[str, Any]]
+    unseen: list[dict[str, Any]]
+    history: list[dict[str, Any]]
+    tokens_per_second: float
+    seconds_per_step: float
+    stopped_by: str
+    device: str
+    replacements: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.pop("replacements")
+        return out
+
+
+def read_provenance(patched: Path, n_rows: int) -> list[dict[str, Any]] | None:
+    """The transplant's provenance.jsonl rows, or None when there is none."""
+    source = Path(patched) / "provenance.jsonl"
+    if not source.is_file():
+        return None
+    try:
+        rows = [json.loads(line) for line in source.read_text(encoding="utf-8").split("\n") if line.strip()]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise TokenSurgeonError(f"{source}: unreadable provenance ({exc})") from exc
+    if len(rows) != n_rows:
+        raise TokenSurgeonError(f"{source}: describes {len(rows)} rows but the checkpoint has {n_rows}; "
+                                "it belongs to another checkpoint")
+    return rows
+
+
+def undertrained_base_rows(teacher: Checkpoint, byte_fallback: frozenset[int]) -> set[int]:
+    """Base rows the base model barely trained: ``<0xNN>`` byte-fallback rows and rows of low norm."""
+    embed, _ = read_embeddings(teacher)
+    norms = embed.float().norm(dim=1)
+    low = (norms < LOW_NORM * norms.median()).nonzero().flatten().tolist()
+    return set(byte_fallback) | set(low)
+
+
+def free_rows(provenance: list[dict[str, Any]] | None, undertrained: set[int]) -> list[int] | None:
+    """Rows trained without anchor: computed rows and copies of barely trained base rows (None = unknown)."""
+    if provenance is None:
+        return None
+    return [int(row["id"]) for row in provenance
+            if row["path"] not in UNTRAINED_PATHS
+            or (row["path"] == "copy" and any(int(s) in undertrained for s in row.get("sources", [])))]
+
+
+class _Sampler:
+    """Seeded draws of training samples, the texts in turn so a short text trains as often as a long one."""
+
+    def __init__(self, per_text: list[list[Sample]], seed: int) -> None:
+        self.per_text, self.drawn = per_text, 0
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def next(self, n: int) -> list[Sample]:
+        out = []
+        for _ in range(n):
+            pool = self.per_text[self.drawn % len(self.per_text)]
+            out.append(pool[int(torch.randint(len(pool), (1,), generator=self.generator))])
+            self.drawn += 1
+        return out
+
+
+def _embedding_params(model: Any) -> dict[str, torch.nn.Parameter]:
+    """Input matrix and, when untied, the head, by state-dict name (the names a checkpoint stores)."""
+    base = unwrap(model)
+    embed = base.get_input_embeddings().weight
+    head = head_weight(model)
+    names: dict[int, str] = {}
+    for name, p in base.named_parameters(remove_duplicate=False):
+        names.setdefault(id(p), name)  # a tied matrix goes by its input name
+    params = {names[id(embed)]: embed}
+    if head is not embed:
+        params[names[id(head)]] = head
+    return params
+
+
+def prepare(model: Any, options: RecoveryOptions, free: list[int] | None
+            ) -> tuple[Any, dict[str, torch.nn.Parameter], list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor]]]:
+    """Make exactly what options.train names trainable: (model, trainable params by name, anchors).
+
+    rows: free rows only (a gradient hook zeroes the others, so Adam never moves them); embeddings: every
+    row, the rows not in free anchored; lora: that plus LoRA adapters (PEFT freezes the embeddings, so
+    they are re-enabled after wrapping). free None (no provenance): rows cannot run, every row is anchored.
+    """
+    model.requires_grad_(False)
+    if options.train == "lora":
+        model = add_lora(model, rank=options.lora_rank, targets=options.lora_targets)
+    embeddings = _embedding_params(model)
+    device = next(iter(embeddings.values())).device
+    anchors = []
+    for name, param in embeddings.items():
+        param.requires_grad_(True)
+        if options.train == "rows":
+            if free is None:
+                raise TokenSurgeonError("--train rows needs the transplant's provenance.jsonl to know which rows "
+                                        "it computed; use --train embeddings or lora")
+            mask = torch.zeros((param.shape[0], 1), device=device)
+            mask[free] = 1.0
+            param.register_hook(lambda grad, mask=mask: grad * mask)
+        elif options.anchor_weight:
+            anchored = None if free is None else sorted(set(range(param.shape[0])) - set(free))
+            index = None if anchored is None else torch.tensor(anchored, dtype=torch.long, device=device)
+            anchors.append((param, index, (param if index is None else param[index]).detach().clone()))
+    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if options.gradient_checkpointing:
+        unwrap(model).gradient_checkpointing_enable()
+        unwrap(model).enable_input_require_grads()
+    return model, trainable, anchors
+
+
+class Objective:
+    """The training loss of one batch of samples, by options.objective."""
+
+    def __init__(self, options: RecoveryOptions, student: Side, teacher: Teacher | None,
+                 teacher_side: Side | None) -> None:
+        self.options, self.student, self.teacher, self.teacher_side = options, student, teacher, teacher_side
+        self.identity = teacher_side is None and teacher is not None  # one tokenizer: token-level KL
+
+    def __call__(self, model: Any, batch_samples: list[Sample], device: torch.device) -> tuple[torch.Tensor, int]:
+        """(loss, student tokens read)."""
+        options = self.options
+        batch = collate([(s.student, s.student_chunks) for s in batch_samples], self.student.prefix).to(device)
+        teacher_hidden = None
+        if options.objective == "distill":
+            if self.identity:
+                teacher_hidden = self.teacher.hidden(model, batch.input_ids, batch.attention_mask)
+            else:
+                teacher_batch = collate([(s.teacher, s.teacher_chunks) for s in batch_samples],
+                                        self.teacher_side.prefix).to(device)
+                hidden = self.teacher.hidden(model, teacher_batch.input_ids, teacher_batch.attention_mask)
+                with torch.no_grad():
+                    teacher_tokens = token_logprobs(hidden, self.teacher.head, teacher_batch.targets,
+                                                    softcap=self.teacher.softcap, block=options.block)
+        hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
+        head, scored = head_weight(model), batch.targets >= 0
+        tokens = int(batch.attention_mask.sum())
+        if options.objective == "lm" or options.lm_mix:
+            logprobs = token_logprobs(hidden, head, batch.targets, softcap=softcap(model), block=options.block)
+        loss = lm_loss(logprobs, scored) if options.objective == "lm" else None
+        if options.objective == "distill":
+            if self.identity:
+                loss = token_kl(teacher_hidden, self.teacher.head, hidden, head, scored,
+                                teacher_softcap=self.teacher.softcap, softcap=softcap(model), block=options.block)
+            else:
+                if not options.lm_mix:
+                    logprobs = token_logprobs(hidden, head, batch.targets, softcap=softcap(model),
+                                              block=options.block)
+                n = max(s.n_chunks for s in batch_samples)
+                mask = chunk_mask(batch_samples, n, self.student, self.teacher_side).to(device)
+                loss = alm_loss(chunk_logprobs(teacher_tokens, teacher_batch.chunks, n),
+                                chunk_logprobs(logprobs, batch.chunks, n), mask, options.temperature)
+            if options.lm_mix:
+                loss = loss + options.lm_mix * lm_loss(logprobs, scored)
+        return loss, tokens
+
+
+def score_texts(model: Any, tokenizer: Any, texts: dict[str, str], options: RecoveryOptions) -> list[float]:
+    """Bits per byte of each text by evaluate's rules (BOS context, strided windows); a PEFT model scores as is."""
+    from tokensurgeon.evaluate import score_text
+
+    model.eval()
+    scores = [score_text(model, tokenizer, text, label=label, context=options.eval_context,
+                         batch_size=options.batch_size, max_bytes=options.eval_max_bytes).bits_per_byte
+              for label, text in texts.items()]
+    model.train()
+    return scores
+
+
+def _better(scores: list[float], best: list[float], before: list[float]) -> bool:
+    """Lower mean bits per byte than the best so far, and no text worse than before training."""
+    return sum(scores) < sum(best) and all(s <= b for s, b in zip(scores, before))
+
+
+def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[str, str],
+        options: RecoveryOptions, *, teacher: Teacher | None = None, free: list[int] | None = None,
+        unseen: dict[str, str] | None = None, device: torch.device | None = None,
+        progress: Progress | None = None) -> tuple[Any, RecoveryResult]:
+    """Train model (in place) and leave it in its best state; returns (model, possibly PEFT-wrapped; result).
+
+    replacements in the result are filled by merged_tensors, not here.
+    """
+    device = device or next(model.parameters()).device
+    torch.manual_seed(options.seed)
+    if options.objective == "distill" and teacher is None:
+        raise TokenSurgeonError("--objective distill needs a teacher: the transplant's base (report.json) or "
+                                "--teacher DIR")
+    student_side = side(tokenizer)
+    shared_tokenizer = teacher is not None and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
+    teacher_side = side(teacher.tokenizer) if options.objective == "distill" and not shared_tokenizer else None
+    per_text = [samples(text, label, student_side, teacher_side, options.context)
+                for label, text in train_texts.items()]
+    model, trainable, anchors = prepare(model, options, free)
+    groups = [{"params": [p for n, p in trainable.items() if "lora_" not in n], "lr": options.lr},
+              {"params": [p for n, p in trainable.items() if "lora_" in n], "lr": options.lora_lr}]
+    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    objective = Objective(options, student_side, teacher, teacher_side)
+    sampler = _Sampler(per_text, options.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NoAutocast()
+
+    def snapshot() -> dict[str, torch.Tensor]:
+        return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
+
+    unseen = unseen or {}
+    before = best = score_texts(model, tokenizer, held_out, options)
+    unseen_before = score_texts(model, tokenizer, unseen, options)
+    best_state, best_step, stale, step, losses, tokens, train_seconds = snapshot(), 0, 0, 0, [], 0, 0.0
+    history = [{"step": 0, "loss": None, "held_out_bpb": before}]
+    deadline = None if options.max_minutes is None else time.monotonic() + 60 * options.max_minutes
+    stopped_by = "steps"
+    model.train()
+    while step < options.steps:
+        if stale >= options.patience:
+            stopped_by = "patience"
+            break
+        if deadline is not None and time.monotonic() > deadline:
+            stopped_by = "max-minutes"
+            break
+        clock = time.perf_counter()
+        step += 1
+        with autocast:
+            loss, read = objective(model, sampler.next(options.batch_size), device)
+        for param, index, start in anchors:
+            current = param if index is None else param[index]
+            loss = loss + options.anchor_weight * (current - start).pow(2).sum()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        train_seconds += time.perf_counter() - clock
+        losses.append(loss.item())
+        tokens += read
+        if progress is not None:
+            progress(step, options.steps)
+        if step % options.eval_every and step != options.steps:
+            continue
+        scores = score_texts(model, tokenizer, held_out, options)
+        history.append({"step": step, "loss": sum(losses) / len(losses), "held_out_bpb": scores})
+        losses = []
+        if _better(scores, best, before):
+            best, best_state, best_step, stale = scores, snapshot(), step, 0
+        else:
+            stale += 1
+    with torch.no_grad():  # the best state, or the input's values when nothing beat them
+        for name, value in best_state.items():
+            trainable[name].copy_(value)
+    unseen_after = score_texts(model, tokenizer, unseen, options) if best_step else unseen_before
+    result = RecoveryResult(
+        improved=best_step > 0, best_step=best_step, steps_run=step,
+        trainable={name: p.numel() for name, p in trainable.items()},
+        held_out=_rows(held_out, before, best), unseen=_rows(unseen, unseen_before, unseen_after),
+        history=history, tokens_per_second=tokens / train_seconds if train_seconds else 0.0,
+        seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device))
+    return model, result
+
+
+class _NoAutocast:
+    """CPU trains in float32: a stand-in for torch.autocast's context."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _rows(texts: dict[str, str], before: list[float], after: list[float]) -> list[dict[str, Any]]:
+    return [{"text": label, "before_bpb": b, "after_bpb": a} for label, b, a in zip(texts, before, after)]
+
+
+def merged_tensors(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:
+    """The checkpoint tensors training changed (adapters merged into their projections), in the stored dtype.
+
+    Merging happens on a copy of each adapted weight, so model stays a PEFT model. Names are the
+    checkpoint's; a changed tensor the checkpoint does not store is a bug and raises.
+    """
+    base = unwrap(model)
+    changed = {name: p.detach() for name, p in _embedding_params(model).items()}
+    for name, module in base.named_modules():
+        if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
+            weight = module.base_layer.weight.detach()
+            changed[f"{name}.weight"] = weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+    out = {}
+    for name, tensor in changed.items():
+        info = checkpoint.tensors.get(name)
+        if info is None:
+            raise AssertionError(f"trained tensor {name} is not in the checkpoint")
+        out[name] = tensor.to("cpu", dtype=_DTYPES[info.dtype])
+    if checkpoint.tied and checkpoint.output_name:  # tied but saved twice: both copies change
+        out[checkpoint.output_name] = out[checkpoint.input_name]
+    return out
+
+
+def base_of(patched: Path) -> Path | None:
+    """The base model a transplant recorded in its report.json (the default teacher), when it exists."""
+    report = Path(patched) / "report.json"
+    try:
+        base = Path(json.loads(report.read_text(encoding="utf-8"))["base"]["path"])
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
+        return None
+    return base if (base / "config.json").is_file() else None
+
+
+def pick_device(name: str) -> torch.device:
+    """auto: CUDA when present (trained under bf16 autocast), else CPU in float32."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TokenSurgeonError(f"--device {name} requested but no CUDA device is available; use cpu or auto")
+    return torch.device(name)
+
+
+def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str], options: RecoveryOptions, *,
+            teacher: Path | None = None, unseen: dict[str, str] | None = None, device: str = "auto",
+            trust_remote_code: bool = False, progress: Progress | None = None) -> tuple[Any, RecoveryResult]:
+    """Load PATCHED and its teacher, train by options, return (model in its best state, result with replacements).
+
+    The teacher defaults to the base in PATCHED's report.json; without one only --objective lm can run.
+    """
+    from tokensurgeon.evaluate import load_for_eval
+    from tokensurgeon.vocab import build_vocabulary
+
+    target = pick_device(device)
+    checkpoint = open_checkpoint(patched, trust_remote_code=trust_remote_code)
+    teacher_dir = Path(teacher) if teacher is not None else base_of(patched)
+    if teacher is not None and not (Path(teacher) / "config.json").is_file():
+        raise TokenSurgeonError(f"--teacher {teacher}: not a model directory (no config.json)")
+    model, tokenizer = load_for_eval(patched, device=target, trust_remote_code=trust_remote_code)
+    provenance = read_provenance(patched, checkpoint.vocab_rows)
+    teacher_model, undertrained = None, set()
+    if teacher_dir is not None:
+        teacher_checkpoint = open_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
+        teacher_model = load_teacher(teacher_dir, model, device=target, trust_remote_code=trust_remote_code)
+        undertrained = undertrained_base_rows(teacher_checkpoint,
+                                              build_vocabulary(teacher_model.tokenizer).byte_fallback)
+    model, result = fit(model, tokenizer, train_texts, held_out, options,
+                        teacher=teacher_model if options.objective == "distill" else None,
+                        free=free_rows(provenance, undertrained), unseen=unseen, device=target, progress=progress)
+    if result.improved:
+        result.replacements = merged_tensors(model, checkpoint)
+    return model, result
