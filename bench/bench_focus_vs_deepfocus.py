@@ -99,7 +99,7 @@ def main() -> None:
     parser.add_argument("--skip-deepfocus", action="store_true")
     args = parser.parse_args()
 
-    from tokensurgeon.evaluate import evaluate_models, truncate_utf8
+    from tokensurgeon.evaluation.bpb import evaluate_models, truncate_utf8
     from tokensurgeon.zoo import ensure_model
 
     base, donor = ensure_model("smollm2-135m"), SHARED / "tokenizers" / "llama3"

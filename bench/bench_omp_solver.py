@@ -27,8 +27,8 @@ from unittest import mock
 
 import torch
 
-from tokensurgeon import sparse_coding
-from tokensurgeon.sparse_coding import omp_batches, selection_atoms
+from tokensurgeon.methods._shared import sparse_coding
+from tokensurgeon.methods._shared.sparse_coding import omp_batches, selection_atoms
 
 
 def random_embeddings(rows: int, dim: int, generator: torch.Generator) -> torch.Tensor:
@@ -107,8 +107,8 @@ def run_shape(args: argparse.Namespace, dim: int) -> None:
               "refreshed": args.targets,
               "gram-schmidt": min(args.slow_targets, args.targets), "lstsq": min(args.lstsq_targets, args.targets)}
     runs: dict[str, tuple[torch.Tensor, float, float]] = {}
-    runs["exact"] = timed(lambda: omp_batches(targets, dictionary, args.k, device="cpu", gram=gram).residual_norm)
-    runs["candidates"] = timed(lambda: omp_batches(targets, dictionary, args.k, device="cpu", gram=gram,
+    runs["exact"] = timed(lambda: omp_batches(targets, dictionary, args.k, device="cpu", normalize_atoms=True, gram=gram).residual_norm)
+    runs["candidates"] = timed(lambda: omp_batches(targets, dictionary, args.k, device="cpu", normalize_atoms=True, gram=gram,
                                                    candidates=args.candidates).residual_norm)
     del gram
     with mock.patch.object(sparse_coding, "gram_fits", return_value=False):

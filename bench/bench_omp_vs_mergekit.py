@@ -56,9 +56,9 @@ def main() -> None:
     parser.add_argument("--skip-mergekit", action="store_true")
     args = parser.parse_args()
 
-    from tokensurgeon.evaluate import evaluate_models, truncate_utf8
-    from tokensurgeon.overlap import text_stats
-    from tokensurgeon.pair import load_pair
+    from tokensurgeon.evaluation.bpb import evaluate_models, truncate_utf8
+    from tokensurgeon.vocab.overlap import text_stats
+    from tokensurgeon.vocab.pair import load_pair
     from tokensurgeon.zoo import ensure_model
 
     base, donor = ensure_model("gemma3-270m"), ensure_model("smollm2-135m")

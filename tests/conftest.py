@@ -11,6 +11,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("TOKENSURGEON_SHARED", ROOT.parent / "shared"))
+if not (SHARED / "tokenizers").is_dir():  # fail loudly: a missing data set must never turn into skipped tests
+    raise RuntimeError(f"shared data not found at {SHARED} (no tokenizers/); set TOKENSURGEON_SHARED to its path")
 TOKENIZERS = SHARED / "tokenizers"
 CORPORA = SHARED / "corpora"
 SMOLLM2_TOKENIZER = ROOT / "fixtures" / "tokenizers" / "smollm2"
@@ -54,3 +56,17 @@ def fresh_copy(tmp_path):
     def copy(source: Path, name: str = "copy") -> Path:
         return Path(shutil.copytree(source, tmp_path / name))
     return copy
+
+
+class CountingReads:
+    """Wraps checkpoint.read_tensor, the one place a tensor is materialised, to count the tensors read."""
+
+    def __init__(self):
+        import tokensurgeon.checkpoint.reader as checkpoint_module
+
+        self.names: list[str] = []
+        self.read = checkpoint_module.read_tensor
+
+    def __call__(self, info):
+        self.names.append(info.name)
+        return self.read(info)

@@ -8,14 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import tokensurgeon.checkpoint as checkpoint_module
-from conftest import CORPORA, TOKENIZERS
-from test_checkpoint import CountingReads
+import tokensurgeon.checkpoint.reader as checkpoint_module
+from conftest import CORPORA, CountingReads, TOKENIZERS
 from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
 from tokensurgeon.config import TransplantConfig
-from tokensurgeon.overlap import compare_tokenizers
-from tokensurgeon.pair import load_pair
-from tokensurgeon.transplant import transplant
+from tokensurgeon.vocab.overlap import compare_tokenizers
+from tokensurgeon.vocab.pair import load_pair
+from tokensurgeon.pipeline.transplant import transplant
 from tokensurgeon.zoo import ensure_model
 
 pytestmark = pytest.mark.realmodel

@@ -29,9 +29,9 @@ from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
 from conftest import CORPORA, ROOT, TOKENIZERS, build_tiny_model
-from tokensurgeon.alignment import COMPUTED, COPIED, align_vocabularies
+from tokensurgeon.vocab.alignment import COMPUTED, COPIED, align_vocabularies
 from tokensurgeon.cli import app
-from tokensurgeon.outdir import clean_leftovers
+from tokensurgeon.runtime.outdir import clean_leftovers
 from tokensurgeon.vocab import Vocabulary, canonical_bytes, gpt2_byte_decoder
 
 runner = CliRunner()
@@ -212,7 +212,7 @@ def test_clean_leftovers_restores_an_output_retired_by_a_killed_replace(tmp_path
 
 
 def test_out_of_disk_space_cleans_up_and_says_so(small, tmp_path, monkeypatch):
-    import tokensurgeon.transplant as transplant_module
+    import tokensurgeon.pipeline.transplant as transplant_module
 
     original = transplant_module.write_weights
 
@@ -841,9 +841,6 @@ def damage_json_file(draw, pristine: bytes) -> bytes:
     return json.dumps(mutate_json(draw, json.loads(pristine))).encode()
 
 
-FUZZ_OUTCOMES: dict[str, int] = {}
-
-
 def check_cli_outcome(result, out: Path, label: str) -> None:
     """Exit 2 with one line (no traceback, no output), or a complete run (the damage was harmless)."""
     assert result.exit_code in (0, 2), (result.exit_code, result.output, repr(result.exception))
@@ -854,8 +851,6 @@ def check_cli_outcome(result, out: Path, label: str) -> None:
     if out is not None:
         assert leftovers(out) == []
         assert not out.exists() if result.exit_code == 2 else (out / "report.json").is_file()
-    outcome = f"{label}: exit {result.exit_code}"
-    FUZZ_OUTCOMES[outcome] = FUZZ_OUTCOMES.get(outcome, 0) + 1
 
 
 @pytest.fixture(scope="module")

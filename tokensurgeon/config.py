@@ -1,4 +1,4 @@
-"""Options of each job as frozen dataclasses: every default lives here and only here.
+"""Options of each job as frozen dataclasses, with their defaults; the CLI reads them from here.
 
 Kept free of torch and transformers imports so the CLI can read defaults and stay fast.
 """
@@ -13,6 +13,28 @@ from .errors import TokenSurgeonError
 
 DEFAULT_METHOD = "subword-mean"
 DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses
+
+
+@dataclass(frozen=True)
+class OMPConfig:
+    """Defaults of the OMP method (methods/omp.py) and of its solver (methods/_shared/sparse_coding.py).
+
+    Attributes:
+        k: anchors per new token.
+        normalize_atoms: select anchors on unit rows (False: on the rows as stored).
+        candidates: pool of most-correlated anchors searched per target (None: all).
+        refresh, refresh_pool: steps between refreshes of the candidate pool, and its size.
+        max_residual: a code leaving more of the donor row unexplained (relative) gets the pieces' mean.
+        fast_select: bf16 correlations where the hardware has native bf16.
+    """
+
+    k: int = 64
+    normalize_atoms: bool = False
+    candidates: int | None = None
+    refresh: int = 8
+    refresh_pool: int = 64
+    max_residual: float = 0.5
+    fast_select: bool = True
 
 
 @dataclass(frozen=True)
@@ -35,7 +57,7 @@ class TransplantConfig:
     base: Path
     donor: Path
     out: Path
-    method: str = DEFAULT_METHOD
+    method: str | None = None  # None: DEFAULT_METHOD, or DRAFT_METHOD with draft_for
     method_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
@@ -51,6 +73,8 @@ class TransplantConfig:
     draft_for: Path | None = None
 
     def __post_init__(self) -> None:
+        if self.method is None:
+            object.__setattr__(self, "method", DRAFT_METHOD if self.draft_for is not None else DEFAULT_METHOD)
         if self.draft_for is not None:
             if Path(self.draft_for).resolve() != Path(self.donor).resolve():
                 raise TokenSurgeonError(f"--as-draft-for {self.draft_for}: the target must also be the donor, "
@@ -125,7 +149,7 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    """Options of a bits-per-byte evaluation (see evaluate.py for the windowing rules)."""
+    """Options of a bits-per-byte evaluation (see evaluation/bpb.py for the windowing rules)."""
 
     context: int = 512
     stride: int | None = None
@@ -202,7 +226,7 @@ class HealConfig:
 
 @dataclass(frozen=True)
 class HypernetConfig:
-    """Training options of the hypernetwork (hypernet.py); one set of defaults for `hypernet train` and
+    """Training options of the hypernetwork (methods/_shared/hypernetwork.py); one set of defaults for `hypernet train` and
     for the copy `transplant --method hypernet` trains on the fly.
 
     Attributes:

@@ -20,3 +20,7 @@ class TokenizerError(TokenSurgeonError):
 
 class MethodError(TokenSurgeonError):
     """An initialisation method cannot run with the inputs it was given."""
+
+
+class NoWeightsError(CheckpointError):
+    """A directory has no weight files at all (a tokenizer beside a config.json, say)."""

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Callable
 
 from .errors import TokenSurgeonError
-from .quiet import quiet_transformers
+from .runtime.cache import cache_dir
+from .runtime.quiet import quiet_transformers
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -89,8 +90,7 @@ def list_models() -> list[str]:
 
 def default_cache_dir() -> Path:
     """Return `$TOKENSURGEON_CACHE/models`, or `~/.cache/tokensurgeon/models` when it is unset."""
-    root = os.environ.get("TOKENSURGEON_CACHE")
-    return (Path(root) if root else Path.home() / ".cache" / "tokensurgeon") / "models"
+    return cache_dir("models")
 
 
 def ensure_model(

@@ -1,22 +1,25 @@
 """The interface every initialisation method implements.
 
-A method receives the aligned vocabularies and the embedding matrices (all float32, on the
-chosen device) and returns rows for the donor tokens that have no base counterpart, in the
-order of ``ctx.new_ids``. It never reads files, prints, or touches copied rows: copying,
-padding, dtype and writing are the caller's job, so every method gets them right for free.
+A method receives the aligned vocabularies and the embedding matrices (float32 on the chosen
+device, or the stored dtype for ``upcasts_rows`` methods) and returns rows for the donor tokens that
+have no base counterpart, in the order of ``ctx.new_ids``. It never reads a checkpoint, writes the
+output, prints, or touches copied rows: copying, padding, dtype and writing are the caller's job, so
+every method gets them right for free. The only files a method reads are the ones its options or
+the context name (--corpus text, word vectors, a trained network) and its own caches.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import torch
 
-from ..alignment import Alignment
-from ..checkpoint import gathered
+from ..runtime.memory import gathered
+from ..runtime.progress import Tick
 from ..vocab import Vocabulary
+from ..vocab.alignment import Alignment
 
 
 @dataclass
@@ -46,7 +49,7 @@ class InitContext:
     donor_head: torch.Tensor | None
     device: torch.device
     seed: int = 0
-    progress: Callable[[int, int], None] | None = None
+    progress: Tick | None = None
     tokenizers: Any = None
     base_path: Path | None = None
     corpus: tuple[Path, ...] = ()
@@ -123,6 +126,9 @@ def mean_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return total / max(len(ids), 1)
 
 
+FALLBACK_PATH = "fallback-mean"  # a token the base vocabulary cannot spell: the mean row
+
+
 @dataclass
 class Provenance:
     """How one new row was made: the path taken and the base (or anchor) ids it mixes.
@@ -151,15 +157,23 @@ class InitResult:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-class InitMethod(Protocol):
-    """A named initialisation method; its constructor takes its options as keywords.
+class InitMethod:
+    """A named initialisation method; its constructor takes its options as keywords. Every method
+    subclasses this, sets ``name`` and ``summary``, and overrides the flags it needs.
 
-    Optional class flags: ``upcasts_rows`` (see InitContext) and ``uses_donor_embeddings``: the method
-    works from a donor tokenizer alone but gets the donor model's embeddings when the donor is a model.
+    Flags:
+        needs_donor_embeddings: the method cannot run from a donor tokenizer alone.
+        uses_donor_embeddings: it works from a donor tokenizer alone but gets the donor model's
+            embeddings when the donor is a model.
+        upcasts_rows: it gets the matrices in the checkpoint's dtype and upcasts only the rows it
+            gathers (see InitContext).
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
-    needs_donor_embeddings: ClassVar[bool]
+    needs_donor_embeddings: ClassVar[bool] = False
+    uses_donor_embeddings: ClassVar[bool] = False
+    upcasts_rows: ClassVar[bool] = False
 
-    def initialise(self, ctx: InitContext) -> InitResult: ...
+    def initialise(self, ctx: InitContext) -> InitResult:
+        raise NotImplementedError

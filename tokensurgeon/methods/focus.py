@@ -1,6 +1,6 @@
 """FOCUS (Dobler & de Melo, arXiv 2305.14481): a new token is a sparse convex mix of shared tokens.
 
-Each new donor token is compared, by cosine in an auxiliary space (auxiliary.py: the donor model's
+Each new donor token is compared, by cosine in an auxiliary space (_shared/similarity.py: the donor model's
 embeddings, or fastText trained on --corpus), with the tokens both vocabularies share; sparsemax
 of those similarities picks a handful of them, and the same weights mix their base rows. Unlike
 the original, no token ever gets a random row: tokens without an auxiliary vector, and tokens
@@ -13,18 +13,12 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..auxiliary import auxiliary_space, fasttext_params, most_similar
+from ._shared.similarity import auxiliary_space, fasttext_params, most_similar
 from ..errors import MethodError
-from ..sparsemax import sparsemax
-from .base import InitContext, InitResult, Provenance, weighted_rows
-from .omp import is_partial_utf8
-from .subword_mean import piece_means
-
-def shared_anchors(ctx: InitContext) -> tuple[list[bytes], list[int]]:
-    """Canonical bytes and base ids of the ordinary tokens both vocabularies share."""
-    donor_ids = [i for i, kind in enumerate(ctx.alignment.match) if kind in ("exact", "bytes")]
-    return [ctx.donor_vocab.canonical[i] for i in donor_ids], [ctx.alignment.source[i] for i in donor_ids]
-
+from ._shared.sparsemax import sparsemax
+from .base import InitContext, InitMethod, InitResult, Provenance
+from ._shared.mixing import assemble, mixable, shared_anchors
+from ._shared.pieces import piece_provenance
 
 def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device: torch.device,
                temperature: float = 1.0) -> list[tuple[list[int], list[float]]]:
@@ -49,35 +43,7 @@ def sparse_mix(targets: torch.Tensor, anchors: torch.Tensor, top_k: int, device:
     return result
 
 
-def assemble(ctx: InitContext, matrix: torch.Tensor, mixed: dict[int, tuple[list[int], list[float]]]) -> torch.Tensor:
-    """Rows for ``ctx.new_ids``: the mixes given by row position, the subword mean for every other row."""
-    rows = torch.empty(len(ctx.new_ids), matrix.shape[1], dtype=torch.float32, device=matrix.device)
-    positions = sorted(mixed)
-    if positions:
-        rows[positions] = weighted_rows(matrix, [mixed[p][0] for p in positions], [mixed[p][1] for p in positions])
-    new_ids = ctx.new_ids
-    rest = [p for p in range(len(new_ids)) if p not in mixed]
-    if rest:
-        pieces = [ctx.alignment.decompositions.get(new_ids[p], ()) for p in rest]
-        rows[rest] = piece_means(matrix, pieces, ctx.base_mean(matrix)).float()
-    return rows
-
-
-def subword_provenance(ctx: InitContext, token_id: int) -> Provenance:
-    """Provenance of a row that fell back to the subword mean (or the mean row: no pieces)."""
-    pieces = list(ctx.alignment.decompositions.get(token_id, ()))
-    if not pieces:
-        return Provenance("fallback-mean")
-    return Provenance("subword-mean", pieces, [1.0 / len(pieces)] * len(pieces))
-
-
-def mixable(ctx: InitContext, found: torch.Tensor) -> list[int]:
-    """Row positions with an auxiliary vector whose bytes are valid UTF-8 on their own."""
-    new_ids = ctx.new_ids
-    return [p for p, ok in enumerate(found.tolist()) if ok and not is_partial_utf8(ctx.donor_vocab.canonical[new_ids[p]])]
-
-
-class FocusMethod:
+class FocusMethod(InitMethod):
     name: ClassVar[str] = "focus"
     summary: ClassVar[str] = ("sparsemax mix of shared tokens, by similarity in the donor model or fastText "
                               "on --corpus (FOCUS)")
@@ -107,7 +73,7 @@ class FocusMethod:
         embed = assemble(ctx, ctx.base_embed, mixed)
         head = assemble(ctx, ctx.base_head, mixed) if ctx.untied else None
         provenance = [
-            Provenance("focus" if seen[p] else "focus-ngrams", *mixed[p]) if p in mixed else subword_provenance(ctx, i)
+            Provenance("focus" if seen[p] else "focus-ngrams", *mixed[p]) if p in mixed else piece_provenance(ctx.alignment.decompositions.get(i, ()))
             for p, i in enumerate(ctx.new_ids)
         ]
         return InitResult(embed, head, provenance, {"auxiliary": space.kind, **space.info})

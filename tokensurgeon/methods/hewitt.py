@@ -12,7 +12,7 @@ from typing import ClassVar
 import torch
 
 from ..errors import MethodError
-from .base import InitContext, InitResult, Provenance
+from .base import InitContext, InitMethod, InitResult, Provenance
 
 
 def sample_around_mean(matrix: torch.Tensor, n_new: int, scale: float, generator: torch.Generator) -> torch.Tensor:
@@ -28,7 +28,7 @@ def sample_around_mean(matrix: torch.Tensor, n_new: int, scale: float, generator
     return (mean + noise @ chol.T).to(matrix)
 
 
-class HewittMethod:
+class HewittMethod(InitMethod):
     name: ClassVar[str] = "hewitt"
     summary: ClassVar[str] = "samples from N(mean, scale * covariance) of the base rows (transformers' mean_resizing)"
     needs_donor_embeddings: ClassVar[bool] = False

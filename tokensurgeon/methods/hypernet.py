@@ -1,5 +1,5 @@
 """Hypernetwork (Zero-Shot Tokenizer Transfer): a small transformer trained on the base vocabulary
-predicts each new token's rows from its base pieces (see tokensurgeon/hypernet.py).
+predicts each new token's rows from its base pieces (see methods/_shared/hypernetwork.py).
 
 With ``--hypernet DIR`` a network from `tokensurgeon hypernet train` is used; without, one is
 trained on the spot (warm-up, plus the LM stage when ``--corpus`` is given) and cached under
@@ -17,12 +17,13 @@ import torch
 
 from ..config import HypernetConfig
 from ..errors import MethodError
-from ..hypernet import cached_or_trained, load_hypernet, predict
-from .base import InitContext, InitResult, Provenance
-from .subword_mean import piece_means
+from ._shared.hypernet_store import cached_or_trained, load_hypernet
+from ._shared.hypernetwork import predict
+from .base import InitContext, InitMethod, InitResult, Provenance
+from ._shared.pieces import piece_means, piece_provenance
 
 
-class HypernetMethod:
+class HypernetMethod(InitMethod):
     name: ClassVar[str] = "hypernet"
     summary: ClassVar[str] = ("a small transformer maps a token's base pieces to its rows, trained on the base "
                               "vocabulary (+ --corpus LM stage) (Zero-Shot Tokenizer Transfer)")
@@ -42,10 +43,10 @@ class HypernetMethod:
     def initialise(self, ctx: InitContext) -> InitResult:
         matrices = [ctx.base_embed] + ([ctx.base_head] if ctx.untied else [])
         if self.path is not None:
-            trained, where = load_hypernet(self.path, matrices), self.path
+            trained, where, cache_warning = load_hypernet(self.path, matrices), self.path, None
         else:
             config = dataclasses.replace(self.config, seed=self.config.seed + ctx.seed)
-            trained, where = cached_or_trained(
+            trained, where, cache_warning = cached_or_trained(
                 matrices, ctx.base_vocab, config, base_path=ctx.base_path, tokenizer=ctx.base_tokenizer,
                 corpus=ctx.corpus, progress=(lambda _phase, done, total: ctx.progress(done, total)) if ctx.progress else None)
         net = trained.net
@@ -59,9 +60,10 @@ class HypernetMethod:
                 matrix_rows[index] = predicted[:, k]
         readable_set = set(readable)
         provenance = [Provenance("hypernet", list(group)) if row in readable_set
-                      else Provenance("subword-mean", list(group), [1.0 / len(group)] * len(group)) if group
-                      else Provenance("fallback-mean")
+                      else piece_provenance(group)
                       for row, group in enumerate(pieces)]
         info = {"hypernet": str(where), "heldout_error": trained.record["training"].get("heldout_error"),
                     "heldout_error_subword_mean": trained.record["training"].get("heldout_error_subword_mean")}
+        if cache_warning:
+            info["cache_warning"] = cache_warning
         return InitResult(rows[0], rows[1] if ctx.untied else None, provenance, info=info)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from .base import InitContext, InitResult, Provenance
+from .base import InitContext, InitMethod, InitResult, Provenance
 
 
-class MeanMethod:
+class MeanMethod(InitMethod):
     name: ClassVar[str] = "mean"
     summary: ClassVar[str] = "the mean of all base rows for every new token"
     needs_donor_embeddings: ClassVar[bool] = False

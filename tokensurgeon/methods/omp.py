@@ -20,29 +20,22 @@ from typing import ClassVar
 
 import torch
 
+from ..config import OMPConfig
 from ..errors import MethodError
-from ..sparse_coding import fast_selection_dtype, omp_batches
-from .base import InitContext, InitResult, Provenance, gather_rows, weighted_rows
-from .subword_mean import piece_means
+from ._shared.pieces import is_partial_utf8, piece_means
+from ._shared.sparse_coding import fast_selection_dtype, omp_batches
+from .base import InitContext, InitMethod, InitResult, Provenance, gather_rows, weighted_rows
 
-def is_partial_utf8(raw: bytes | None) -> bool:
-    if raw is None:
-        return False
-    try:
-        raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
-
-
-class OMPMethod:
+class OMPMethod(InitMethod):
     name: ClassVar[str] = "omp"
     summary: ClassVar[str] = "k-sparse combination of shared anchors in the donor space, replayed in the base (OMP)"
     needs_donor_embeddings: ClassVar[bool] = True
     upcasts_rows: ClassVar[bool] = True  # gathered rows are upcast (anchors, targets), never a whole matrix
 
-    def __init__(self, k: int = 64, normalize_atoms: bool = False, candidates: int | None = None,
-                 refresh: int = 8, refresh_pool: int = 64, max_residual: float = 0.5, fast_select: bool = True) -> None:
+    def __init__(self, k: int = OMPConfig.k, normalize_atoms: bool = OMPConfig.normalize_atoms,
+                 candidates: int | None = OMPConfig.candidates, refresh: int = OMPConfig.refresh,
+                 refresh_pool: int = OMPConfig.refresh_pool, max_residual: float = OMPConfig.max_residual,
+                 fast_select: bool = OMPConfig.fast_select) -> None:
         if int(k) < 1 or int(refresh) < 1 or int(refresh_pool) < 1:
             raise MethodError(f"omp: k, refresh and refresh_pool must be at least 1, got {k}, {refresh}, {refresh_pool}")
         if not float(max_residual) > 0:

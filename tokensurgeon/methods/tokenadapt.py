@@ -5,7 +5,7 @@ of (cosine of piece and token in the auxiliary space + the piece's share of the 
 so the pieces that carry the token's meaning and most of its bytes count most. Global: the top-k
 base-vocabulary tokens nearest to the token in the auxiliary space, softmax-weighted by
 similarity. The row is ``(1 - global_weight) * local + global_weight * global`` (the paper: 0.3).
-The auxiliary space is FOCUS's (auxiliary.py), not an external embedding service. Tokens without
+The auxiliary space is FOCUS's (_shared/similarity.py), not an external embedding service. Tokens without
 an auxiliary vector, or not valid UTF-8 on their own, get the plain subword mean.
 """
 
@@ -15,10 +15,11 @@ from typing import Any, ClassVar
 
 import torch
 
-from ..auxiliary import auxiliary_space, fasttext_params, most_similar
+from ._shared.similarity import auxiliary_space, fasttext_params, nearest
 from ..errors import MethodError
-from .base import InitContext, InitResult, Provenance
-from .focus import assemble, mixable, subword_provenance
+from .base import InitContext, InitMethod, InitResult, Provenance
+from ._shared.mixing import assemble, mixable
+from ._shared.pieces import piece_provenance
 
 def local_weights(token: torch.Tensor, pieces: torch.Tensor, piece_found: torch.Tensor, piece_bytes: list[int],
                   temperature: float) -> list[float]:
@@ -32,17 +33,7 @@ def local_weights(token: torch.Tensor, pieces: torch.Tensor, piece_found: torch.
     return torch.softmax((similarity + share) / temperature, dim=0).tolist()
 
 
-def nearest(targets: torch.Tensor, candidates: torch.Tensor, k: int, temperature: float, device: torch.device
-            ) -> list[tuple[list[int], list[float]]]:
-    """Top-k candidates by cosine per target (``auxiliary.most_similar``), weighted by
-    softmax(similarity / temperature)."""
-    result = []
-    for indices, values in most_similar(targets, candidates, k, device):
-        result += list(zip(indices.tolist(), torch.softmax(values / temperature, dim=1).tolist()))
-    return result
-
-
-class TokenAdaptMethod:
+class TokenAdaptMethod(InitMethod):
     name: ClassVar[str] = "tokenadapt"
     summary: ClassVar[str] = ("similarity- and length-weighted pieces blended with nearest base tokens in an "
                               "auxiliary space (TokenAdapt)")
@@ -86,6 +77,6 @@ class TokenAdaptMethod:
             mixed[p] = (sources, weights)
         embed = assemble(ctx, ctx.base_embed, mixed)
         head = assemble(ctx, ctx.base_head, mixed) if ctx.untied else None
-        provenance = [Provenance("tokenadapt", *mixed[p]) if p in mixed else subword_provenance(ctx, i)
+        provenance = [Provenance("tokenadapt", *mixed[p]) if p in mixed else piece_provenance(ctx.alignment.decompositions.get(i, ()))
                       for p, i in enumerate(new_ids)]
         return InitResult(embed, head, provenance, {"auxiliary": space.kind, **space.info})

@@ -17,9 +17,10 @@ from typing import ClassVar
 import torch
 
 from ..errors import MethodError
-from .base import InitContext, InitResult, Provenance
-from .focus import assemble, subword_provenance
-from .tokenadapt import nearest
+from .base import InitContext, InitMethod, InitResult, Provenance
+from ._shared.mixing import assemble
+from ._shared.pieces import piece_provenance
+from ._shared.similarity import nearest
 
 
 def read_word_vectors(path: Path) -> dict[str, torch.Tensor]:
@@ -87,7 +88,7 @@ def lookup(vectors: dict[str, torch.Tensor], raws: list[bytes | None], dim: int)
     return rows, found
 
 
-class WechselMethod:
+class WechselMethod(InitMethod):
     name: ClassVar[str] = "wechsel"
     summary: ClassVar[str] = ("softmax mix of the nearest base tokens in aligned word vectors (WECHSEL; "
                               "needs vectors=FILE, or source_vectors/target_vectors[/dictionary])")
@@ -130,7 +131,7 @@ class WechselMethod:
         mixed = {p: ([candidates[c] for c in near], weights) for p, (near, weights) in zip(positions, picks)}
         embed = assemble(ctx, ctx.base_embed, mixed)
         head = assemble(ctx, ctx.base_head, mixed) if ctx.untied else None
-        provenance = [Provenance("wechsel", *mixed[p]) if p in mixed else subword_provenance(ctx, i)
+        provenance = [Provenance("wechsel", *mixed[p]) if p in mixed else piece_provenance(ctx.alignment.decompositions.get(i, ()))
                       for p, i in enumerate(ctx.new_ids)]
         return InitResult(embed, head, provenance, {"aligned_words": len(target), "new_tokens_with_vectors":
                                                     len(positions)})

@@ -6,10 +6,10 @@ from typing import ClassVar
 
 import torch
 
-from .base import InitContext, InitResult, Provenance
+from .base import InitContext, InitMethod, InitResult, Provenance
 
 
-class ZeroMethod:
+class ZeroMethod(InitMethod):
     name: ClassVar[str] = "zero"
     summary: ClassVar[str] = "all-zero rows (a floor to compare against)"
     needs_donor_embeddings: ClassVar[bool] = False

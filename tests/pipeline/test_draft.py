@@ -1,0 +1,72 @@
+"""Draft models for speculative decoding: the draft must carry the target's exact vocabulary."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TOKENIZERS
+from tokensurgeon.checkpoint import open_checkpoint
+from tokensurgeon.cli import app
+from tokensurgeon.config import TransplantConfig
+from tokensurgeon.pipeline.draft import DraftError, check_draft_compatible
+from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.pipeline.transplant import transplant
+from tokensurgeon.vocab import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def draft(tiny_models, tmp_path_factory):
+    """The tiny SmolLM2-vocabulary model made a draft for the tiny Llama-2 target (32,000 ids + 64 padding rows),
+    through the CLI with DONOR omitted."""
+    out = tmp_path_factory.mktemp("draft") / "draft"
+    result = CliRunner().invoke(app, ["transplant", str(tiny_models["tied"]), "--as-draft-for",
+                                      str(tiny_models["donor_llama2"]), "-o", str(out), "--method", "subword-mean",
+                                      "--json"])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_draft_has_the_targets_rows_and_special_ids(tiny_models, draft):
+    target = tiny_models["donor_llama2"]
+    assert open_checkpoint(draft).vocab_rows == open_checkpoint(target).vocab_rows == 32_064  # padding included
+    config, target_config = (json.loads((path / "config.json").read_text()) for path in (draft, target))
+    for key in ("vocab_size", "bos_token_id", "eos_token_id", "pad_token_id", "unk_token_id"):
+        assert config.get(key) == target_config.get(key), key
+    assert "pad_token_id" not in json.loads((draft / "generation_config.json").read_text())  # the base's pad is gone
+    ours, theirs = load_tokenizer(draft), load_tokenizer(target)
+    assert ours.get_vocab() == theirs.get_vocab()
+    assert ours.all_special_ids == theirs.all_special_ids and ours.unk_token_id == theirs.unk_token_id == 0
+    assert check_draft_compatible(target, draft) == []
+
+
+def test_mismatches_are_listed(tiny_models, draft, fresh_copy):
+    found = check_draft_compatible(tiny_models["donor_llama2"], tiny_models["tied"])
+    assert "embedding rows: target 32,064, draft 49,152" in found
+    assert any(line.startswith("tokenizer vocabularies differ") for line in found)
+    broken = fresh_copy(draft)
+    generation = json.loads((broken / "generation_config.json").read_text()) | {"eos_token_id": 7}
+    (broken / "generation_config.json").write_text(json.dumps(generation))
+    assert check_draft_compatible(tiny_models["donor_llama2"], broken) == ["generation config eos_token_id: "
+                                                                           "target 2, draft 7"]
+
+
+def test_pad_to_multiple_that_changes_the_row_count_is_refused(tiny_models, tmp_path):
+    target = tiny_models["donor_llama2"]
+    with pytest.raises(DraftError, match="32,128 embedding rows but the target .* has 32,064.*--pad-to-multiple 128"):
+        transplant(TransplantConfig(base=tiny_models["tied"], donor=target, out=tmp_path / "out",
+                                    pad_to_multiple=128, draft_for=target))
+    assert not (tmp_path / "out").exists()
+
+
+def test_target_must_be_the_donor_and_a_model(tiny_models, tmp_path):
+    with pytest.raises(TokenSurgeonError, match="the target must also be the donor"):
+        TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama2", out=tmp_path / "out",
+                         draft_for=tiny_models["donor_llama2"])
+    with pytest.raises(DraftError, match="must be a full model directory"):
+        transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama2", out=tmp_path / "out",
+                                    draft_for=TOKENIZERS / "llama2"))
+    result = CliRunner().invoke(app, ["transplant", str(tiny_models["tied"]), "-o", str(tmp_path / "x")])
+    assert result.exit_code == 2 and "missing DONOR" in result.output

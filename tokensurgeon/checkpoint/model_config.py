@@ -1,0 +1,83 @@
+"""config.json and generation_config.json: which keys hold the vocabulary size and the special token
+ids, where (top level, or ``text_config`` for multimodal models), and how a patched model's copies are
+written. The one home of those key lists."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+SUBCONFIG_KEYS = ("text_config",)  # nested configs that repeat vocab_size, ids and dtype
+GENERATION_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")  # what generate() reads
+UNK_KEY = "unk_token_id"  # set only where the base config has one: generation configs never carry it
+CONFIG_ID_KEYS = GENERATION_ID_KEYS + (UNK_KEY,)
+
+
+def read_json(path: Path) -> dict:
+    """A JSON file's object, {} when the file is absent."""
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+
+
+def write_json(path: Path, data: dict) -> None:
+    """The layout every config tokensurgeon writes: sorted keys, two-space indent, final newline."""
+    Path(path).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def sections(config: dict) -> list[dict]:
+    """The config itself and each nested sub-config (``text_config``) it has."""
+    return [config] + [config[key] for key in SUBCONFIG_KEYS if isinstance(config.get(key), dict)]
+
+
+def text_config(config: dict) -> dict:
+    """The sub-config that holds vocab_size and token ids (``text_config`` for multimodal models)."""
+    return sections(config)[-1]
+
+
+def vocab_sizes(config: dict) -> list[int]:
+    """Every vocab_size the config states (top level and sub-configs)."""
+    return [size for size in (section.get("vocab_size") for section in sections(config)) if size is not None]
+
+
+def config_token_ids(model: Path) -> dict[str, Any]:
+    """Special token ids and vocab_size in a model's config.json."""
+    config = read_json(Path(model) / "config.json")
+    text = text_config(config)
+    return {key: text.get(key, config.get(key)) for key in CONFIG_ID_KEYS + ("vocab_size",)}
+
+
+def generation_token_ids(model: Path) -> dict[str, Any]:
+    """The token ids generate() uses: generation_config.json over config.json."""
+    ids = {key: config_token_ids(model)[key] for key in GENERATION_ID_KEYS}
+    generation = read_json(Path(model) / "generation_config.json")
+    return ids | {key: generation[key] for key in GENERATION_ID_KEYS if key in generation}
+
+
+def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
+    """config.json with vocab_size and special ids following the donor (sub-configs too)."""
+    patched = json.loads(json.dumps(config))
+    for target in sections(patched):
+        if "vocab_size" in target or target is patched:
+            target["vocab_size"] = n_rows
+        for key, value in token_ids.items():
+            if key in target or (target is patched and key != UNK_KEY):
+                target[key] = value
+    return patched
+
+
+def patch_generation_config(generation: dict, token_ids: dict[str, Any]) -> dict:
+    """Generation settings with these special token ids (None and unk left out: generate() has no unk)."""
+    return generation | {key: value for key, value in token_ids.items() if value is not None and key != UNK_KEY}
+
+
+def config_with_dtype(config: dict, dtype_name: str | None) -> dict:
+    """config.json with its dtype field (and torch_dtype, sub-configs too) set to a torch dtype name."""
+    config = json.loads(json.dumps(config))
+    if dtype_name is None:
+        return config
+    for target in sections(config):
+        if "torch_dtype" in target:
+            target["torch_dtype"] = dtype_name
+        if "dtype" in target or target is config:
+            target["dtype"] = dtype_name
+    return config

@@ -1,0 +1,16 @@
+"""The command line: each command parses its options, calls one plain function and prints its result
+(render.py); typer and rich are imported here and nowhere below."""
+
+from .app import new_app
+from .evaluate import evaluate
+from .jobs import compare, export, heal, hypernet_app
+from .methods import methods
+from .surgery import inspect, transplant
+
+app = new_app()
+for command in (inspect, transplant, evaluate, export, heal, compare):  # the order of `tokensurgeon --help`
+    app.command()(command)
+app.add_typer(hypernet_app, name="hypernet")
+app.command()(methods)
+
+__all__ = ["app"]

@@ -1,0 +1,151 @@
+"""Commands that run a job on checkpoints: export, heal, compare, hypernet train."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..config import ExportConfig, HealConfig, HypernetConfig, TransplantConfig
+from .common import method_options, progress_bars, run_job, show, trust_remote_code_option, user_errors
+
+
+def export(
+    source: Path = typer.Argument(..., help="Checkpoint to export (a transplant's output), or a patch (--apply-to)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
+    dtype: Optional[str] = typer.Option(ExportConfig.dtype, help="bf16, fp16 or fp32 for floating tensors (default keep)."),
+    max_shard_size: str = typer.Option(ExportConfig.max_shard_size, help="Largest shard, e.g. 5GB, 500MB, 2GiB."),
+    embeddings_only: bool = typer.Option(ExportConfig.embeddings_only, "--embeddings-only",
+                                         help="Write a small patch: changed embeddings, tokenizer, config, manifest."),
+    apply_to: Optional[Path] = typer.Option(ExportConfig.apply_to, "--apply-to",
+                                            help="Rebuild a full checkpoint from the patch SOURCE on this base."),
+    link: bool = typer.Option(ExportConfig.link, "--link", help="Hard-link unchanged shards instead of copying."),
+    force: bool = typer.Option(ExportConfig.force, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Re-write a checkpoint (dtype, shard size), cut an embeddings-only patch, or apply one to its base.
+
+    Example: `tokensurgeon export ./smollm2-llama3 -o ./smollm2-llama3-bf16 --dtype bf16 --max-shard-size 100MB`
+    """
+    with user_errors():
+        from ..jobs.export import export as run_export
+
+        config = ExportConfig(source=source, out=out, dtype=dtype, max_shard_size=max_shard_size,
+                              embeddings_only=embeddings_only, apply_to=apply_to, link=link, force=force)
+        run_job(run_export, config, as_json=as_json, view="print_export")
+
+
+def heal(
+    patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output) to heal."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text to train on (repeatable); its end is held out."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory for the healed checkpoint."),
+    rows: str = typer.Option(HealConfig.rows, help="new: only the rows the transplant computed; all: every row."),
+    steps: int = typer.Option(HealConfig.steps, help="Training steps at most."),
+    lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate."),
+    anchor_weight: float = typer.Option(HealConfig.anchor_weight,
+                                        help="With --rows all: L2 pull of copied rows back to their start."),
+    batch_size: int = typer.Option(HealConfig.batch_size, help="Sequences per step."),
+    context: int = typer.Option(HealConfig.context, help="Tokens per training sequence, BOS included."),
+    held_out: float = typer.Option(HealConfig.held_out, help="Fraction of each text (its end) held out."),
+    eval_every: int = typer.Option(HealConfig.eval_every, help="Steps between held-out evaluations."),
+    patience: int = typer.Option(HealConfig.patience, help="Stop after this many evaluations without improvement."),
+    eval_max_bytes: Optional[int] = typer.Option(HealConfig.eval_max_bytes,
+                                                 help="Score at most this many bytes of each held-out part."),
+    compare_base: bool = typer.Option(HealConfig.compare_base, "--compare-base/--no-compare-base",
+                                      help="Also score the transplant's base model on the held-out text."),
+    seed: int = typer.Option(HealConfig.seed, help="Random seed (data order)."),
+    device: str = typer.Option(HealConfig.device, help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    trust_remote_code: bool = trust_remote_code_option(),
+) -> None:
+    """Fine-tune only the embedding rows of PATCHED on text; keep the best held-out state, never a worse one.
+
+    Example: `tokensurgeon heal ./smollm2-llama3 --text news.txt --text udhr/ukr.txt -o ./smollm2-llama3-healed`
+    """
+    with user_errors():
+        from ..jobs.heal import heal as run_heal
+
+        config = HealConfig(patched=patched, texts=tuple(text or []), out=out, rows=rows, steps=steps, lr=lr,
+                            anchor_weight=anchor_weight, batch_size=batch_size, context=context, held_out=held_out,
+                            eval_every=eval_every, patience=patience, eval_max_bytes=eval_max_bytes,
+                            compare_base=compare_base, seed=seed, device=device, force=force,
+                            trust_remote_code=trust_remote_code)
+        run_job(run_heal, config, as_json=as_json, view="print_heal")
+
+
+def compare(
+    base: Path = typer.Argument(..., help="Base checkpoint directory."),
+    donor: Path = typer.Argument(..., help="Donor tokenizer directory, or a full donor model directory."),
+    text: List[Path] = typer.Option(..., "--text", help="Text file to score every method on (repeatable)."),
+    methods: Optional[str] = typer.Option(None, "--methods",
+                                          help="Comma-separated methods to run [default: every registered method, "
+                                               "zero included as the floor]."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Method option METHOD.KEY=VALUE (repeatable), "
+                                                                      "e.g. omp.k=32."),
+    out: Optional[Path] = typer.Option(None, "-o", "--out", help="Keep the best model (and its report) here."),
+    max_bytes: Optional[int] = typer.Option(None, help="Score only the first bytes of each text."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus",
+                                                help="Text the corpus methods learn from (repeatable)."),
+    seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
+    device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of the table."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Read pytorch_model*.bin weights (weights-only) when there are no safetensors."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
+                                         help="Go on when base or donor embeddings hold NaN or inf."),
+) -> None:
+    """Run every applicable initialisation method on BASE <- DONOR and rank them by bits per byte.
+
+    Methods whose inputs are missing (omp with a tokenizer-only donor) are listed as skipped with the reason.
+    Ranking: geometric mean over texts of patched / base bits per byte.
+
+    Example: `tokensurgeon compare ./gemma-3-270m ./SmolLM2-135M --text news.txt --text udhr/spa.txt --max-bytes 4000 -o best`
+    """
+    with user_errors():
+        from ..jobs.compare import compare as run_compare
+        from ..config import CompareConfig
+
+        config = CompareConfig(base=base, donor=donor, texts=tuple(text), out=out, max_bytes=max_bytes,
+                               methods=tuple(m.strip() for m in (methods or "").split(",") if m.strip()),
+                               method_options=method_options(option or []), seed=seed, device=device,
+                               corpus=tuple(corpus or []), force=force, trust_remote_code=trust_remote_code,
+                               allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
+        run_job(run_compare, config, as_json=as_json, view="print_compare")
+
+
+hypernet_app = typer.Typer(help="The hypernetwork of `transplant --method hypernet` (Zero-Shot Tokenizer Transfer).",
+                           no_args_is_help=True)
+
+
+@hypernet_app.command("train")
+def hypernet_train(
+    base: Path = typer.Argument(..., help="Base checkpoint directory the network embeds tokens for."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory (hypernet.safetensors + hypernet.json)."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus", help="Text for the LM stage (repeatable)."),
+    steps: int = typer.Option(HypernetConfig.steps, help="Warm-up steps (on the base vocabulary)."),
+    lm_steps: int = typer.Option(HypernetConfig.lm_steps, help="LM-stage steps on --corpus, base model frozen."),
+    width: Optional[int] = typer.Option(HypernetConfig.width,
+                                        help="Transformer width [default: hidden size on CUDA, 128 on CPU]."),
+    seed: int = typer.Option(HypernetConfig.seed, help="Random seed."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the training record as JSON."),
+    trust_remote_code: bool = trust_remote_code_option(),
+) -> None:
+    """Train a hypernetwork for BASE once; reuse it for any donor with `transplant --hypernet OUT`.
+
+    Example: `tokensurgeon hypernet train ./SmolLM2-135M -o ./smollm2-hn --corpus news.txt --lm-steps 100`
+    """
+    with user_errors():
+        from ..jobs.hypernet_train import train_to_directory
+
+        config = HypernetConfig(steps=steps, lm_steps=lm_steps, width=width, seed=seed)
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            record = train_to_directory(base, out, config, corpus=tuple(corpus or []), device=device, force=force,
+                                        trust_remote_code=trust_remote_code, progress=progress)
+    show(record, as_json=as_json, view="print_hypernet", payload=record)

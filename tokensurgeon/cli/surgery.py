@@ -1,0 +1,92 @@
+"""Commands that look at or change a vocabulary: inspect, transplant."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..config import DEFAULT_METHOD, DRAFT_METHOD, TransplantConfig
+from ..errors import TokenSurgeonError
+from .common import parse_options, read_texts, run_job, show, trust_remote_code_option, user_errors
+
+
+def inspect(
+    base: Path = typer.Argument(..., help="Base model or tokenizer directory."),
+    donor: Path = typer.Argument(..., help="Donor model or tokenizer directory."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to measure splits on (repeatable)."),
+    samples: int = typer.Option(12, help="How many new tokens to show with their base decomposition."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+    trust_remote_code: bool = trust_remote_code_option(),
+) -> None:
+    """Show how the donor vocabulary overlaps the base vocabulary.
+
+    Example: `tokensurgeon inspect ./SmolLM2-135M ./llama3 --text news.txt --json`
+    """
+    with user_errors():
+        from ..vocab.overlap import compare_tokenizers
+        from ..vocab.pair import load_pair
+
+        texts = read_texts(text or [])
+        pair = load_pair(base, donor, trust_remote_code=trust_remote_code)
+        report = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
+                                    pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
+                                    n_samples=samples)
+    show(report, as_json=as_json, view="print_overlap")
+
+
+def transplant(
+    base: Path = typer.Argument(..., help="Base checkpoint directory (config.json, safetensors, tokenizer)."),
+    donor: Optional[Path] = typer.Argument(None, help="Donor tokenizer directory, or a full donor model directory "
+                                                      "(may be omitted with --as-draft-for)."),
+    out: Path = typer.Option(..., "-o", "--out", help="Output directory for the patched checkpoint."),
+    method: Optional[str] = typer.Option(None, help=f"Initialisation method for new tokens (see `methods`) "
+                                                    f"[default: {DEFAULT_METHOD}; {DRAFT_METHOD} with "
+                                                    "--as-draft-for]."),
+    option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
+    seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
+    device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
+    chat_template: str = typer.Option(TransplantConfig.chat_template, help="Chat template to keep: donor or base."),
+    pad_to_multiple: int = typer.Option(TransplantConfig.pad_to_multiple, help="Pad the embedding rows up to a multiple of this."),
+    eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text", help="Text for bits-per-byte before/after."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus",
+                                                help="Text a method learns from (focus, tokenadapt, hypernet; repeatable)."),
+    eval_max_bytes: Optional[int] = typer.Option(None, help="Evaluate at most this many bytes of each text."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    trust_remote_code: bool = trust_remote_code_option(),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Read pytorch_model*.bin weights (torch weights-only loader) when there are "
+                                           "no safetensors; the output is safetensors."),
+    allow_nonfinite: bool = typer.Option(False, "--allow-nonfinite",
+                                         help="Go on when base or donor embeddings hold NaN or inf."),
+    hypernet: Optional[Path] = typer.Option(None, "--hypernet",
+                                            help="With --method hypernet: a network from `hypernet train` "
+                                                 "(default: train one now and cache it)."),
+    as_draft_for: Optional[Path] = typer.Option(None, "--as-draft-for",
+                                                help="Make BASE a speculative-decoding draft for this target model "
+                                                     "(the donor): the target's exact row count, tokenizer, chat "
+                                                     "template and special ids, verified before anything is written."),
+) -> None:
+    """Give BASE the DONOR's tokenizer and write a patched checkpoint plus a report.
+
+    Example: `tokensurgeon transplant ./SmolLM2-135M ./llama3 -o out --eval-text news.txt`
+
+    Draft model for speculative decoding: `tokensurgeon transplant ./SmolLM2-135M --as-draft-for ./gemma-3-270m -o draft`
+    """
+    with user_errors():
+        from ..pipeline.transplant import transplant as run_transplant
+
+        if donor is None and as_draft_for is None:
+            raise TokenSurgeonError("missing DONOR: pass a donor tokenizer or model directory (or --as-draft-for TARGET)")
+        config = TransplantConfig(base=base, donor=donor or as_draft_for, out=out,
+                                  method=method,
+                                  method_options=parse_options(option or [])
+                                  | ({"hypernet": str(hypernet)} if hypernet else {}), seed=seed, device=device,
+                                  chat_template=chat_template, pad_to_multiple=pad_to_multiple,
+                                  eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force,
+                                  trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                                  allow_nonfinite=allow_nonfinite, corpus=tuple(corpus or []),
+                                  draft_for=as_draft_for)
+        run_job(run_transplant, config, as_json=as_json, view="print_transplant")

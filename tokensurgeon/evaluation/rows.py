@@ -1,0 +1,64 @@
+"""Before/after rows of a transplant's evaluation: one typed row per text, as report.json lists them."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..config import TransplantConfig
+from ..runtime.progress import Progress
+from ..vocab.overlap import text_stats
+from ..vocab.pair import TokenizerPair
+from .bpb import ModelScores, evaluate_models, truncate_utf8
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """One text: base and patched bits per byte, their ratio, and the pair's split statistics on it
+    (the floor a method cannot beat). Field names are report.json's keys."""
+
+    text: str
+    bytes: int
+    base_bpb: float
+    patched_bpb: float
+    ratio: float
+    base_bytes_per_token: float
+    donor_bytes_per_token: float
+    new_token_share: float
+    boundary_agreement: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def read_eval_texts(paths: tuple[Path, ...], max_bytes: int | None) -> dict[str, str]:
+    """label (file name) -> text, cut to max_bytes UTF-8 bytes when given."""
+    texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in paths}
+    return {label: truncate_utf8(text, max_bytes) for label, text in texts.items()} if max_bytes else texts
+
+
+def evaluation_rows(pair: TokenizerPair, texts: dict[str, str], before: ModelScores,
+                    after: ModelScores) -> list[EvalRow]:
+    """One row per text from the base's and the patched model's scores."""
+    rows = []
+    for label, base_score, patched_score in zip(texts, before.scores, after.scores):
+        stats = text_stats(label, texts[label], pair.alignment, pair.base_tokenizer, pair.donor_tokenizer)
+        rows.append(EvalRow(text=label, bytes=base_score.n_bytes, base_bpb=base_score.bits_per_byte,
+                            patched_bpb=patched_score.bits_per_byte,
+                            ratio=patched_score.bits_per_byte / base_score.bits_per_byte,
+                            base_bytes_per_token=base_score.bytes_per_token,
+                            donor_bytes_per_token=patched_score.bytes_per_token,
+                            new_token_share=stats.new_token_share, boundary_agreement=stats.boundary_agreement))
+    return rows
+
+
+def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
+                  progress: Progress | None) -> list[EvalRow]:
+    """Bits per byte of base (base tokenizer) and patched (donor tokenizer) on each --eval-text."""
+    if not config.eval_texts:
+        return []
+    texts = read_eval_texts(config.eval_texts, config.eval_max_bytes)
+    before, after = evaluate_models([config.base, patched], texts, device=config.device, progress=progress,
+                                    trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
+    return evaluation_rows(pair, texts, before, after)

@@ -1,0 +1,1 @@
+"""What several methods share, below every method: solvers, sparsemax, similarity spaces, the hypernetwork."""

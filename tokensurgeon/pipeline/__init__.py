@@ -1,0 +1,1 @@
+"""The transplant pipeline: session (open, align, read), method run, matrix assembly, the job, drafts."""

@@ -1,0 +1,90 @@
+"""A base checkpoint and a donor opened, aligned and read once: the input every method run shares."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..checkpoint import Checkpoint, open_checkpoint, read_embeddings
+from ..checkpoint.reader import nonfinite_summary
+from ..config import TransplantConfig
+from ..errors import CheckpointError, NoWeightsError
+from ..vocab.pair import TokenizerPair, load_pair
+
+
+def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint | None:
+    """The donor's checkpoint when it is a full model, None when it is a tokenizer only."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        return None
+    try:
+        return open_checkpoint(path, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
+    except NoWeightsError:  # a config.json beside a tokenizer (no weights at all): a tokenizer-only donor
+        return None
+
+
+def check_finite(matrix: torch.Tensor | None, what: str, path: Path, *, allow: bool) -> list[str]:
+    """Refuse NaN/inf in an embedding matrix (a warning instead with --allow-nonfinite)."""
+    summary = nonfinite_summary(matrix) if matrix is not None else None
+    if summary is None:
+        return []
+    values, rows, first = summary
+    message = (f"{path}: {what} has {values} non-finite values (NaN/inf) in {rows} rows, "
+               f"first bad row id {first}")
+    if not allow:
+        raise CheckpointError(f"{message}; pass --allow-nonfinite to go on anyway")
+    return [f"{message}; kept as given (--allow-nonfinite)"]
+
+
+def check_base_rows(pair: TokenizerPair, rows: int, path: Path) -> None:
+    """Every base id the alignment copies or decomposes into must have an embedding row."""
+    used = [i for i in pair.alignment.source if i >= rows]
+    used += [i for pieces in pair.alignment.decompositions.values() for i in pieces if i >= rows]
+    if used:
+        token = pair.base_vocab.tokens[used[0]] if used[0] < pair.base_vocab.size else None
+        raise CheckpointError(f"{path}: the base tokenizer uses id {used[0]} ({token!r}) but the base model has "
+                              f"only {rows} embedding rows; tokenizer and weights do not belong together")
+
+
+@dataclass
+class Session:
+    """A base checkpoint and a donor opened, aligned and read once; every method run (transplant runs one,
+    compare several) reuses it, so no checkpoint is re-read per method."""
+
+    config: TransplantConfig
+    base: Checkpoint
+    donor_model: Checkpoint | None
+    pair: TokenizerPair
+    base_embed: torch.Tensor
+    base_head: torch.Tensor | None
+    warnings: list[str]
+    donor_matrices_read: tuple[torch.Tensor, torch.Tensor | None] | None = None
+
+    def donor_matrices(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The donor model's embeddings, read and checked on first use only."""
+        if self.donor_matrices_read is None:
+            matrices = read_embeddings(self.donor_model)
+            for matrix, what in zip(matrices, ("donor input embedding", "donor output head")):
+                self.warnings += check_finite(matrix, what, self.config.donor, allow=self.config.allow_nonfinite)
+            self.donor_matrices_read = matrices
+        return self.donor_matrices_read
+
+
+def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda phase: None) -> Session:
+    """Open both checkpoints, align the vocabularies and read the base embeddings (nothing else)."""
+    trust, pickle = config.trust_remote_code, config.allow_pickle
+    base = open_checkpoint(config.base, trust_remote_code=trust, allow_pickle=pickle)
+    donor_model = open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle)
+    rows = donor_model.vocab_rows if donor_model is not None else 0
+    pair = load_pair(config.base, config.donor, n_rows=rows, pad_to_multiple=config.pad_to_multiple,
+                     trust_remote_code=trust)
+    check_base_rows(pair, base.vocab_rows, config.base)
+    lap("align")
+    base_embed, base_head = read_embeddings(base)
+    warnings = check_finite(base_embed, "base input embedding", config.base, allow=config.allow_nonfinite)
+    warnings += check_finite(base_head, "base output head", config.base, allow=config.allow_nonfinite)
+    lap("read")
+    return Session(config, base, donor_model, pair, base_embed, base_head, warnings)

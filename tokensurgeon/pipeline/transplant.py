@@ -1,0 +1,140 @@
+"""The main job: give a base checkpoint the donor's tokenizer and write a patched checkpoint.
+
+Order of work: align the vocabularies and read only the embedding matrices (session.py); let the
+chosen method compute rows for the donor's new tokens (run_method.py); assemble the new matrices,
+shared tokens keeping their base rows bit for bit (assemble.py); stream every other tensor through
+unchanged; copy the donor's tokenizer; make config and generation config follow it; evaluate; write
+the report. All of it goes into a staging directory that becomes OUT only at the end.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..checkpoint import Checkpoint
+from ..checkpoint.model_config import (GENERATION_ID_KEYS, UNK_KEY, patch_config, patch_generation_config,
+                                       read_json, write_json)
+from ..checkpoint.tokenizer_files import write_tokenizer
+from ..checkpoint.writer import write_weights
+from ..config import TransplantConfig
+from ..evaluation.rows import evaluate_pair
+from ..methods import InitResult
+from ..methods.base import FALLBACK_PATH, mean_rows
+from ..report.markdown import write_report
+from ..report.models import ReportWarning, TransplantReport
+from ..runtime.devices import resolve_device
+from ..runtime.memory import tensor_sha256
+from ..runtime.outdir import atomic_directory, check_output_path
+from ..runtime.progress import Progress, Stopwatch, phase
+from ..vocab.pair import TokenizerPair
+from .assemble import AssembledMatrix, new_row_departures, provenance_rows, row_norm_histograms
+from .draft import check_draft_request, finish_draft
+from .run_method import run_method
+from .session import Session, open_session
+
+
+def donor_token_ids(pair: TokenizerPair, donor_model: Checkpoint | None) -> dict[str, Any]:
+    """bos/eos/pad/unk ids the patched model should use: the donor model's own, else the donor tokenizer's roles."""
+    roles = pair.donor_vocab.roles
+    if donor_model is not None:
+        source = dict(donor_model.config)
+        generation = read_json(donor_model.path / "generation_config.json")
+        source.update({k: v for k, v in generation.items() if k in GENERATION_ID_KEYS})
+        return ({key: source.get(key) for key in GENERATION_ID_KEYS}
+                | {UNK_KEY: source.get(UNK_KEY, roles.get("unk"))})
+    return {"bos_token_id": roles.get("bos"), "eos_token_id": roles.get("eos"), "pad_token_id": roles.get("pad"),
+            UNK_KEY: roles.get("unk")}
+
+
+def write_patched(session: Session, config: TransplantConfig, result: InitResult, staging: Path,
+                  progress: Progress | None) -> tuple[TransplantReport, list[dict[str, Any]]]:
+    """Write the patched checkpoint (weights, config, tokenizer) into staging; return its report (no
+    evaluation yet, empty timings) and provenance rows. Shared by transplant and compare."""
+    base, pair = session.base, session.pair
+    base_embed, base_head = session.base_embed, session.base_head
+    n_rows = pair.alignment.n_rows
+    residuals = new_row_departures(session, result)
+    defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
+    new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
+    result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
+    replacements = {base.input_name: new_embed}
+    if base.tied and base.output_name:
+        replacements[base.output_name] = new_embed
+    new_head = None
+    if not base.tied:
+        new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
+        replacements[base.output_name] = new_head
+        result.head = None
+    if base.format == "pickle":  # the pickle writer takes whole tensors
+        replacements = {name: matrix.materialise() for name, matrix in replacements.items()}
+    warnings = ReportWarning.all("nonfinite", session.warnings) + build_warnings(pair, result)
+
+    write_weights(base, staging, replacements, progress=phase(progress, "write"))
+    token_ids = donor_token_ids(pair, session.donor_model)
+    write_json(staging / "config.json", patch_config(base.config, n_rows, token_ids))
+    write_json(staging / "generation_config.json",
+               patch_generation_config(read_json(base.path / "generation_config.json"), token_ids))
+    if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
+        for code in sorted(Path(config.base).glob("*.py")):
+            shutil.copyfile(code, staging / code.name)
+    warnings += ReportWarning.all("tokenizer", write_tokenizer(config.donor, pair.base_traits, pair.donor_traits,
+                                set(pair.base_vocab.specials.values()), set(pair.donor_vocab.specials.values()),
+                                staging, chat_template=config.chat_template))
+    report = TransplantReport(
+        version=__version__,
+        base={"path": str(config.base), "kind": pair.base_vocab.kind, "vocab_size": pair.base_vocab.size,
+              "rows": base.vocab_rows, "hidden_size": base.hidden_size, "tied": base.tied,
+              "embed_sha256": tensor_sha256(base_embed),
+              "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
+        donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
+               "is_model": session.donor_model is not None},
+        output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
+                "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
+        method={"name": config.method, "options": config.method_options, "seed": config.seed,
+                "device": str(resolve_device(config.device)), "chat_template": config.chat_template}
+               | ({"info": result.info} if result.info else {}),
+        counts=pair.alignment.counts() | {"shared_tokens": pair.alignment.shared_tokens,
+                                          "computed": len(pair.alignment.new_ids)},
+        timings={},
+        warnings=warnings,
+        norms=row_norm_histograms(new_embed),
+        residuals=residuals,
+    )
+    return report, provenance_rows(pair, result)
+
+
+def transplant(config: TransplantConfig, progress: Progress | None = None) -> TransplantReport:
+    """Run a transplant end to end and return its report (also written to OUT)."""
+    clock = Stopwatch()
+    resolve_device(config.device)  # a wrong --device fails now, not after the slow steps
+    check_output_path(config.out, config.input_paths(), force=config.force)
+    session = open_session(config, clock.lap)
+    if config.draft_for is not None:  # refuse a row count that cannot match before the slow method runs
+        check_draft_request(config.draft_for, session.donor_model and session.donor_model.vocab_rows,
+                            session.pair.alignment.n_rows, config.pad_to_multiple)
+    result = run_method(config, session, progress)
+    clock.lap("method")
+
+    with atomic_directory(config.out) as staging:
+        report, provenance = write_patched(session, config, result, staging, progress)
+        if config.draft_for is not None:
+            report.warnings += ReportWarning.all("draft", finish_draft(config.draft_for, staging))
+        clock.lap("write")
+        report.evaluation = evaluate_pair(config, session.pair, staging, progress)
+        clock.lap("evaluate")
+        report.timings = clock.timings
+        write_report(report, staging, provenance)
+    return report
+
+
+def build_warnings(pair: TokenizerPair, result: InitResult) -> list[ReportWarning]:
+    warnings = [ReportWarning(pair.number_warning, "number-scheme")] if pair.number_warning else []
+    fallbacks = [pair.donor_vocab.tokens[i] for i, prov in zip(pair.alignment.new_ids, result.provenance)
+                 if prov.path == FALLBACK_PATH]
+    if fallbacks:
+        warnings.append(ReportWarning(f"{len(fallbacks)} new tokens could not be decomposed into base tokens and got the mean "
+                        f"row (e.g. {', '.join(repr(t) for t in fallbacks[:5])})", "fallback"))
+    return warnings

@@ -1,0 +1,1 @@
+"""Reports: typed models (models.py) and their renderings (markdown.py, html.py)."""

@@ -1,0 +1,34 @@
+"""Where tokensurgeon keeps what it can rebuild (fastText vectors, hypernetworks, test models):
+``$TOKENSURGEON_CACHE`` or ``~/.cache/tokensurgeon``, one folder per kind."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+from ..errors import TokenSurgeonError
+from .outdir import atomic_directory
+from .progress import first_line
+
+
+def cache_root() -> Path:
+    """``$TOKENSURGEON_CACHE``, or ``~/.cache/tokensurgeon`` when it is unset."""
+    root = os.environ.get("TOKENSURGEON_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "tokensurgeon"
+
+
+def cache_dir(kind: str) -> Path:
+    """The folder of one kind of cached artefact ("aux", "hypernet", "models")."""
+    return cache_root() / kind
+
+
+def store(target: Path, write: Callable[[Path], None]) -> str | None:
+    """Write a cache entry atomically with ``write(staging)``; a failure costs a rebuild next time, so it
+    is returned as a warning for the report rather than raised (None when the entry was written)."""
+    try:
+        with atomic_directory(target) as staging:
+            write(staging)
+    except (OSError, TokenSurgeonError) as exc:
+        return f"could not cache {target} ({first_line(exc)}); the next run rebuilds it"
+    return None

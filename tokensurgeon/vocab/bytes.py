@@ -1,0 +1,91 @@
+"""Tokens as the bytes they stand for in text, under each tokenizer family's spelling scheme.
+
+Tokenizers spell the same bytes differently: GPT-2 style byte-level BPE writes " the" as
+``Ġthe``, SentencePiece writes it as ``▁the`` and stores raw bytes as ``<0xNN>`` tokens,
+WordPiece marks continuations with ``##``. Aligning two vocabularies by raw strings misses
+most of their overlap; aligning them by canonical bytes finds it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Any
+
+_BYTE_TOKEN = re.compile(r"^<0x([0-9A-Fa-f]{2})>$")
+_METASPACE = "\u2581"
+
+
+@lru_cache(maxsize=1)
+def gpt2_byte_decoder() -> dict[str, int]:
+    """The inverse of GPT-2's printable-character map for the 256 byte values."""
+    printable = list(range(ord("!"), ord("~") + 1))
+    printable += list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    chars = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            chars.append(256 + extra)
+            extra += 1
+    return {chr(c): b for b, c in zip(printable, chars)}
+
+
+def _walk(node: Any) -> list[dict]:
+    """Flatten nested tokenizer.json components (Sequence normalizers, decoders...)."""
+    if isinstance(node, dict):
+        found = [node]
+        for value in node.values():
+            found += _walk(value)
+        return found
+    if isinstance(node, list):
+        return [item for value in node for item in _walk(value)]
+    return []
+
+
+def detect_scheme(spec: dict) -> tuple[str, str]:
+    """Return (scheme, kind) from a parsed tokenizer.json."""
+    model = spec.get("model", {})
+    model_type = model.get("type", "unknown")
+    parts = _walk([spec.get("normalizer"), spec.get("pre_tokenizer"), spec.get("decoder")])
+    types = {part.get("type") for part in parts}
+    metaspace = "Metaspace" in types or any(
+        part.get("type") == "Replace"
+        and _METASPACE in (part.get("content", ""), part.get("pattern", {}).get("String", ""))
+        for part in parts
+    )
+    if "ByteLevel" in types:
+        return "byte-level", f"byte-level {model_type}"
+    if model_type == "WordPiece":
+        return "wordpiece", "WordPiece"
+    if metaspace:
+        fallback = " (byte fallback)" if model.get("byte_fallback") else ""
+        return "metaspace", f"SentencePiece {model_type}{fallback}"
+    return "plain", model_type
+
+
+def is_byte_token(token: str) -> bool:
+    """Whether a SentencePiece token is a byte-fallback token (``<0xNN>``)."""
+    return _BYTE_TOKEN.match(token) is not None
+
+
+def canonical_bytes(token: str, scheme: str, *, byte_fallback: bool = False) -> bytes:
+    """The bytes a token stands for in text, under the tokenizer's spelling scheme.
+
+    >>> canonical_bytes("Ġthe", "byte-level"), canonical_bytes("▁the", "metaspace")
+    (b' the', b' the')
+    """
+    if scheme == "byte-level":
+        decoder = gpt2_byte_decoder()
+        if all(char in decoder for char in token):
+            return bytes(decoder[char] for char in token)
+        return token.encode("utf-8")
+    if scheme == "metaspace":
+        match = _BYTE_TOKEN.match(token) if byte_fallback else None
+        if match:
+            return bytes([int(match.group(1), 16)])
+        return token.replace(_METASPACE, " ").encode("utf-8")
+    if scheme == "wordpiece":
+        # A WordPiece word start follows a space in text; "##" marks a continuation.
+        return token[2:].encode("utf-8") if token.startswith("##") else b" " + token.encode("utf-8")
+    return token.encode("utf-8")

@@ -1,0 +1,163 @@
+"""Byte-exact vocabularies: every token of a loaded tokenizer as the bytes it stands for (bytes.py).
+
+Special tokens (and role tokens: bos, eos, pad, unk) have no bytes here: they are matched by
+role and by exact content in alignment.py, never by their text.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenizerError
+from ..runtime.progress import first_line
+from ..runtime.quiet import quiet_transformers
+from .bytes import canonical_bytes, detect_scheme, is_byte_token
+
+ROLES = ("bos", "eos", "unk", "pad")
+
+
+@dataclass(frozen=True)
+class Vocabulary:
+    """A tokenizer's vocabulary by id: canonical bytes for ordinary tokens, content for specials.
+
+    Attributes:
+        kind: human-readable family, e.g. "byte-level BPE".
+        scheme: how token strings map to bytes: "byte-level", "metaspace", "wordpiece", "plain".
+        tokens: token string per id (None for ids the tokenizer does not define).
+        canonical: bytes per id; None for special tokens and undefined ids.
+        specials: id -> content of every special or role token.
+        roles: role name ("bos", "eos", "unk", "pad") -> id.
+        byte_fallback: ids of ``<0xNN>`` byte tokens.
+    """
+
+    kind: str
+    scheme: str
+    tokens: tuple[str | None, ...]
+    canonical: tuple[bytes | None, ...]
+    specials: dict[int, str]
+    roles: dict[str, int]
+    byte_fallback: frozenset[int]
+
+    @property
+    def size(self) -> int:
+        return len(self.tokens)
+
+    def defined_ids(self) -> list[int]:
+        """Ids the tokenizer defines (statistics over embedding rows leave padding rows out)."""
+        return [i for i, token in enumerate(self.tokens) if token is not None]
+
+    def bytes_to_id(self) -> dict[bytes, int]:
+        """Map canonical bytes to the id a text would use: ordinary pieces before ``<0xNN>``."""
+        lookup: dict[bytes, int] = {}
+        for token_id, raw in enumerate(self.canonical):
+            if raw is None or token_id in self.byte_fallback:
+                continue
+            lookup.setdefault(raw, token_id)
+        for token_id in sorted(self.byte_fallback):
+            lookup.setdefault(self.canonical[token_id], token_id)
+        return lookup
+
+
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
+    """Load a fast tokenizer from a tokenizer or checkpoint directory; remote code only if trusted."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    if not path.is_dir():
+        raise TokenizerError(f"{path}: not a directory (expected a tokenizer or checkpoint directory)"
+                             + ("" if path.exists() else "; it does not exist"))
+    if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise TokenizerError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
+    try:
+        with quiet_transformers():
+            tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except Exception as exc:  # transformers raises many types for one cause: unreadable files
+        raise TokenizerError(f"{path}: cannot load tokenizer: {first_line(exc)}") from exc
+    if getattr(tokenizer, "backend_tokenizer", None) is None:
+        raise TokenizerError(f"{path}: only fast (tokenizers-backed) tokenizers are supported")
+    return tokenizer
+
+
+def _role_tokens(tokenizer: Any) -> dict[str, str]:
+    roles = {}
+    for role in ROLES:
+        content = getattr(tokenizer, f"{role}_token", None)
+        if content:
+            roles[role] = str(content)
+    return roles
+
+
+def tokenizer_spec(backend: Any) -> dict:
+    """The parts of tokenizer.json that build_vocabulary reads, from a tokenizers.Tokenizer.
+
+    Serialising the whole tokenizer (``to_str``) and parsing it back would also copy every merge:
+    hundreds of MB and seconds for a 262k vocabulary. Each part is asked for on its own instead;
+    only a Unigram model, whose byte-fallback flag the bindings do not expose, is serialised whole.
+    """
+    model_type = type(backend.model).__name__
+    if model_type == "Unigram":
+        model = json.loads(backend.model.__getstate__())
+    else:
+        model = {"type": model_type, "byte_fallback": bool(getattr(backend.model, "byte_fallback", False)),
+                 "vocab": backend.get_vocab(with_added_tokens=False)}
+    spec = {"model": model, "added_tokens": [{"id": token_id, "content": added.content, "special": added.special}
+                                             for token_id, added in backend.get_added_tokens_decoder().items()]}
+    for part in ("normalizer", "pre_tokenizer", "decoder"):
+        component = getattr(backend, part)
+        spec[part] = json.loads(component.__getstate__()) if component is not None else None
+    return spec
+
+
+def build_vocabulary(tokenizer: Any) -> Vocabulary:
+    """Read a fast tokenizer's vocabulary into canonical bytes, keeping specials apart."""
+    spec = tokenizer_spec(tokenizer.backend_tokenizer)
+    scheme, kind = detect_scheme(spec)
+    model = spec["model"]
+    pieces = model.get("vocab", {})
+    if isinstance(pieces, list):  # Unigram: [[piece, score], ...]
+        pieces = {piece: index for index, (piece, _score) in enumerate(pieces)}
+    by_id: dict[int, str] = {index: piece for piece, index in pieces.items()}
+    special_content: set[str] = set()
+    literal: set[int] = set()  # added tokens match their content in raw text, before the model runs
+    for added in spec.get("added_tokens", []):
+        by_id[added["id"]] = added["content"]
+        literal.add(added["id"])
+        if added.get("special"):
+            special_content.add(added["content"])
+    role_content = _role_tokens(tokenizer)
+    special_content |= set(role_content.values())
+
+    if by_id and not (0 <= min(by_id) and max(by_id) < 2 * len(by_id) + 1024):
+        # ids index embedding rows: a stray huge id would make every per-id table (and the output) huge
+        raise TokenizerError(f"token ids are not contiguous: id {max(by_id)} among {len(by_id)} tokens "
+                             "(a corrupt tokenizer.json?)")
+    size = max(len(tokenizer), max(by_id) + 1 if by_id else 0)
+    byte_fallback = bool(model.get("byte_fallback"))
+    tokens: list[str | None] = [None] * size
+    canonical: list[bytes | None] = [None] * size
+    specials: dict[int, str] = {}
+    fallback_ids: set[int] = set()
+    for token_id, token in by_id.items():
+        tokens[token_id] = token
+        if token in special_content:
+            specials[token_id] = token
+        elif token_id in literal:
+            canonical[token_id] = token.encode("utf-8")
+        else:
+            canonical[token_id] = canonical_bytes(token, scheme, byte_fallback=byte_fallback)
+            if byte_fallback and is_byte_token(token):
+                fallback_ids.add(token_id)
+    content_to_id = {content: token_id for token_id, content in sorted(specials.items(), reverse=True)}
+    roles = {role: content_to_id[content] for role, content in role_content.items() if content in content_to_id}
+    return Vocabulary(
+        kind=kind,
+        scheme=scheme,
+        tokens=tuple(tokens),
+        canonical=tuple(canonical),
+        specials=specials,
+        roles=roles,
+        byte_fallback=frozenset(fallback_ids),
+    )
