@@ -64,7 +64,7 @@ def convert(model: Path, converter: Path, *, outfile: Path | None = None, outtyp
     script = find_converter(converter)
     model = Path(model).resolve()
     with tempfile.TemporaryDirectory(prefix="tokensurgeon-gguf-") as scratch:
-        target = Path(outfile) if outfile is not None else Path(scratch) / f"{model.name}.gguf"
+        target = Path(outfile).resolve() if outfile is not None else Path(scratch) / f"{model.name}.gguf"
         command = [sys.executable, str(script), str(model), "--outfile", str(target), "--outtype", outtype]
         if vocab_only:
             command.append("--vocab-only")
@@ -128,3 +128,47 @@ def explain(reason: str, model: Path) -> str:
     if "not supported" in reason.lower() and "Model" in reason:
         return "this llama.cpp does not know the architecture; update the checkout."
     return ""
+
+
+def _without_bos_template(processor: dict | None) -> dict | None:
+    """The post-processor minus a TemplateProcessing that prepends a special token (what transplant appends)."""
+    if not processor:
+        return None
+    if processor.get("type") == "Sequence":
+        kept = [p for p in processor.get("processors", []) if _without_bos_template(p) is not None]
+        return None if not kept else kept[0] if len(kept) == 1 else {**processor, "processors": kept}
+    if processor.get("type") == "TemplateProcessing" and "SpecialToken" in (processor.get("single") or [{}])[0]:
+        return None
+    return processor
+
+
+def bos_policy_as_config(model: Path, dest: Path) -> list[str]:
+    """A GGUF-convertible copy of model: BOS stated as ``add_bos_token`` instead of in tokenizer.json.
+
+    tokenizer.json loses the BOS TemplateProcessing and also a ByteLevel post-processor (it only trims
+    offsets; gguf-py reads a ByteLevel post-processor as "add no BOS", which beats tokenizer_config.json),
+    so that llama.cpp's pre-tokenizer hash is the donor's and its gguf-py writes
+    tokenizer.ggml.add_bos_token = true. Weights are symlinked, every other file copied. Returns notes.
+    """
+    import shutil
+
+    model, dest = Path(model), Path(dest)
+    dest.mkdir(parents=True, exist_ok=False)
+    for item in model.iterdir():
+        if item.is_file():
+            if item.suffix == ".safetensors":
+                (dest / item.name).symlink_to(item.resolve())
+            else:
+                shutil.copyfile(item, dest / item.name)
+    spec = json.loads((dest / "tokenizer.json").read_text(encoding="utf-8"))
+    processor = _without_bos_template(spec.get("post_processor"))
+    if processor is not None and processor.get("type") == "ByteLevel":
+        processor = None
+    spec["post_processor"] = processor
+    (dest / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    settings_file = dest / "tokenizer_config.json"
+    settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
+    settings["add_bos_token"] = True
+    settings_file.write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+    return [f"tokenizer.json post-processor now {processor and processor.get('type')}",
+            "tokenizer_config.json add_bos_token: true"]
