@@ -30,7 +30,7 @@ UNSEEN = ("lee_news.txt", "udhr/ita.txt", "udhr/pol.txt", "udhr/tur.txt", "udhr/
           "udhr/heb.txt", "udhr/tha.txt", "udhr/cmn_hant.txt", "udhr/fin.txt")
 CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora")}
 TRAIN_BYTES = 60_000  # of enwiki_head: the UDHR files are ~12-26 KB each
-PROMPT_BYTES, COMPARE_BYTES = 80, 32
+PROMPT_BYTES, COMPARE_BYTES = 80, 16
 
 
 def read(name: str, limit: int | None = None) -> str:
@@ -48,21 +48,23 @@ def prompts(n: int) -> list[str]:
 
 
 def continuations(model, tokenizer, texts: list[str], new_tokens: int) -> list[str]:
-    """Greedy continuations, BOS-prefixed as in evaluation, left-padded batches of 10."""
+    """Greedy continuations, BOS-prefixed as in evaluation, one prompt at a time with a KV cache.
+
+    A hand-written loop rather than model.generate: no padding to get wrong, and nothing looked up online.
+    """
     from tokensurgeon.evaluate import context_prefix
 
-    prefix, pad = context_prefix(tokenizer), tokenizer.pad_token_id or tokenizer.eos_token_id or 0
-    device, out = next(model.parameters()).device, []
+    prefix, device, out = context_prefix(tokenizer), next(model.parameters()).device, []
     model.eval()
-    for begin in range(0, len(texts), 10):
-        rows = [prefix + tokenizer(t, add_special_tokens=False)["input_ids"] for t in texts[begin:begin + 10]]
-        width = max(map(len, rows))
-        ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=device)
+    for text in texts:
+        ids = torch.tensor([prefix + tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
+        past, generated = None, []
         with torch.no_grad():
-            generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens,
-                                       do_sample=False, pad_token_id=pad)
-        out += tokenizer.batch_decode(generated[:, width:], skip_special_tokens=True)
+            for _ in range(new_tokens):
+                output = model(input_ids=ids, past_key_values=past, use_cache=True)
+                past, ids = output.past_key_values, output.logits[:, -1:].argmax(-1)
+                generated.append(int(ids))
+        out.append(tokenizer.decode(generated, skip_special_tokens=True))
     return out
 
 
@@ -173,11 +175,15 @@ def main() -> None:
     clock = time.perf_counter()
     base = run_base(args)
     work.with_suffix(".base.json").write_text(json.dumps(base))
+    names = ["untrained", *args.configs.split(",")]  # children in parallel: one process (and peak RSS) each
+    children = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--one", name, "--out", str(work)],
+                                 stdout=subprocess.PIPE, text=True) for name in names]
     rows = []
-    for name in ["untrained", *args.configs.split(",")]:
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--one", name, "--out", str(work)],
-                               capture_output=True, text=True, check=True)
-        rows.append(json.loads(child.stdout.strip().splitlines()[-1]))
+    for name, child in zip(names, children):
+        stdout, _ = child.communicate()
+        if child.returncode:
+            raise SystemExit(f"{name} failed (exit {child.returncode})")
+        rows.append(json.loads(stdout.strip().splitlines()[-1]))
         print(f"[{name} done, {time.perf_counter() - clock:.0f} s]", file=sys.stderr, flush=True)
     work.write_text(json.dumps({"base": base, "rows": rows}, indent=1))
     print(f"patched {args.patched}; base {args.base}; {args.steps} steps of {args.batch_size} x {args.context} "

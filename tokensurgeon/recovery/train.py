@@ -415,7 +415,7 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
     The teacher defaults to the base in PATCHED's report.json; without one only --objective lm can run.
     """
     from tokensurgeon.evaluate import load_for_eval
-    from tokensurgeon.vocab import build_vocabulary
+    from tokensurgeon.vocab import build_vocabulary, load_tokenizer
 
     target = pick_device(device)
     checkpoint = open_checkpoint(patched, trust_remote_code=trust_remote_code)
@@ -427,11 +427,12 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
     teacher_model, undertrained = None, set()
     if teacher_dir is not None:
         teacher_checkpoint = open_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
-        teacher_model = load_teacher(teacher_dir, model, device=target, trust_remote_code=trust_remote_code)
-        undertrained = undertrained_base_rows(teacher_checkpoint,
-                                              build_vocabulary(teacher_model.tokenizer).byte_fallback)
+        teacher_tokenizer = load_tokenizer(teacher_dir, trust_remote_code=trust_remote_code)
+        undertrained = undertrained_base_rows(teacher_checkpoint, build_vocabulary(teacher_tokenizer).byte_fallback)
+        if options.objective == "distill":  # the teacher's rows (or model) are needed only to distil
+            teacher_model = load_teacher(teacher_dir, model, device=target, trust_remote_code=trust_remote_code)
     model, result = fit(model, tokenizer, train_texts, held_out, options,
-                        teacher=teacher_model if options.objective == "distill" else None,
+                        teacher=teacher_model,
                         free=free_rows(provenance, undertrained), unseen=unseen, device=target, progress=progress)
     if result.improved:
         result.replacements = merged_tensors(model, checkpoint)
