@@ -47,8 +47,8 @@ def test_smollm2_llama3_subword_mean_loads_and_generates(smollm2, tmp_path):
                                          eval_texts=(CORPORA / "lee_news.txt",), eval_max_bytes=3000))
     assert 39_000 < report.counts["shared_tokens"] < 39_600
     (row,) = report.evaluation
-    assert 0.5 < row["base_bpb"] < 1.5  # a real model on English news
-    assert row["ratio"] < 1.6  # subword-mean keeps most of the quality on English
+    assert 0.5 < row.base_bpb < 1.5  # a real model on English news
+    assert row.ratio < 1.6  # subword-mean keeps most of the quality on English
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == model.get_input_embeddings().weight.shape[0] == 128_257

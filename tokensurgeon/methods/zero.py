@@ -13,7 +13,7 @@ class ZeroMethod(InitMethod):
     name: ClassVar[str] = "zero"
     summary: ClassVar[str] = "all-zero rows (a floor to compare against)"
     needs_donor_embeddings: ClassVar[bool] = False
-    upcasts_rows: ClassVar[bool] = True  # reads the matrices through base_mean (or not at all)
+    upcasts_rows: ClassVar[bool] = True  # reads no row at all: the matrices can stay in their stored dtype
 
     def initialise(self, ctx: InitContext) -> InitResult:
         n_new, dim = len(ctx.new_ids), ctx.base_embed.shape[1]
