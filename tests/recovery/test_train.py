@@ -15,7 +15,7 @@ from tokensurgeon.checkpoint import open_checkpoint
 from tokensurgeon.evaluate import load_for_eval
 from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
-from tokensurgeon.recovery.train import Objective, RecoveryOptions, fit, merged_tensors, prepare, recover
+from tokensurgeon.recovery.train import Objective, RecoveryOptions, merged_tensors, prepare, recover
 
 TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
 

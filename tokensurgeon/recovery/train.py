@@ -15,7 +15,6 @@ a time, Adam state of the trainable tensors only, and one CPU copy of them for t
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
