@@ -23,10 +23,13 @@ import torch
 from safetensors import safe_open
 
 from conftest import TOKENIZERS
-from tiny_archs import ARCHS, Arch, build_arch, config_vocab_sizes, read_json
+from tiny_archs import ARCHS, Arch, build_arch, config_vocab_sizes, donor_with_extras, read_json
 
-pytestmark = pytest.mark.skipif(not (TOKENIZERS / "gpt2" / "tokenizer.json").is_file(),
-                                reason="needs ../shared/tokenizers")
+# The matrix runs as its own CI step (.ci/run: pytest -m matrix): ~35 transplants and model loads take
+# minutes even on tiny models, more than the rest of the suite together.
+pytestmark = [pytest.mark.skipif(not (TOKENIZERS / "gpt2" / "tokenizer.json").is_file(),
+                                 reason="needs ../shared/tokenizers"),
+              pytest.mark.matrix]
 
 SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 
@@ -72,7 +75,8 @@ class Matrix:
         """(exit code, stderr, OUT) of transplanting arch ``name`` with its donor tokenizer."""
         if name not in self.runs:
             out = self.root / "out" / name
-            code, _, stderr = cli("transplant", self.base(name), TOKENIZERS / ARCHS[name].donor, "-o", out)
+            donor = donor_with_extras(ARCHS[name], self.root / "donor" / name, TOKENIZERS)
+            code, _, stderr = cli("transplant", self.base(name), donor, "-o", out)
             self.runs[name] = (code, stderr, out)
         return self.runs[name]
 
@@ -88,32 +92,9 @@ def matrix(tmp_path_factory) -> Matrix:
 
 
 # Known failures today: (arch, check) -> "issue 17.N: root cause". A check that depends on a failed
-# transplant fails with it.
-R4 = ("issue 17.4: transformers saves {key} (reverse checkpoint conversion mapping) but checkpoint._resolve "
-      "matches module names by exact/suffix only")
-TRANSPLANT_FAILS = {
-    "gemma3_vision": R4.format(key="language_model.model.embed_tokens, module model.language_model.embed_tokens"),
-    "llava": R4.format(key="language_model.model.embed_tokens, module model.language_model.embed_tokens"),
-    "qwen2_vl": R4.format(key="model.embed_tokens, module model.language_model.embed_tokens"),
-    "gpt_neox": R4.format(key="embed_out (GPTNeoXForCausalLM mapping embed_out -> lm_head)"),
-}
-R2_BIAS = ("issue 17.2: lm_head.bias is vocabulary-sized but only the embedding/head matrices are replaced; "
-           "the output does not load (size mismatch)")
-R3_IDS = ("issue 17.3: write_generation_config keeps the base's pad_token_id when the donor has no pad role "
-          "(config.json gets null)")
-R3_GEN = ("issue 17.3: the stale generation_config pad_token_id is past the new rows: IndexError once a "
-          "sequence finishes")
+# transplant fails with it. Issue 17.2-17.4 are fixed: none left.
+TRANSPLANT_FAILS: dict[str, str] = {}
 XFAIL: dict[tuple[str, str], str] = {}
-for _name in ("phi", "gptj", "codegen"):
-    XFAIL |= {(_name, c): R2_BIAS for c in ("loads", "vocab_tensors", "generate", "tied")}
-XFAIL[("gemma3n", "vocab_tensors")] = ("issue 17.2: embed_tokens_per_layer (vocab_size_per_layer_input) keeps the "
-                                       "base rows; only get_input/output_embeddings are found")
-for _name in ARCHS:
-    if _name not in TRANSPLANT_FAILS and _name not in ("llama-sharded", "glm4"):  # donors with a pad role
-        XFAIL[(_name, "special_ids")] = R3_IDS
-for _name in ("gpt2", "gpt_neo", "bloom", "falcon", "granite", "qwen3", "olmo", "olmo2", "stablelm", "starcoder2",
-              "opt", "mamba", "qwen2", "smollm3"):  # base pad id >= the donor's row count
-    XFAIL[(_name, "generate")] = R3_GEN
 CHECKS = ("transplant", "loads", "vocab_tensors", "special_ids", "generate", "tied", "others_unchanged")
 
 
@@ -318,8 +299,6 @@ def _tiny_llama(target: Path, tokenizer: str, **config: object) -> Path:
 
 # 17.3: stale special ids in generation_config.json
 
-@pytest.mark.xfail(strict=True, reason="issue 17.3: write_generation_config keeps the base's pad_token_id "
-                                       "(151643) when the donor has no pad role; patch_config writes null")
 def test_generation_config_ids_qwen2_base(matrix):
     out = matrix.out("qwen2")
     assert special_id_problems(out) == []
@@ -332,8 +311,6 @@ def test_generation_config_ids_qwen2_donor(matrix, tmp_path):
     assert special_id_problems(tmp_path / "out") == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.3: donor_token_ids takes the donor model's null bos/eos; "
-                                       "write_generation_config skips None so the base's 1/2 stay")
 def test_generation_config_ids_donor_config_null_bos_eos(matrix, tmp_path):
     donor = _tiny_llama(tmp_path / "donor", "gpt2", bos_token_id=None, eos_token_id=None, pad_token_id=None)
     code, _, stderr = cli("transplant", matrix.base("llama"), donor, "-o", tmp_path / "out")
@@ -345,15 +322,9 @@ def test_generation_config_ids_donor_config_null_bos_eos(matrix, tmp_path):
 # omp donor
 
 @pytest.mark.parametrize("donor_arch, base_arch", [
-    pytest.param("gpt_neox", "llama", id="gpt_neox-embed_out",
-                 marks=pytest.mark.xfail(strict=True, reason="issue 17.4: embed_out.weight is the head's saved "
-                                                             "name; _resolve looks for lm_head.weight")),
-    pytest.param("gemma3_vision", "gpt2", id="gemma3-language_model",
-                 marks=pytest.mark.xfail(strict=True, reason="issue 17.4: saved language_model.model.embed_tokens "
-                                                             "vs module model.language_model.embed_tokens")),
-    pytest.param("llava", "gpt2", id="llava-language_model",
-                 marks=pytest.mark.xfail(strict=True, reason="issue 17.4: saved language_model.model.embed_tokens "
-                                                             "vs module model.language_model.embed_tokens")),
+    pytest.param("gpt_neox", "llama", id="gpt_neox-embed_out"),
+    pytest.param("gemma3_vision", "gpt2", id="gemma3-language_model"),
+    pytest.param("llava", "gpt2", id="llava-language_model"),
 ])
 def test_renamed_tensors_as_omp_donor(matrix, tmp_path, donor_arch, base_arch):
     code, _, stderr = cli("transplant", matrix.base(base_arch), matrix.base(donor_arch), "-o", tmp_path / "out",
@@ -388,15 +359,7 @@ def _seq2seq_or_encoder(kind: str, target: Path) -> Path:
     return target
 
 
-@pytest.mark.parametrize("kind", [
-    pytest.param("t5", marks=pytest.mark.xfail(strict=True, reason="issue 17.5: AutoModelForCausalLM.from_config "
-                                               "fails; reported as 'transformers cannot build this architecture'")),
-    pytest.param("bart", marks=pytest.mark.xfail(strict=True, reason="issue 17.5: AutoModelForCausalLM builds "
-                                                 "BartForCausalLM (decoder only): refused with a message that does "
-                                                 "not name the supported kinds")),
-    pytest.param("bert", marks=pytest.mark.xfail(strict=True, reason="issue 17.5/17.2: BertLMHeadModel is built; "
-                                                 "cls.predictions.bias stays on the old vocabulary")),
-])
+@pytest.mark.parametrize("kind", ["t5", "bart", "bert"])
 def test_unsupported_kinds_refused_in_one_line(tmp_path, kind):
     """Either refused with one line that says which model kinds are supported, or transplanted so that the
     output loads with its own class with every vocabulary-sized tensor resized (BERT's decoder bias)."""
@@ -447,14 +410,7 @@ def sentencepiece_model(pieces: list[str]) -> bytes:
     return body + _field(2, trainer) + _field(3, normalizer)
 
 
-@pytest.mark.parametrize("settings", [
-    pytest.param("LlamaTokenizer", marks=pytest.mark.xfail(strict=True, reason="issue 17.6: no sentencepiece/"
-                                                           "protobuf dependency; the error names tiktoken")),
-    pytest.param(None, id="no-tokenizer-config",
-                 marks=pytest.mark.xfail(strict=True, reason="issue 17.6: no sentencepiece/protobuf dependency; "
-                                                             "transformers falls back to tiktoken and the error "
-                                                             "names tiktoken")),
-])
+@pytest.mark.parametrize("settings", ["LlamaTokenizer", pytest.param(None, id="no-tokenizer-config")])
 def test_sentencepiece_model_without_tokenizer_json(matrix, tmp_path, settings):
     """A base whose tokenizer is only tokenizer.model: transplanted, or one line naming what to install."""
     base = _copy(matrix.base("llama"), tmp_path / "base")
@@ -483,8 +439,6 @@ def _vocab_merges_donor(target: Path) -> Path:
     return target
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.6: match_bos edits tokenizer.json only; with vocab.json + "
-                                       "merges.txt it returns without a note and BOS is dropped")
 def test_vocab_merges_donor_keeps_bos_policy(matrix, tmp_path):
     from transformers import AutoTokenizer
 
@@ -507,8 +461,6 @@ def _two_texts(tmp_path: Path) -> tuple[Path, Path]:
     return first, second
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.10: cli._read_texts keys texts by path.name; the second "
-                                       "text.txt replaces the first")
 def test_same_name_texts_two_rows_evaluate(matrix, tmp_path):
     first, second = _two_texts(tmp_path)
     code, stdout, stderr = cli("evaluate", matrix.base("llama"), "--text", first, "--text", second, "--json",
@@ -517,7 +469,6 @@ def test_same_name_texts_two_rows_evaluate(matrix, tmp_path):
     assert len(json.loads(stdout)[0]["scores"]) == 2
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.10: transplant.read_eval_texts keys texts by Path.name")
 def test_same_name_texts_two_rows_transplant(matrix, tmp_path):
     first, second = _two_texts(tmp_path)
     code, stdout, stderr = cli("transplant", matrix.base("llama"), TOKENIZERS / "mistral-v1", "-o", tmp_path / "out",
@@ -528,8 +479,6 @@ def test_same_name_texts_two_rows_transplant(matrix, tmp_path):
 
 # 17.11: tokenizer-only methods never open the donor as a model
 
-@pytest.mark.xfail(strict=True, reason="issue 17.11: open_session calls open_donor_model for every method; "
-                                       "pickle-only weights are refused without --allow-pickle")
 def test_tokenizer_only_method_pickle_donor(matrix, tmp_path):
     donor = _tokenizer_dir(tmp_path / "donor")
     (donor / "config.json").write_text((matrix.base("llama") / "config.json").read_text())
@@ -538,8 +487,6 @@ def test_tokenizer_only_method_pickle_donor(matrix, tmp_path):
     assert code == 0, stderr
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.11: open_donor_model -> read_config refuses auto_map without "
-                                       "--trust-remote-code even for a tokenizer-only method")
 def test_tokenizer_only_method_custom_code_donor(matrix, tmp_path):
     donor = _tokenizer_dir(tmp_path / "donor")
     (donor / "config.json").write_text(json.dumps({"model_type": "acme_lm", "architectures": ["AcmeForCausalLM"],
@@ -559,8 +506,6 @@ def _holds_secret(directory: Path) -> list[str]:
     return [p.name for p in directory.rglob("*") if p.is_file() and SECRET.encode() in p.read_bytes()]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.12: tokenizer_files.write_tokenizer copies every known name "
-                                       "with shutil.copyfile, following symlinks out of DONOR")
 def test_symlinked_donor_side_files_not_copied(matrix, tmp_path):
     secret = tmp_path / "id_rsa"
     secret.write_text(SECRET)
@@ -572,8 +517,6 @@ def test_symlinked_donor_side_files_not_copied(matrix, tmp_path):
     assert _holds_secret(tmp_path / "out") == []
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17.12: export.copy_side_files copies SIDE_FILES with "
-                                       "shutil.copyfile, following symlinks out of SOURCE")
 def test_symlinked_export_side_files_not_copied(matrix, tmp_path):
     secret = tmp_path / "id_rsa"
     secret.write_text(SECRET)
@@ -604,13 +547,7 @@ def _rename_patch_file(patch: Path, name: str) -> None:
     manifest_file.write_text(json.dumps(manifest))
 
 
-@pytest.mark.parametrize("where", [
-    pytest.param("absolute", marks=pytest.mark.xfail(strict=True, reason="issue 17.13: read_patch joins "
-                                                     "path / name without checking it is a plain file name, "
-                                                     "then read_header prints the claimed length")),
-    pytest.param("inside", marks=pytest.mark.xfail(strict=True, reason="issue 17.13: read_header's 'claims N "
-                                                   "bytes' prints a foreign file's first 8 bytes as a number")),
-])
+@pytest.mark.parametrize("where", ["absolute", "inside"])
 def test_patch_manifest_names_validated(matrix, tmp_path, where):
     patch = _patch(matrix, tmp_path)
     target = tmp_path / "passwd" if where == "absolute" else patch / "notes.txt"

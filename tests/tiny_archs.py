@@ -28,7 +28,8 @@ class Arch:
     donor: str  # donor tokenizer, a different one
     auto: str = "AutoModelForCausalLM"  # the Auto class the base loads with
     shard_size: str | None = None
-    extra_tokens: tuple[str, ...] = ()  # special tokens added to the base tokenizer (image placeholders)
+    extra_tokens: tuple[str, ...] = ()  # special tokens added to the base tokenizer (image placeholders) and,
+    # since the config's placeholder ids must map to a donor token, to the donor tokenizer too
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -102,6 +103,10 @@ def _llava(vocab: int, ids: dict) -> tuple[Any, type]:
     return config, LlavaForConditionalGeneration
 
 
+QWEN2_VL_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+GEMMA3_IMAGE_TOKENS = ("<end_of_image>", "<start_of_image>", "<image_soft_token>")  # ids vocab-3, -2, -1
+
+
 def _qwen2_vl(vocab: int, ids: dict) -> tuple[Any, type]:
     from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
 
@@ -109,7 +114,10 @@ def _qwen2_vl(vocab: int, ids: dict) -> tuple[Any, type]:
                 tie_word_embeddings=True)
     vision = dict(depth=1, embed_dim=32, hidden_size=HIDDEN, num_heads=2, mlp_ratio=2, patch_size=14,
                   spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
-    config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True, **ids)
+    first = vocab - len(QWEN2_VL_TOKENS)  # the placeholders, added last to the base tokenizer
+    config = Qwen2VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
+                           vision_start_token_id=first, vision_end_token_id=first + 1, image_token_id=first + 2,
+                           video_token_id=first + 3, **ids)
     return config, Qwen2VLForConditionalGeneration
 
 
@@ -142,8 +150,8 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("gemma2", _cfg("Gemma2Config", "Gemma2ForCausalLM", head_dim=16, sliding_window=32), "llama2", "gpt2"),
     Arch("gemma3_text", lambda v, ids: (__import__("transformers").Gemma3TextConfig(**_gemma3_text(v, ids)),
                                         __import__("transformers").Gemma3ForCausalLM), "llama2", "gpt2"),
-    Arch("gemma3_vision", _gemma3_vision, "llama2", "gpt2", auto="AutoModelForImageTextToText",
-         tags=("multimodal",)),
+    Arch("gemma3_vision", _gemma3_vision, "llama2", "mistral-v1", auto="AutoModelForImageTextToText",
+         extra_tokens=GEMMA3_IMAGE_TOKENS, tags=("multimodal",)),
     Arch("gemma3n", _gemma3n, "llama2", "gpt2", notes="per-layer embeddings follow the vocabulary"),
     Arch("gpt2", _plain("GPT2Config", "GPT2LMHeadModel", n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
                         n_positions=256), "gpt2", "llama2"),
@@ -161,9 +169,10 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("cohere", _cfg("CohereConfig", "CohereForCausalLM"), "llama2", "gpt2"),
     Arch("granite", _cfg("GraniteConfig", "GraniteForCausalLM"), "gpt2", "llama2"),
     Arch("mamba", _mamba, "gpt2", "llama2"),
-    Arch("llava", _llava, "llama2", "gpt2", auto="AutoModelForImageTextToText", extra_tokens=("<image>",),
+    Arch("llava", _llava, "llama2", "mistral-v1", auto="AutoModelForImageTextToText", extra_tokens=("<image>",),
          tags=("multimodal",)),
-    Arch("qwen2_vl", _qwen2_vl, "qwen2", "llama2", auto="AutoModelForImageTextToText", tags=("multimodal",)),
+    Arch("qwen2_vl", _qwen2_vl, "llama2", "mistral-v1", auto="AutoModelForImageTextToText",
+         extra_tokens=QWEN2_VL_TOKENS, tags=("multimodal",)),
     Arch("starcoder2", _cfg("Starcoder2Config", "Starcoder2ForCausalLM"), "gpt2", "llama2"),
     Arch("bloom", _plain("BloomConfig", "BloomForCausalLM", hidden_size=HIDDEN, n_layer=LAYERS, n_head=HEADS),
          "gpt2", "llama2"),
@@ -176,6 +185,18 @@ ARCHS: dict[str, Arch] = {a.name: a for a in [
     Arch("smollm3", _cfg("SmolLM3Config", "SmolLM3ForCausalLM"), "llama3", "mistral-v1"),
     Arch("glm4", _cfg("Glm4Config", "Glm4ForCausalLM", head_dim=16), "llama2", "phi3"),
 ]}
+
+
+def donor_with_extras(arch: Arch, out: Path, tokenizers: Path) -> Path:
+    """The donor tokenizer, with the base's extra special tokens (image placeholders) when it has some."""
+    from transformers import AutoTokenizer
+
+    if not arch.extra_tokens:
+        return tokenizers / arch.donor
+    tokenizer = AutoTokenizer.from_pretrained(tokenizers / arch.donor)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(arch.extra_tokens)})
+    tokenizer.save_pretrained(out)
+    return out
 
 
 def special_ids(tokenizer: Any) -> dict:

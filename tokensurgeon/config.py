@@ -15,6 +15,15 @@ DEFAULT_METHOD = "subword-mean"
 DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses
 
 
+MAX_PAD_TO_MULTIPLE = 65536
+MAX_SEED = 2**32 - 1  # numpy's seed range; torch takes it too
+
+
+def check_seed(seed: int) -> None:
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise TokenSurgeonError(f"--seed must be an integer from 0 to {MAX_SEED}, not {seed}")
+
+
 @dataclass(frozen=True)
 class OMPConfig:
     """Defaults of the OMP method (methods/omp.py) and of its solver (methods/_shared/sparse_coding.py).
@@ -85,6 +94,10 @@ class TransplantConfig:
             raise TokenSurgeonError(f"--chat-template must be 'donor' or 'base', not {self.chat_template!r}")
         if self.pad_to_multiple < 1:
             raise TokenSurgeonError("--pad-to-multiple must be at least 1")
+        if self.pad_to_multiple > MAX_PAD_TO_MULTIPLE:
+            raise TokenSurgeonError(f"--pad-to-multiple {self.pad_to_multiple} is too large (at most "
+                                    f"{MAX_PAD_TO_MULTIPLE}; checkpoints pad to 64 or 128)")
+        check_seed(self.seed)
         if self.eval_max_bytes is not None and self.eval_max_bytes < 1:
             raise TokenSurgeonError("--eval-max-bytes must be positive")
         for text in self.eval_texts:
@@ -130,6 +143,7 @@ class CompareConfig:
     allow_nonfinite: bool = False
 
     def __post_init__(self) -> None:
+        check_seed(self.seed)
         if not self.texts:
             raise TokenSurgeonError("compare needs at least one --text to score the methods on")
         if self.max_bytes is not None and self.max_bytes < 1:

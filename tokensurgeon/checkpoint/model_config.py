@@ -15,8 +15,21 @@ CONFIG_ID_KEYS = GENERATION_ID_KEYS + (UNK_KEY,)
 
 
 def read_json(path: Path) -> dict:
-    """A JSON file's object, {} when the file is absent."""
-    return json.loads(Path(path).read_text()) if Path(path).is_file() else {}
+    """A JSON file's object, {} when the file is absent; an unreadable or corrupt one is one error line."""
+    from ..errors import CheckpointError
+
+    path = Path(path)
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror or exc})") from exc
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({str(exc).splitlines()[0][:200]})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: not a JSON object")
+    return data
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -53,21 +66,49 @@ def generation_token_ids(model: Path) -> dict[str, Any]:
     return ids | {key: generation[key] for key in GENERATION_ID_KEYS if key in generation}
 
 
-def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any]) -> dict:
-    """config.json with vocab_size and special ids following the donor (sub-configs too)."""
+MULTIMODAL_ID_HINTS = ("image", "video", "vision", "audio", "boi", "eoi", "boa", "eoa")  # placeholders a processor uses
+PER_LAYER_KEY = "vocab_size_per_layer_input"
+
+
+def other_id_keys(section: dict) -> list[str]:
+    """Keys of a config section that hold base-vocabulary token ids beyond bos/eos/pad/unk
+    (image_token_index, boi_token_index, Qwen2-VL's vision_start_token_id, sep_token_id, ...)."""
+    return [key for key in section if (key.endswith("_token_id") or key.endswith("_token_index"))
+            and key not in CONFIG_ID_KEYS]
+
+
+def is_multimodal_id(key: str) -> bool:
+    return any(hint in key for hint in MULTIMODAL_ID_HINTS)
+
+
+def patch_config(config: dict, n_rows: int, token_ids: dict[str, Any],
+                 other_ids: dict[str, Any] | None = None) -> dict:
+    """config.json with vocab_size (and Gemma3n's vocab_size_per_layer_input) and special ids following
+    the donor, in every section (text_config too); ``other_ids``: the remapped values of other id keys."""
     patched = json.loads(json.dumps(config))
     for target in sections(patched):
         if "vocab_size" in target or target is patched:
             target["vocab_size"] = n_rows
+        if PER_LAYER_KEY in target:
+            target[PER_LAYER_KEY] = n_rows
         for key, value in token_ids.items():
             if key in target or (target is patched and key != UNK_KEY):
                 target[key] = value
+        for key in other_id_keys(target):
+            target[key] = (other_ids or {}).get(key)
     return patched
 
 
+GENERATION_STALE_KEYS = ("forced_bos_token_id", "forced_eos_token_id", "suppress_tokens", "begin_suppress_tokens",
+                         "decoder_start_token_id", "bad_words_ids", "force_words_ids", "sequence_bias",
+                         "forced_decoder_ids", "begin_suppress_tokens", "sep_token_id", "no_repeat_ngram_size_ids")
+
+
 def patch_generation_config(generation: dict, token_ids: dict[str, Any]) -> dict:
-    """Generation settings with these special token ids (None and unk left out: generate() has no unk)."""
-    return generation | {key: value for key, value in token_ids.items() if value is not None and key != UNK_KEY}
+    """Generation settings with exactly these special token ids (nulls included, as config.json has
+    them; unk left out: generate() has none); other id settings copied from the base are dropped."""
+    kept = {key: value for key, value in generation.items() if key not in GENERATION_STALE_KEYS}
+    return kept | {key: value for key, value in token_ids.items() if key != UNK_KEY}
 
 
 def config_with_dtype(config: dict, dtype_name: str | None) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 
@@ -37,6 +38,9 @@ class Checkpoint:
     output_name: str | None  # the head's tensor when it is stored (untied, or tied but saved twice)
     tied: bool
     format: str = "safetensors"  # or "pickle": pytorch_model*.bin read with --allow-pickle (weights only)
+    # every other stored tensor with a vocabulary-sized dimension: saved key -> role ("bias": the output
+    # head's bias; "per_layer": a 2-D table with a row per token, Gemma3n's embed_tokens_per_layer)
+    vocab_extras: tuple[tuple[str, str], ...] = ()
 
     @property
     def hidden_size(self) -> int:
@@ -85,16 +89,104 @@ def weight_files(path: Path, *, allow_pickle: bool = False) -> tuple[tuple[Path,
     raise NoWeightsError(f"{path}: no model.safetensors or {INDEX_NAME}")
 
 
-def _embedding_layout(path: Path, trust_remote_code: bool) -> tuple[list[str], list[str], bool, int]:
-    """The model class's input and output embedding parameter names (every alias of each), whether they
-    are tied, and the embedding width the config implies; asked on the meta device."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+SUPPORTED_KINDS = ("decoder-only causal language models and image-text-to-text models with a causal text tower "
+                   "(encoder-decoder and encoder-only models are not)")
+
+
+@dataclass(frozen=True)
+class EmbeddingLayout:
+    """What the model class says about the tensors that follow the vocabulary, in module names."""
+
+    input_names: list[str]  # every alias of the input embedding weight
+    output_names: list[str]  # every alias of the output head weight (the input's when tied)
+    tied: bool
+    hidden: int
+    extras: dict[str, str]  # module name -> role of every other vocabulary-sized parameter or buffer
+    to_module: Callable[[str], tuple[str, bool]]  # saved key -> (module name, renamed by a converter)
+
+
+def check_model_kind(config: dict, where: Path) -> None:
+    """Refuse, in one line and before anything is built, model kinds a transplant does not handle."""
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
+                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
+
+    model_type = config.get("model_type")
+    architectures = config.get("architectures") or []
+    arch = architectures[0] if isinstance(architectures, list) and architectures else None
+    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
+    if arch in causal and not config.get("is_encoder_decoder"):
+        return
+    encoder_only = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    if config.get("is_encoder_decoder") or encoder_only:
+        kind = "an encoder-decoder" if config.get("is_encoder_decoder") else "an encoder-only"
+        if model_type in ("bart", "mbart", "mvp"):
+            kind = "an encoder-decoder"
+        raise CheckpointError(f"{where}: {kind} model (model_type {model_type!r}, {arch or 'no architectures'}) is "
+                              f"not supported; supported: {SUPPORTED_KINDS}")
+
+
+def _model_class(config: Any, trust_remote_code: bool) -> Any:
+    """The class the checkpoint names (config.architectures[0]) when transformers has it, else the Auto class."""
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
+    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
+
+    names = getattr(config, "architectures", None) or []
+    known = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
+    if names and names[0] in known and hasattr(transformers, names[0]):
+        cls = getattr(transformers, names[0])
+        return lambda: cls(config)
+    if (config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+            and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
+        return lambda: AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
+    return lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
+
+
+def _vocab_sizes(config: Any) -> set[int]:
+    sizes = set()
+    for part in (config, getattr(config, "text_config", None)):
+        for key in ("vocab_size", "vocab_size_per_layer_input"):
+            value = getattr(part, key, None) if part is not None else None
+            if isinstance(value, int) and value > 0:
+                sizes.add(value)
+    return sizes
+
+
+def _key_mapper(model: Any) -> Callable[[str], tuple[str, bool]]:
+    """saved key -> (module name, whether a converter, not a plain renaming, produced it): transformers'
+    own checkpoint conversion mapping (GPT-NeoX's embed_out, LLaVA's language_model.*), so saved names
+    need not equal module names."""
+    try:
+        from transformers.conversion_mapping import get_model_conversion_mapping
+        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
+    except ImportError:  # an older transformers: saved names are module names
+        return lambda key: (key, False)
+    transforms = get_model_conversion_mapping(model)
+    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
+    converters = [t for t in transforms if isinstance(t, WeightConverter)]
+    meta_state = dict(model.state_dict())
+    prefix = getattr(model, "base_model_prefix", None)
+
+    def mapped(key: str) -> tuple[str, bool]:
+        name, converter = rename_source_key(key, renamings, converters, prefix, meta_state)
+        return name, converter is not None
+    return mapped
+
+
+def _embedding_layout(path: Path, trust_remote_code: bool) -> EmbeddingLayout:
+    """The model class's vocabulary-sized tensors (input and output embedding names, every alias of each,
+    output bias, per-layer tables), whether input and output are tied, the embedding width the config
+    implies, and how saved keys map to module names; asked on the meta device."""
+    from transformers import AutoConfig
 
     try:
         with quiet_transformers():
             model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+            build = _model_class(model_config, trust_remote_code)
             with torch.device("meta"):
-                model = AutoModelForCausalLM.from_config(model_config, trust_remote_code=trust_remote_code)
+                model = build()
     except Exception as exc:  # config.json drives transformers' code, which fails in many types: a bad config
         raise CheckpointError(f"{path / 'config.json'}: transformers cannot build this architecture "
                               f"({first_line(exc)})") from exc
@@ -104,11 +196,30 @@ def _embedding_layout(path: Path, trust_remote_code: bool) -> tuple[list[str], l
     embed = model.get_input_embeddings().weight
     head_module = model.get_output_embeddings()
     head = head_module.weight if head_module is not None else embed
-    return names[id(embed)], names[id(head)], head is embed, int(embed.shape[-1])
+    bias = getattr(head_module, "bias", None) if head_module is not None else None
+    sizes = _vocab_sizes(model_config) | {int(embed.shape[0])}
+    known = set(names[id(embed)]) | set(names.get(id(head), []))
+    extras: dict[str, str] = {}
+    tensors = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
+    for name, tensor in tensors:
+        if name in known or not any(dim in sizes for dim in tensor.shape):
+            continue
+        if bias is not None and tensor is bias:
+            extras[name] = "bias"
+        elif tensor.dim() == 2 and tensor.shape[0] in sizes and tensor.shape[1] not in sizes:
+            extras[name] = "per_layer"
+        else:
+            extras[name] = "unknown"
+    return EmbeddingLayout(names[id(embed)], names.get(id(head), names[id(embed)]), head is embed,
+                           int(embed.shape[-1]), extras, _key_mapper(model))
 
 
-def _resolve(candidates: list[str], tensors: dict[str, TensorInfo]) -> str | None:
-    """The checkpoint's key for a parameter: exact, else a unique suffix match (prefix drift)."""
+def _resolve(candidates: list[str], tensors: dict[str, TensorInfo], saved: dict[str, str] | None = None) -> str | None:
+    """The checkpoint's key for a parameter: the key transformers' conversion mapping loads into it, an
+    exact name, else a unique suffix match (prefix drift)."""
+    for name in candidates:
+        if saved and name in saved:
+            return saved[name]
     for name in candidates:
         if name in tensors:
             return name
@@ -166,15 +277,39 @@ def open_checkpoint(path: Path, *, trust_remote_code: bool = False, allow_pickle
     for file in files:
         file_tensors, metadata[file] = weight_format(fmt).layout(file)
         tensors.update(file_tensors)
-    input_names, output_names, tied, hidden = _embedding_layout(path, trust_remote_code)
-    input_name = _resolve(input_names, tensors)
+    check_model_kind(config, path)
+    layout = _embedding_layout(path, trust_remote_code)
+    saved: dict[str, str] = {}  # module name -> saved key
+    converted: set[str] = set()
+    for key in tensors:
+        module, by_converter = layout.to_module(key)
+        saved.setdefault(module, key)
+        if by_converter:
+            converted.add(module)
+    input_name = _resolve(layout.input_names, tensors, saved)
     if input_name is None:
-        raise CheckpointError(f"{path}: input embedding tensor ({input_names[0]}) not found in the weights")
-    output_name = _resolve([n for n in output_names if n not in input_names], tensors)
-    if not tied and output_name is None:
-        raise CheckpointError(f"{path}: untied model but output head ({output_names[0]}) not found in the weights")
-    _check_embedding_layout(path, tensors[input_name], tensors[output_name] if output_name else None, hidden)
-    return Checkpoint(path, config, files, tensors, metadata, input_name, output_name, tied, fmt)
+        raise CheckpointError(f"{path}: input embedding tensor ({layout.input_names[0]}) not found in the weights")
+    output_name = _resolve([n for n in layout.output_names if n not in layout.input_names], tensors, saved)
+    if not layout.tied and output_name is None:
+        raise CheckpointError(f"{path}: untied model but output head ({layout.output_names[0]}) not found in the "
+                              "weights")
+    extras = []
+    for module, role in sorted(layout.extras.items()):
+        key = _resolve([module], tensors, saved)
+        if key is None:  # not stored (a buffer the model computes): nothing to rewrite
+            continue
+        if role == "unknown" or module in converted:
+            why = "it is stored in a converted layout" if role != "unknown" else "tokensurgeon does not know its role"
+            raise CheckpointError(f"{path}: {key} {list(tensors[key].shape)} follows the vocabulary but {why}; "
+                                  "a transplant would leave it on the old vocabulary, so it is refused")
+        extras.append((key, role))
+    for module in layout.input_names + layout.output_names:
+        if module in converted:
+            raise CheckpointError(f"{path}: the embedding tensor {module} is stored in a converted layout; "
+                                  "tokensurgeon cannot rewrite it")
+    _check_embedding_layout(path, tensors[input_name], tensors[output_name] if output_name else None, layout.hidden)
+    return Checkpoint(path, config, files, tensors, metadata, input_name, output_name, layout.tied, fmt,
+                      tuple(extras))
 
 
 def _check_embedding_layout(path: Path, embed: TensorInfo, head: TensorInfo | None, hidden: int) -> None:

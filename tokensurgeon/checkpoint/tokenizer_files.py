@@ -10,7 +10,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,34 @@ from typing import Any
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "spiece.model")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+# what tokenizer.json makes redundant (a fast tokenizer is built from it alone); tokenizer.model stays for
+# converters that read SentencePiece models (llama.cpp)
+SUPERSEDED_BY_TOKENIZER_JSON = ("vocab.json", "merges.txt", "vocab.txt", "added_tokens.json")
+
+
+def inside_file(directory: Path, name: str) -> Path | None:
+    """directory/name when it is a regular file that resolves inside directory (a symlink pointing out of
+    an input directory, to ~/.ssh/id_rsa say, is never read or copied), else None."""
+    candidate = Path(directory) / name
+    try:
+        resolved = candidate.resolve(strict=True)
+        root = Path(directory).resolve(strict=True)
+    except (OSError, RuntimeError):
+        return None
+    if not resolved.is_file() or not resolved.is_relative_to(root):
+        return None
+    return candidate
+
+
+def copy_side_file(directory: Path, name: str, target: Path) -> bool:
+    """Copy directory/name to target when it is a file inside directory; the copy's mode is never wider
+    than the source's. Returns whether it was copied."""
+    source = inside_file(directory, name)
+    if source is None:
+        return False
+    shutil.copyfile(source, target)
+    os.chmod(target, stat.S_IMODE(source.stat().st_mode) & stat.S_IMODE(target.stat().st_mode))
+    return True
 
 
 @dataclass(frozen=True)
@@ -66,6 +96,17 @@ def match_bos(base: TokenizerTraits, donor: TokenizerTraits, staging: Path) -> l
             f"{donor.bos_token!r}"]
 
 
+def _write_fast_spec(donor: Path, staging: Path) -> None:
+    """tokenizer.json for a donor given as vocab.json + merges.txt, from the fast tokenizer transformers
+    builds from them (the same tokenizer, in the one file the BOS policy can edit)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(donor)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None:
+        backend.save(str(staging / "tokenizer.json"))
+
+
 def write_tokenizer(donor: Path, base_traits: TokenizerTraits, donor_traits: TokenizerTraits,
                     base_specials: set[str], donor_specials: set[str], staging: Path, *,
                     chat_template: str) -> list[str]:
@@ -73,9 +114,13 @@ def write_tokenizer(donor: Path, base_traits: TokenizerTraits, donor_traits: Tok
 
     Returns warnings and notes for the report.
     """
+    has_spec = inside_file(donor, "tokenizer.json") is not None
     for name in TOKENIZER_FILES + CHAT_TEMPLATE_FILES:
-        if (donor / name).is_file():
-            shutil.copyfile(donor / name, staging / name)
+        if not (has_spec and name in SUPERSEDED_BY_TOKENIZER_JSON):
+            copy_side_file(donor, name, staging / name)
+    if (not has_spec and base_traits.adds_bos and not donor_traits.adds_bos
+            and inside_file(donor, "vocab.json") is not None):
+        _write_fast_spec(donor, staging)  # vocab.json + merges.txt: the BOS policy needs a tokenizer.json
     notes = match_bos(base_traits, donor_traits, staging)
     if chat_template == "donor":
         return notes + ([] if donor_traits.chat_template else ["the donor tokenizer has no chat template"])

@@ -96,3 +96,27 @@ def write_ranges(target: Path, tensors: list[tuple[TensorInfo, str]], metadata: 
     with contextlib.ExitStack() as sources:
         handles: dict[Path, object] = {}
         return write_file(target, [_copied(info, dtype, sources, handles) for info, dtype in tensors], metadata)
+
+
+def check_vocab_dims(checkpoint: Checkpoint, out_dir: Path, n_rows: int) -> None:
+    """Re-read the written headers: every tensor with a vocabulary-sized dimension in the base must have
+    the new row count there (an output whose tensors disagree with its config is never handed over)."""
+    from .formats import weight_format
+    from .model_config import PER_LAYER_KEY, sections
+
+    old = {checkpoint.vocab_rows} | {section.get(key) for section in sections(checkpoint.config)
+                                     for key in ("vocab_size", PER_LAYER_KEY) if isinstance(section.get(key), int)}
+    old.discard(n_rows)
+    if not old or checkpoint.format != "safetensors":
+        return
+    written: dict[str, TensorInfo] = {}
+    for file in sorted(out_dir.glob("*.safetensors")):
+        written.update(weight_format("safetensors").layout(file)[0])
+    for name, info in checkpoint.tensors.items():
+        if any(dim in old for dim in info.shape):
+            want = tuple(n_rows if dim in old else dim for dim in info.shape)
+            got = written[name].shape if name in written else None
+            if got != want:
+                raise CheckpointError(f"{checkpoint.path}: {name} {list(info.shape)} follows the vocabulary but was "
+                                      f"written as {list(got) if got else 'nothing'}, not {list(want)}; no output "
+                                      "written")

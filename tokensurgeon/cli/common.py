@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import traceback
 from pathlib import Path
@@ -82,12 +83,10 @@ def show(result: Any, *, as_json: bool, view: str, payload: Any = None) -> None:
 
 
 def read_texts(paths: list[Path]) -> dict[str, str]:
-    texts = {}
-    for path in paths:
-        if not path.is_file():
-            raise TokenSurgeonError(f"text file {path} does not exist")
-        texts[path.name] = path.read_text(encoding="utf-8", errors="replace")
-    return texts
+    """label -> text (evaluation.rows: unique labels, UTF-8 and non-empty checked)."""
+    from ..evaluation.rows import read_text_file, text_labels
+
+    return {label: read_text_file(path) for label, path in zip(text_labels(paths), paths)}
 
 
 def method_options(pairs: list[str]) -> dict[str, dict[str, Any]]:
@@ -108,7 +107,10 @@ def parse_options(pairs: list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise TokenSurgeonError(f"--option expects KEY=VALUE, got {pair!r}")
         try:
-            options[key.replace("-", "_")] = json.loads(value)
+            parsed = json.loads(value)
         except json.JSONDecodeError:
-            options[key.replace("-", "_")] = value
+            parsed = value
+        if isinstance(parsed, float) and not math.isfinite(parsed):
+            raise TokenSurgeonError(f"--option {key}={value}: not a finite number")
+        options[key.replace("-", "_")] = parsed
     return options

@@ -29,6 +29,8 @@ differ between two scores of the same text:
 
 from __future__ import annotations
 
+import pickle
+
 import functools
 import gc
 import math
@@ -213,12 +215,17 @@ def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torc
     if path.is_dir():
         read_config(path, trust_remote_code=trust_remote_code)
         if any((path / name).exists() for name in PICKLE_NAMES):
-            weight_files(path, allow_pickle=allow_pickle)
+            files, fmt = weight_files(path, allow_pickle=allow_pickle)
+            if fmt == "pickle":  # through our weights-only reader first: a pickle naming code is one line
+                from ..checkpoint.formats.pickle import load_pickle
+
+                for file in files:
+                    load_pickle(file)
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+    except (OSError, ValueError, KeyError, RuntimeError, pickle.UnpicklingError) as exc:
         raise TokenSurgeonError(f"{path}: cannot load model and tokenizer for evaluation: "
                                 f"{first_line(exc)}") from exc
     return model.to(device).eval(), tokenizer

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..config import TransplantConfig
+from ..errors import TokenSurgeonError
 from ..runtime.progress import Progress
 from ..vocab.overlap import text_stats
 from ..vocab.pair import TokenizerPair
@@ -32,9 +33,41 @@ class EvalRow:
         return asdict(self)
 
 
+def text_labels(paths: list[Path] | tuple[Path, ...]) -> list[str]:
+    """A unique label per text: its file name, with just enough parent folders to tell apart texts that
+    share a name (a/text.txt and b/text.txt are two rows, never one)."""
+    parts = [Path(p).parts for p in paths]
+    labels = []
+    for index, these in enumerate(parts):
+        depth = 1
+        while depth < len(these) and any(other != these and other[-depth:] == these[-depth:]
+                                         for other in parts[:index] + parts[index + 1:]):
+            depth += 1
+        labels.append("/".join(these[-depth:]))
+    return labels
+
+
+def read_text_file(path: Path) -> str:
+    """A text file's contents as UTF-8: a missing, unreadable, non-UTF-8 or empty file is one error line."""
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise TokenSurgeonError(f"text file {path} does not exist") from exc
+    except OSError as exc:
+        raise TokenSurgeonError(f"text file {path}: cannot read ({exc.strerror or exc})") from exc
+    except UnicodeDecodeError as exc:
+        raise TokenSurgeonError(f"text file {path} is not UTF-8 text (byte {exc.start}: "
+                                f"{exc.object[exc.start:exc.start + 1]!r}); convert it to UTF-8") from exc
+    if not text.strip():
+        raise TokenSurgeonError(f"text file {path} is empty; there is nothing to evaluate")
+    return text
+
+
 def read_eval_texts(paths: tuple[Path, ...], max_bytes: int | None) -> dict[str, str]:
-    """label (file name) -> text, cut to max_bytes UTF-8 bytes when given."""
-    texts = {Path(p).name: Path(p).read_text(encoding="utf-8") for p in paths}
+    """label (file name; parent folders added when names repeat) -> text, cut to max_bytes UTF-8 bytes when
+    given. Checked in full (UTF-8, not empty) so that a bad text fails before any slow step."""
+    texts = {label: read_text_file(p) for label, p in zip(text_labels(list(paths)), paths)}
     return {label: truncate_utf8(text, max_bytes) for label, text in texts.items()} if max_bytes else texts
 
 

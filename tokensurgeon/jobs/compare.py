@@ -98,7 +98,7 @@ def compare(config: CompareConfig, progress: Progress | None = None) -> CompareR
         if not Path(path).is_file():
             raise TokenSurgeonError(f"text file {path} does not exist")
     texts = read_eval_texts(config.texts, config.max_bytes)
-    session = open_session(config.for_method(methods[0], Path(config.out or ".")))
+    session = open_session(config.for_method(methods[0], Path(config.out or ".")), methods=list(methods))
     load = {"device": config.device, "trust_remote_code": config.trust_remote_code,
             "allow_pickle": config.allow_pickle, "progress": progress}
     (base_scores,) = evaluate_models([Path(config.base)], texts, **load)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from .. import __version__
 from ..checkpoint import Checkpoint, TensorInfo, open_checkpoint
 from ..checkpoint.formats.safetensors import read_header
 from ..checkpoint.model_config import config_with_dtype
-from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_FILES, TOKENIZER_FILES
+from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_FILES, TOKENIZER_FILES, copy_side_file, inside_file
 from ..config import ExportConfig
 from ..errors import CheckpointError, TokenSurgeonError
 from ..runtime.outdir import atomic_directory, check_output_path
@@ -108,9 +107,9 @@ def _embedding_names(checkpoint: Checkpoint) -> list[str]:
 def copy_side_files(source: Path, staging: Path, config: dict, names: tuple[str, ...]) -> None:
     """config.json (as given) and whichever tokenizer, generation and template files the source has."""
     (staging / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    for name in names:
-        if name != "config.json" and (source / name).is_file():
-            shutil.copyfile(source / name, staging / name)
+    for name in names:  # only files inside the source (no symlink out of it), modes no wider than there
+        if name != "config.json":
+            copy_side_file(source, name, staging / name)
 
 
 def _finish(mode: str, config: ExportConfig, records: list[dict[str, Any]], shards: list[Shard], checked: int,
@@ -233,6 +232,11 @@ def read_patch(path: Path) -> tuple[dict[str, Any], dict[str, TensorInfo]]:
         raise CheckpointError(f"{path / PATCH_MANIFEST}: not a tokensurgeon patch manifest ({exc})") from exc
     tensors: dict[str, TensorInfo] = {}
     for name in files:
+        if not isinstance(name, str) or not name or Path(name).name != name or name in (".", ".."):
+            raise CheckpointError(f"{path / PATCH_MANIFEST}: names {name!r}, which is not a file name in {path}")
+        if not name.endswith(".safetensors") or inside_file(path, name) is None:
+            raise CheckpointError(f"{path / PATCH_MANIFEST}: names {name}, which is not a safetensors file "
+                                  f"inside {path}")
         if not (path / name).is_file():
             raise CheckpointError(f"{path}: the manifest names {name}, which is missing")
         tensors |= read_header(path / name)[0]

@@ -40,7 +40,15 @@ def get_init_method(name: str, **options: Any) -> InitMethod:
     """Build a method by name; unknown names and options raise MethodError listing the valid ones."""
     if name not in INIT_METHODS:
         raise MethodError(f"unknown method {name!r}; choose one of: {', '.join(list_init_methods())}")
+    accepted = inspect.signature(INIT_METHODS[name].__init__).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
+    unknown = [key for key in options if key not in accepted and not takes_any]
+    if unknown:
+        valid = [key for key in accepted if key != "self" and accepted[key].kind is not inspect.Parameter.VAR_KEYWORD]
+        raise MethodError(f"method {name!r} does not take option {unknown[0]!r}"
+                          f"{'; it takes: ' + ', '.join(valid) if valid else ' (it takes none)'}")
     try:
         return INIT_METHODS[name](**options)
-    except TypeError as exc:
-        raise MethodError(f"method {name!r} does not take these options {sorted(options)}: {exc}") from exc
+    except (TypeError, ValueError) as exc:  # the option is known, its value is not usable
+        shown = ", ".join(f"{key}={value!r}" for key, value in options.items())
+        raise MethodError(f"method {name!r}: invalid option value ({shown}): {exc}") from exc

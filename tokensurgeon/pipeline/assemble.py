@@ -11,6 +11,7 @@ import torch
 
 from ..methods import InitResult, Provenance
 from ..methods._shared.pieces import piece_means
+from ..methods.base import mean_rows
 from ..runtime.memory import gathered
 from ..vocab.alignment import COPIED
 from ..vocab.pair import TokenizerPair
@@ -151,3 +152,29 @@ def new_row_departures(session: Session, result: InitResult, top: int = 20) -> d
     return {"measure": measure, "max": float(torch.nan_to_num(values, nan=0.0).max()),
             "tokens": [{"id": new_ids[row], "token": tokens[new_ids[row]] if new_ids[row] < len(tokens) else None,
                         "value": round(float(values[row]), 6)} for row in order if values[row] == values[row]]}
+
+
+def extra_vocab_tensors(session: Session) -> dict[str, torch.Tensor | AssembledMatrix]:
+    """The base's other vocabulary-sized tensors (checkpoint.vocab_extras) on the donor's rows, by the same
+    alignment as the embeddings: shared tokens keep their base rows, new tokens get the mean of their
+    pieces' rows, padding rows the mean row (a bias: its minimum, so padding is never predicted).
+
+    A per-layer table shorter than the embedding (Gemma3n reads ids past it as id 0) reads row 0 for them.
+    """
+    from ..checkpoint import read_tensor
+
+    base, alignment = session.base, session.pair.alignment
+    out: dict[str, torch.Tensor | AssembledMatrix] = {}
+    for key, role in base.vocab_extras:
+        stored = read_tensor(base.tensors[key])
+        table = stored.unsqueeze(1) if role == "bias" else stored
+        rows = table.shape[0]
+        pieces = [tuple(p for p in alignment.decompositions.get(i, ()) if p < rows) for i in alignment.new_ids]
+        defined = [i for i in session.pair.base_vocab.defined_ids() if i < rows]
+        mean = mean_rows(table, defined)
+        new_rows = piece_means(table, pieces, mean) if pieces else None
+        pad = table.float().min(dim=0).values if role == "bias" else mean
+        matrix = AssembledMatrix(table, session.pair, new_rows, pad)
+        matrix.source = torch.where(matrix.source < rows, matrix.source, torch.zeros_like(matrix.source))
+        out[key] = matrix.materialise().squeeze(1).contiguous() if role == "bias" else matrix
+    return out

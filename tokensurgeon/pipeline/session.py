@@ -73,12 +73,52 @@ class Session:
         return self.donor_matrices_read
 
 
-def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda phase: None) -> Session:
-    """Open both checkpoints, align the vocabularies and read the base embeddings (nothing else)."""
+def reads_donor_model(methods: list[str], options: dict) -> bool:
+    """Whether any of these methods reads the donor model's embeddings (resolved, options checked, first:
+    a tokenizer-only method never opens the donor as a model)."""
+    from ..methods import INIT_METHODS, get_init_method
+
+    get_init_method(methods[0], **options)  # unknown names and bad options fail now, before any slow step
+    found = [get_init_method(name) if name not in INIT_METHODS else INIT_METHODS[name] for name in methods]
+    return any(method.needs_donor_embeddings or method.uses_donor_embeddings for method in found)
+
+
+def donor_config_rows(path: Path) -> int:
+    """A donor model directory's embedding rows as its config.json states them (plain JSON, no model class
+    built, no weights read); 0 for a tokenizer directory."""
+    from ..checkpoint.model_config import read_json, text_config
+    from ..checkpoint.formats.pickle import PICKLE_NAMES
+    from ..checkpoint.formats.safetensors import INDEX_NAME, SINGLE_NAME
+
+    path = Path(path)
+    if not any((path / name).exists() for name in (SINGLE_NAME, INDEX_NAME) + tuple(PICKLE_NAMES)):
+        return 0
+    try:
+        rows = text_config(read_json(path / "config.json")).get("vocab_size")
+    except (OSError, ValueError, AttributeError):
+        return 0
+    return rows if isinstance(rows, int) and rows > 0 else 0
+
+
+def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda phase: None,
+                 methods: list[str] | None = None) -> Session:
+    """Open both checkpoints, align the vocabularies and read the base embeddings (nothing else).
+
+    The donor is opened as a model only when one of ``methods`` (default: config.method) reads its
+    embeddings; otherwise its tokenizer files and config.json (as plain JSON) are all that is read.
+    """
     trust, pickle = config.trust_remote_code, config.allow_pickle
+    wants_donor = reads_donor_model(methods or [config.method], config.method_options)
+    from ..checkpoint.model_config import read_json
+
+    for side in (config.base, config.donor):  # read when the output is written: corrupt ones fail now
+        read_json(Path(side) / "generation_config.json")
+        if (Path(side) / "config.json").is_file() and side == config.donor:
+            read_json(Path(side) / "config.json")
     base = open_checkpoint(config.base, trust_remote_code=trust, allow_pickle=pickle)
-    donor_model = open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle)
-    rows = donor_model.vocab_rows if donor_model is not None else 0
+    donor_model = (open_donor_model(config.donor, trust_remote_code=trust, allow_pickle=pickle) if wants_donor
+                   else None)
+    rows = donor_model.vocab_rows if donor_model is not None else donor_config_rows(config.donor)
     pair = load_pair(config.base, config.donor, n_rows=rows, pad_to_multiple=config.pad_to_multiple,
                      trust_remote_code=trust)
     check_base_rows(pair, base.vocab_rows, config.base)

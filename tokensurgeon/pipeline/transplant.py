@@ -15,38 +15,25 @@ from typing import Any
 
 from .. import __version__
 from ..checkpoint import Checkpoint
-from ..checkpoint.model_config import (GENERATION_ID_KEYS, UNK_KEY, patch_config, patch_generation_config,
-                                       read_json, write_json)
+from ..checkpoint.model_config import patch_config, patch_generation_config, read_json, write_json
 from ..checkpoint.tokenizer_files import write_tokenizer
-from ..checkpoint.writer import write_weights
+from ..checkpoint.writer import check_vocab_dims, write_weights
 from ..config import TransplantConfig
-from ..evaluation.rows import evaluate_pair
+from ..evaluation.rows import evaluate_pair, read_eval_texts
 from ..methods import InitResult
 from ..methods.base import FALLBACK_PATH, mean_rows
 from ..report.markdown import write_report
 from ..report.models import ReportWarning, TransplantReport
 from ..runtime.devices import resolve_device
 from ..runtime.memory import tensor_sha256
-from ..runtime.outdir import atomic_directory, check_output_path
+from ..runtime.outdir import atomic_directory, check_free_space, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
 from ..vocab.pair import TokenizerPair
-from .assemble import AssembledMatrix, new_row_departures, provenance_rows, row_norm_histograms
+from .assemble import AssembledMatrix, extra_vocab_tensors, new_row_departures, provenance_rows, row_norm_histograms
 from .draft import check_draft_request, finish_draft
 from .run_method import run_method
-from .session import Session, open_session
-
-
-def donor_token_ids(pair: TokenizerPair, donor_model: Checkpoint | None) -> dict[str, Any]:
-    """bos/eos/pad/unk ids the patched model should use: the donor model's own, else the donor tokenizer's roles."""
-    roles = pair.donor_vocab.roles
-    if donor_model is not None:
-        source = dict(donor_model.config)
-        generation = read_json(donor_model.path / "generation_config.json")
-        source.update({k: v for k, v in generation.items() if k in GENERATION_ID_KEYS})
-        return ({key: source.get(key) for key in GENERATION_ID_KEYS}
-                | {UNK_KEY: source.get(UNK_KEY, roles.get("unk"))})
-    return {"bos_token_id": roles.get("bos"), "eos_token_id": roles.get("eos"), "pad_token_id": roles.get("pad"),
-            UNK_KEY: roles.get("unk")}
+from .session import Session, donor_config_rows, open_session
+from .special_ids import donor_token_ids, remapped_other_ids
 
 
 def write_patched(session: Session, config: TransplantConfig, result: InitResult, staging: Path,
@@ -68,13 +55,16 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
         new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
         replacements[base.output_name] = new_head
         result.head = None
+    replacements |= extra_vocab_tensors(session)
+    token_ids = donor_token_ids(pair, session.donor_model, n_rows)
+    other_ids = remapped_other_ids(pair, base.config, base.path)
     if base.format == "pickle":  # the pickle writer takes whole tensors
         replacements = {name: matrix.materialise() for name, matrix in replacements.items()}
     warnings = ReportWarning.all("nonfinite", session.warnings) + build_warnings(pair, result)
 
     write_weights(base, staging, replacements, progress=phase(progress, "write"))
-    token_ids = donor_token_ids(pair, session.donor_model)
-    write_json(staging / "config.json", patch_config(base.config, n_rows, token_ids))
+    check_vocab_dims(base, staging, n_rows)
+    write_json(staging / "config.json", patch_config(base.config, n_rows, token_ids, other_ids))
     write_json(staging / "generation_config.json",
                patch_generation_config(read_json(base.path / "generation_config.json"), token_ids))
     if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
@@ -90,7 +80,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
               "embed_sha256": tensor_sha256(base_embed),
               "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
         donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
-               "is_model": session.donor_model is not None},
+               "is_model": session.donor_model is not None or donor_config_rows(config.donor) > 0},
         output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
                 "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
         method={"name": config.method, "options": config.method_options, "seed": config.seed,
@@ -111,10 +101,13 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
     clock = Stopwatch()
     resolve_device(config.device)  # a wrong --device fails now, not after the slow steps
     check_output_path(config.out, config.input_paths(), force=config.force)
+    read_eval_texts(config.eval_texts, config.eval_max_bytes)  # a bad --eval-text fails now, not after the work
     session = open_session(config, clock.lap)
     if config.draft_for is not None:  # refuse a row count that cannot match before the slow method runs
-        check_draft_request(config.draft_for, session.donor_model and session.donor_model.vocab_rows,
+        check_draft_request(config.draft_for, (session.donor_model.vocab_rows if session.donor_model
+                                               else donor_config_rows(config.donor) or None),
                             session.pair.alignment.n_rows, config.pad_to_multiple)
+    check_free_space(config.out, output_bytes(session))  # before the method: a full disk fails now
     result = run_method(config, session, progress)
     clock.lap("method")
 
@@ -128,6 +121,17 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
         report.timings = clock.timings
         write_report(report, staging, provenance)
     return report
+
+
+def output_bytes(session: Session) -> int:
+    """About how many bytes the patched checkpoint takes: the base's weights with every vocabulary-sized
+    tensor resized to the new row count (tokenizer files and reports are small beside them)."""
+    base, rows = session.base, session.pair.alignment.n_rows
+    total = sum(file.stat().st_size for file in base.files)
+    names = [base.input_name, base.output_name] + [key for key, _ in base.vocab_extras]
+    for info in (base.tensors[name] for name in dict.fromkeys(names) if name):
+        total += (info.end - info.start) * (rows - base.vocab_rows) // max(base.vocab_rows, 1)
+    return max(total, 0)
 
 
 def build_warnings(pair: TokenizerPair, result: InitResult) -> list[ReportWarning]:

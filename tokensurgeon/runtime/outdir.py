@@ -85,6 +85,74 @@ def _resolved(path: Path, role: str) -> Path:
         raise TokenSurgeonError(f"{role} {path}: cannot resolve the path ({exc})") from exc
 
 
+_EXPECTED: dict[Path, bool] = {}  # OUT -> whether it held an output when check_output_path looked
+
+
+def _read_only_fs(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def check_free_space(out: Path, needed: int) -> None:
+    """Refuse before writing when the file system holding OUT has less free space than the output needs."""
+    ancestor = Path(out).resolve()
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    try:
+        free = shutil.disk_usage(ancestor).free
+    except OSError:
+        return
+    if needed > free:
+        raise TokenSurgeonError(f"output {out} needs about {needed / 1e9:.2f} GB but {ancestor} has "
+                                f"{free / 1e9:.2f} GB free; nothing was written")
+
+
+@contextlib.contextmanager
+def _lock(out: Path) -> Iterator[None]:
+    """An exclusive lock on OUT for the whole run (.NAME.lock beside it): two runs to one OUT cannot both
+    write it; the second is refused at once."""
+    import fcntl
+
+    lock_file = out.parent / f".{out.name}.lock"
+    handle = open(lock_file, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise TokenSurgeonError(f"output {out}: another tokensurgeon run is writing it now; wait for it or "
+                                "choose another -o") from exc
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock_file.unlink()
+        handle.close()
+
+
+@contextlib.contextmanager
+def _terminate_as_exit() -> Iterator[None]:
+    """SIGTERM (and SIGHUP) raise SystemExit while the output is staged, so the staging directory is
+    removed like on any error; the previous handlers come back afterwards."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):  # noqa: ARG001
+        raise SystemExit(128 + signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
 def check_output_path(out: Path, inputs: list[Path], *, force: bool) -> None:
     """Refuse an output that would overwrite work, land inside an input, or hold an input.
 
@@ -93,6 +161,10 @@ def check_output_path(out: Path, inputs: list[Path], *, force: bool) -> None:
 
     Leftover staging directories of killed runs to the same ``out`` are cleaned up first.
     """
+    try:
+        str(out).encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TokenSurgeonError(f"output {os.fsencode(out)!r} is not a valid UTF-8 path; choose another -o") from exc
     out = _resolved(out, "output")
     for given in inputs:
         source = _resolved(given, "input")
@@ -109,12 +181,20 @@ def check_output_path(out: Path, inputs: list[Path], *, force: bool) -> None:
         ancestor = ancestor.parent
     if not ancestor.is_dir():
         raise TokenSurgeonError(f"output {out}: {ancestor} is a file, not a directory")
+    if _read_only_fs(ancestor):
+        raise TokenSurgeonError(f"output {out}: {ancestor} is on a read-only file system")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise TokenSurgeonError(f"output {out}: cannot write in {ancestor} (permission denied)")
     try:
         clean_leftovers(out)
         if out.is_dir() and any(out.iterdir()) and not force:
             raise TokenSurgeonError(f"output {out} exists and is not empty; pass --force to replace it")
+        if out.is_dir() and force:
+            for folder in [out, *(p for p in out.rglob("*") if p.is_dir() and not p.is_symlink())]:
+                if not os.access(folder, os.W_OK | os.X_OK):
+                    raise TokenSurgeonError(f"output {out}: --force cannot remove the old output, {folder} is "
+                                            "read-only; make it writable or choose another -o")
+        _EXPECTED[out] = out.is_dir() and any(out.iterdir())
     except OSError as exc:
         raise TokenSurgeonError(f"output {out}: {exc.strerror or exc}") from exc
 
@@ -129,18 +209,25 @@ def atomic_directory(out: Path) -> Iterator[Path]:
     """
     out = Path(out).resolve()
     staging: Path | None = None
+    stack = contextlib.ExitStack()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        stack.enter_context(_lock(out))
         clean_leftovers(out)
         staging = Path(tempfile.mkdtemp(prefix=_staging_prefix(out, "partial"), dir=out.parent))
     except OSError as exc:  # nothing of ours is involved yet: the location itself is unusable
+        stack.close()
         raise TokenSurgeonError(f"cannot create the output directory {out}: {exc.strerror or exc}"
                                 f"{f' ({exc.filename})' if exc.filename else ''}") from exc
     try:
+        stack.enter_context(_terminate_as_exit())
         umask = os.umask(0)
         os.umask(umask)
         staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the output should look like any other directory
         yield staging
+        if out in _EXPECTED and not _EXPECTED.pop(out) and out.is_dir() and any(out.iterdir()):
+            raise TokenSurgeonError(f"output {out} was written by another run meanwhile; not replaced "
+                                    "(pass --force to replace it)")
         if out.exists() and _exchange(staging, out):
             shutil.rmtree(staging, ignore_errors=True)  # now holds the previous output
         elif out.exists():
@@ -154,7 +241,12 @@ def atomic_directory(out: Path) -> Iterator[Path]:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
         if isinstance(exc, OSError) and exc.errno in _WRITE_ERRORS:
-            raise TokenSurgeonError(f"{_WRITE_ERRORS[exc.errno]} while writing {out}"
-                                    f"{f' ({exc.filename})' if exc.filename else ''}; nothing was left behind"
-                                    ) from exc
+            # name the file being written (copyfile's exception names its source first), never an input
+            written = [name for name in (exc.filename2, exc.filename) if name and staging is not None
+                       and str(staging) in str(name)]
+            where = f" ({Path(written[0]).name})" if written else ""
+            raise TokenSurgeonError(f"{_WRITE_ERRORS[exc.errno]} while writing {out}{where}; nothing was left "
+                                    "behind") from exc
         raise
+    finally:
+        stack.close()

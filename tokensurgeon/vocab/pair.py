@@ -15,6 +15,9 @@ from ..runtime.memory import trim_heap
 from .tokenizer import Vocabulary, build_vocabulary, load_tokenizer
 
 
+LARGE_TOKENIZER = 100_000  # tokens; Gemma 3's (262k) holds ~300 MB
+
+
 @dataclass
 class TokenizerPair:
     """Vocabularies and alignment, plus the two tokenizers, which load on first use.
@@ -62,10 +65,13 @@ class TokenizerPair:
         back to the system (glibc keeps freed pages)."""
         if len(self.loaded) == 2:  # keep what later steps need while both are at hand
             self.base_traits, self.donor_traits, self.number_warning  # noqa: B018
-        for side in [side for side in self.loaded if side not in keep]:
+        released = [side for side in self.loaded if side not in keep]
+        large = any(len(self.loaded[side]) > LARGE_TOKENIZER for side in released)
+        for side in released:
             del self.loaded[side]
-        gc.collect()
-        trim_heap()
+        if large:  # a full collection costs seconds in a large process: only worth it for a large tokenizer
+            gc.collect()
+            trim_heap()
 
 
 def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, pad_to_multiple: int = 1,

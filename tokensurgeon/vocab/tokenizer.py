@@ -61,21 +61,53 @@ class Vocabulary:
         return lookup
 
 
+def _missing_format_packages(path: Path) -> list[str]:
+    """Packages a tokenizer.model-only directory needs that are not installed (sentencepiece, protobuf)."""
+    import importlib.util
+
+    if (path / "tokenizer.json").is_file() or not (path / "tokenizer.model").is_file():
+        return []
+    def missing(module: str) -> bool:
+        try:
+            return importlib.util.find_spec(module) is None
+        except ModuleNotFoundError:  # its parent package (google) is absent
+            return True
+
+    return [name for name, module in (("sentencepiece", "sentencepiece"), ("protobuf", "google.protobuf"))
+            if missing(module)]
+
+
 def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
     """Load a fast tokenizer from a tokenizer or checkpoint directory; remote code only if trusted."""
     from transformers import AutoTokenizer
 
     path = Path(path)
+    gguf_hint = ("; a GGUF file holds the tokenizer in its own format: convert it to a Hugging Face directory "
+                 "first (transformers: AutoTokenizer.from_pretrained(dir, gguf_file=NAME).save_pretrained(OUT))")
     if not path.is_dir():
         raise TokenizerError(f"{path}: not a directory (expected a tokenizer or checkpoint directory)"
-                             + ("" if path.exists() else "; it does not exist"))
+                             + (gguf_hint if path.suffix == ".gguf" else "" if path.exists() else
+                                "; it does not exist"))
     if not any((path / name).exists() for name in ("tokenizer.json", "tokenizer.model", "vocab.json")):
-        raise TokenizerError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)")
+        raise TokenizerError(f"{path}: no tokenizer files (tokenizer.json, tokenizer.model or vocab.json)"
+                             + (gguf_hint if any(path.glob("*.gguf")) else ""))
+    needs = _missing_format_packages(path)
+    if needs:
+        raise TokenizerError(f"{path}: the tokenizer is only a SentencePiece tokenizer.model (no tokenizer.json); "
+                             f"reading it needs {' and '.join(needs)}: pip install 'tokensurgeon[sentencepiece]'")
+    settings = path / "tokenizer_config.json"
+    if not trust_remote_code and settings.is_file() and '"auto_map"' in settings.read_text(errors="replace"):
+        if not (path / "tokenizer.json").is_file():
+            raise TokenizerError(f"{path}: the tokenizer is defined by Python code shipped with it (auto_map in "
+                                 "tokenizer_config.json); pass --trust-remote-code to run it (read that code first)")
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for one cause: unreadable files
-        raise TokenizerError(f"{path}: cannot load tokenizer: {first_line(exc)}") from exc
+        message = first_line(exc)
+        if "trust_remote_code" in message:
+            message = "it needs code shipped with it; pass --trust-remote-code to run that code (read it first)"
+        raise TokenizerError(f"{path}: cannot load tokenizer: {message}") from exc
     if getattr(tokenizer, "backend_tokenizer", None) is None:
         raise TokenizerError(f"{path}: only fast (tokenizers-backed) tokenizers are supported")
     return tokenizer
