@@ -52,7 +52,7 @@ def continuations(model, tokenizer, texts: list[str], new_tokens: int) -> list[s
 
     A hand-written loop rather than model.generate: no padding to get wrong, and nothing looked up online.
     """
-    from tokensurgeon.evaluate import context_prefix
+    from tokensurgeon.evaluation.bpb import context_prefix
 
     prefix, device, out = context_prefix(tokenizer), next(model.parameters()).device, []
     model.eval()
@@ -90,7 +90,7 @@ def unseen_texts(max_bytes: int) -> dict[str, str]:
 
 
 def run_base(args) -> dict:
-    from tokensurgeon.evaluate import load_for_eval, score_text
+    from tokensurgeon.evaluation import load_for_eval, score_text
 
     model, tokenizer = load_for_eval(args.base, device=torch.device("cpu"))
     scores = {label: score_text(model, tokenizer, text, label=label, batch_size=4).bits_per_byte
@@ -126,7 +126,7 @@ def run_config(args, name: str, base: dict) -> dict:
 
 
 def untrained(args, base: dict) -> dict:
-    from tokensurgeon.evaluate import load_for_eval, score_text
+    from tokensurgeon.evaluation import load_for_eval, score_text
 
     model, tokenizer = load_for_eval(Path(args.patched), device=torch.device("cpu"))
     scores = {label: score_text(model, tokenizer, text, label=label, batch_size=4).bits_per_byte

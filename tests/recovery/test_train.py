@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from conftest import CORPORA, SMOLLM2_TOKENIZER, build_tiny_model
 from tokensurgeon.checkpoint import open_checkpoint
-from tokensurgeon.evaluate import load_for_eval
+from tokensurgeon.evaluation import load_for_eval
 from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
 from tokensurgeon.recovery.train import Objective, RecoveryOptions, merged_tensors, prepare, recover

@@ -53,7 +53,7 @@ class Batch:
 
 
 def side(tokenizer: Any) -> Side:
-    from tokensurgeon.evaluate import context_prefix
+    from tokensurgeon.evaluation.bpb import context_prefix
     from tokensurgeon.vocab import build_vocabulary
 
     return Side(tokenizer, build_vocabulary(tokenizer), context_prefix(tokenizer))

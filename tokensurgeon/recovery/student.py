@@ -129,7 +129,7 @@ def same_body(student: Any, teacher: Checkpoint) -> bool:
 
 def load_teacher(path: Path, student: Any, *, device: torch.device, trust_remote_code: bool = False) -> Teacher:
     """The teacher at path: its rows only when its body is the student's, else the whole model, frozen."""
-    from tokensurgeon.evaluate import load_for_eval
+    from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.vocab import load_tokenizer
 
     checkpoint = open_checkpoint(path, trust_remote_code=trust_remote_code)

@@ -254,7 +254,7 @@ class Objective:
 
 def score_texts(model: Any, tokenizer: Any, texts: dict[str, str], options: RecoveryOptions) -> list[float]:
     """Bits per byte of each text by evaluate's rules (BOS context, strided windows); a PEFT model scores as is."""
-    from tokensurgeon.evaluate import score_text
+    from tokensurgeon.evaluation import score_text
 
     model.eval()
     scores = [score_text(model, tokenizer, text, label=label, context=options.eval_context,
@@ -413,7 +413,7 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
 
     The teacher defaults to the base in PATCHED's report.json; without one only --objective lm can run.
     """
-    from tokensurgeon.evaluate import load_for_eval
+    from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.vocab import build_vocabulary, load_tokenizer
 
     target = pick_device(device)
