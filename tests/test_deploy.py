@@ -121,3 +121,32 @@ def test_real_converter_on_a_tiny_model(tiny_models, tmp_path):
     result = convert(tiny_models["tied"], Path(LLAMA_CPP), outfile=tmp_path / "tiny.gguf", timeout=600)
     assert result.ok, (result.reason, result.tail)
     assert (tmp_path / "tiny.gguf").read_bytes()[:4] == b"GGUF"
+
+
+def test_check_command_exit_codes(tiny_models, fresh_copy):
+    from typer.testing import CliRunner
+
+    from tokensurgeon.cli import app
+
+    good = CliRunner().invoke(app, ["check", str(tiny_models["tied"])])
+    assert good.exit_code == 0 and "deploy check" in good.output and "FAIL" not in good.output
+    bad = CliRunner().invoke(app, ["check", str(tiny_models["tied"]), "--draft-for", str(tiny_models["donor_llama2"]),
+                                   "--json"])
+    assert bad.exit_code == 1
+    assert not json.loads(bad.output)["ok"]
+
+
+def test_bos_policy_as_config_restores_the_donors_tokenizer(tiny_models, fresh_copy, tmp_path):
+    from tokensurgeon.checkpoint.tokenizer_files import bos_post_processor
+    from tokensurgeon.deploy.gguf import bos_policy_as_config
+
+    model = fresh_copy(tiny_models["tied"])
+    spec = json.loads((model / "tokenizer.json").read_text())
+    donor_processor = spec["post_processor"]
+    spec["post_processor"] = bos_post_processor(donor_processor, "<|im_start|>", 1)
+    (model / "tokenizer.json").write_text(json.dumps(spec))
+    notes = bos_policy_as_config(model, tmp_path / "fixed")
+    fixed = tmp_path / "fixed"
+    assert json.loads((fixed / "tokenizer.json").read_text())["post_processor"] == donor_processor
+    assert json.loads((fixed / "tokenizer_config.json").read_text())["add_bos_token"] is True
+    assert (fixed / "model.safetensors").is_symlink() and not bos_template(fixed) and len(notes) == 2

@@ -161,3 +161,23 @@ def test_get_task():
     with pytest.raises(TokenSurgeonError, match="not a task"):
         get_task("spelling")
     assert isinstance(TaskResult("t", "m", ("acc",), [], {}).to_dict(), dict)
+
+
+def test_evaluate_task_from_the_command_line(tiny_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from tokensurgeon.cli import app
+
+    items = tmp_path / "mc.jsonl"
+    items.write_text(json.dumps({"context": "The sky is", "choices": ["blue", "green"], "gold": 0}) + "\n")
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_models["tied"]), str(tiny_models["untied"]), "--task",
+                                      str(items), "--json", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["task"]["items"] == 1 and [r["summary"]["n"] for r in data["results"]] == [1, 1]
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_models["tied"]), "--task", "arithmetic", "--task-items", "1",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "task: arithmetic" in result.output and "mul" in result.output
+    result = CliRunner().invoke(app, ["evaluate", str(tiny_models["tied"])])
+    assert result.exit_code == 2 and "--task" in result.output

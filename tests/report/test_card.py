@@ -122,3 +122,32 @@ def test_a_source_without_a_card_gets_a_minimal_one(tmp_path):
     card = append_section(source, out, "Export", ["Re-written."], command="tokensurgeon export plain -o out")
     front = _front(card)
     assert front["base_model"] == "plain" and {"tokensurgeon", "tokenizer-transplant"} <= set(front["tags"])
+
+
+def test_every_output_gets_a_card(tiny_models, tmp_path):
+    """transplant writes README.md (and keeps the base's card); export and heal append their sections."""
+    from conftest import CORPORA
+    from tokensurgeon.config import ExportConfig, HealConfig, TransplantConfig
+    from tokensurgeon.jobs.export import export
+    from tokensurgeon.jobs.heal import heal
+    from tokensurgeon.pipeline.transplant import transplant
+
+    base = tmp_path / "base"
+    base.mkdir()
+    for item in Path(tiny_models["tied"]).iterdir():
+        (base / item.name).symlink_to(item)
+    (base / "README.md").write_text(BASE_README)
+    out = tmp_path / "patched"
+    transplant(TransplantConfig(base=base, donor=tiny_models["donor_llama2"], out=out, method="mean"))
+    front = _front(out / "README.md")
+    assert front["base_model"] == "base" and front["license"] == "apache-2.0" and "mean" in front["tags"]
+    assert (out / BASE_CARD).read_text() == BASE_README
+    assert "--method mean" in (out / "README.md").read_text()
+    exported = tmp_path / "exported"
+    export(ExportConfig(source=out, out=exported, dtype="fp32"))
+    assert "## Export" in (exported / "README.md").read_text() and (exported / BASE_CARD).is_file()
+    healed = tmp_path / "healed"
+    heal(HealConfig(patched=out, texts=(CORPORA / "udhr" / "spa.txt",), out=healed, steps=2, eval_every=1,
+                    eval_max_bytes=400, compare_base=False, context=32, batch_size=2))
+    text = (healed / "README.md").read_text()
+    assert "## Healing" in text and "## Export" not in text and "healed" in _front(healed / "README.md")["tags"]

@@ -2,13 +2,14 @@
 (render.py); typer and rich are imported here and nowhere below."""
 
 from .app import new_app
+from .deploy import check
 from .evaluate import evaluate
 from .jobs import compare, export, heal, hypernet_app
 from .methods import methods
 from .surgery import inspect, transplant
 
 app = new_app()
-for command in (inspect, transplant, evaluate, export, heal, compare):  # the order of `tokensurgeon --help`
+for command in (inspect, transplant, evaluate, export, heal, compare, check):  # the order of `tokensurgeon --help`
     app.command()(command)
 app.add_typer(hypernet_app, name="hypernet")
 app.command()(methods)

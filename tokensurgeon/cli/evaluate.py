@@ -1,4 +1,4 @@
-"""The evaluate command: bits per byte, or speculative decoding with --speculative."""
+"""The evaluate command: bits per byte, task retention with --task, or speculative decoding with --speculative."""
 
 from __future__ import annotations
 
@@ -15,7 +15,14 @@ from .common import progress_bars, read_texts, show, trust_remote_code_option, u
 
 def evaluate(
     models: List[Path] = typer.Argument(..., help="Checkpoint directories (each with its own tokenizer)."),
-    text: List[Path] = typer.Option(..., "--text", help="Text file to score (repeatable)."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to score (repeatable)."),
+    task: Optional[str] = typer.Option(None, "--task",
+                                       help="Task retention instead of bits per byte: arithmetic (generated problems, "
+                                            "exact match per operand length) or FILE.jsonl (multiple choice, "
+                                            "lm-eval-harness convention: context, choices, gold)."),
+    task_items: Optional[int] = typer.Option(None, "--task-items",
+                                             help="With --task: arithmetic problems per operation and length "
+                                                  "[default: 20], or the first items of FILE.jsonl [default: all]."),
     context: int = typer.Option(EvalConfig.context, help="Tokens per window, BOS included."),
     batch_size: int = typer.Option(EvalConfig.batch_size, help="Windows per forward pass."),
     max_bytes: Optional[int] = typer.Option(EvalConfig.max_bytes, help="Score only the first bytes of each text."),
@@ -45,6 +52,13 @@ def evaluate(
     with user_errors():
         from ..evaluation import evaluate_models
 
+        if task is not None:
+            _run_task(models, task, task_items, device=device, as_json=as_json, trust_remote_code=trust_remote_code,
+                      allow_pickle=allow_pickle)
+            return
+        if not text:
+            raise TokenSurgeonError("evaluate needs --text FILE (bits per byte) or --task arithmetic|FILE.jsonl")
+
         if speculative:
             from ..evaluation.speculative import speculative_benchmark
 
@@ -65,3 +79,16 @@ def evaluate(
                                       max_bytes=config.max_bytes, progress=progress,
                                       trust_remote_code=trust_remote_code, allow_pickle=allow_pickle)
     show(results, as_json=as_json, view="print_scores", payload=[result.to_dict() for result in results])
+
+
+def _run_task(models: list[Path], task: str, items: Optional[int], *, device: str, as_json: bool,
+              trust_remote_code: bool, allow_pickle: bool) -> None:
+    from ..evaluation.tasks import get_task, run_task
+
+    options = {} if items is None else {"per_group" if task == "arithmetic" else "limit": items}
+    chosen = get_task(task, **options)
+    with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+        results = run_task(models, chosen, device=device, trust_remote_code=trust_remote_code,
+                           allow_pickle=allow_pickle, progress=progress)
+    show(results, as_json=as_json, view="print_tasks",
+         payload={"task": chosen.describe(), "results": [result.to_dict() for result in results]})

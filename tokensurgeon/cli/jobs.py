@@ -24,6 +24,9 @@ def export(
     link: bool = typer.Option(ExportConfig.link, "--link", help="Hard-link unchanged shards instead of copying."),
     force: bool = typer.Option(ExportConfig.force, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    check_deploy: Optional[Path] = typer.Option(None, "--check-deploy",
+                                                help="Then run `check` on OUT with this llama.cpp checkout (GGUF "
+                                                     "conversion and the engines' static checks)."),
 ) -> None:
     """Re-write a checkpoint (dtype, shard size), cut an embeddings-only patch, or apply one to its base.
 
@@ -35,6 +38,11 @@ def export(
         config = ExportConfig(source=source, out=out, dtype=dtype, max_shard_size=max_shard_size,
                               embeddings_only=embeddings_only, apply_to=apply_to, link=link, force=force)
         run_job(run_export, config, as_json=as_json, view="print_export")
+    if check_deploy is not None:
+        from .deploy import check
+
+        check(out, llama_cpp=check_deploy, draft_for=None, gguf=None, outtype="f16", vocab_only=False,
+              as_json=as_json)
 
 
 def heal(

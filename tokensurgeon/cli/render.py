@@ -188,3 +188,16 @@ def print_speculative(console: Console, report) -> None:
     for run in report.runs:
         if run.notes and run.shared_vocabulary:
             console.print(f"[yellow]{run.draft}[/]: not a drop-in draft: {'; '.join(run.notes)}")
+
+
+def print_tasks(console: Console, results: list) -> None:
+    """Task retention: one row per group (operation and operand length), models side by side."""
+    from ..evaluation.tasks import table_rows
+
+    header, rows = table_rows(results)
+    if not rows:
+        return
+    table = Table(*header, title=f"task: {results[0].task}")
+    for row in rows:
+        table.add_row(*row, end_section=row[0] == "all")
+    console.print(table)

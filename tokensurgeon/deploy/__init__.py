@@ -51,8 +51,8 @@ def check_deploy(model: Path, *, llama_cpp: Path | None = None, draft_for: Path 
 def render_text(report: DeployReport) -> str:
     """Plain lines for a terminal or a log: one per check, then the conversion."""
     lines = [f"deploy check of {report.model}: {'ok' if report.ok else 'FAILED'}"]
-    lines += [f"  [{'ok' if f.ok else 'FAIL'}] {f.check}: {f.message}" + (f" ({f.engines})" if f.engines and not f.ok else "")
-              for f in report.findings]
+    lines += [f"  [{'ok' if f.ok else 'FAIL'}] {f.check}: {f.message}"
+              + (f" ({f.engines})" if f.engines and not f.ok else "") for f in report.findings]
     conversion = report.conversion
     if conversion is not None:
         if conversion.ok:

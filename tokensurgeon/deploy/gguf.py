@@ -117,7 +117,7 @@ def explain(reason: str, model: Path) -> str:
             why += (" Its tokenizer.json post-processor prepends a BOS token, which changes those ids even when the "
                     "vocabulary and pre-tokenizer are a known tokenizer's: keep the donor's tokenizer.json unchanged "
                     "and state the BOS policy as \"add_bos_token\": true in tokenizer_config.json (llama.cpp's gguf-py "
-                    "reads it into tokenizer.ggml.add_bos_token).")
+                    "reads it into tokenizer.ggml.add_bos_token); deploy.gguf.bos_policy_as_config writes such a copy.")
         return why
     if reason.startswith("ModuleNotFoundError"):
         return ("the converter needs a package this Python lacks: pip install -r "
@@ -145,10 +145,12 @@ def _without_bos_template(processor: dict | None) -> dict | None:
 def bos_policy_as_config(model: Path, dest: Path) -> list[str]:
     """A GGUF-convertible copy of model: BOS stated as ``add_bos_token`` instead of in tokenizer.json.
 
-    tokenizer.json loses the BOS TemplateProcessing and also a ByteLevel post-processor (it only trims
-    offsets; gguf-py reads a ByteLevel post-processor as "add no BOS", which beats tokenizer_config.json),
-    so that llama.cpp's pre-tokenizer hash is the donor's and its gguf-py writes
-    tokenizer.ggml.add_bos_token = true. Weights are symlinked, every other file copied. Returns notes.
+    tokenizer.json loses the BOS TemplateProcessing a transplant appended (so it is the donor's again and
+    llama.cpp's pre-tokenizer hash is the donor's); tokenizer_config.json gets ``"add_bos_token": true``,
+    which llama.cpp's gguf-py writes as tokenizer.ggml.add_bos_token (measured on P1: the converter
+    then takes the output and the GGUF prepends BOS). transformers 5 ignores add_bos_token when
+    tokenizer.json exists, so the copy's plain ``tokenizer(text)`` adds no BOS. Weights are symlinked,
+    every other file copied. Returns notes.
     """
     import shutil
 
@@ -161,10 +163,7 @@ def bos_policy_as_config(model: Path, dest: Path) -> list[str]:
             else:
                 shutil.copyfile(item, dest / item.name)
     spec = json.loads((dest / "tokenizer.json").read_text(encoding="utf-8"))
-    processor = _without_bos_template(spec.get("post_processor"))
-    if processor is not None and processor.get("type") == "ByteLevel":
-        processor = None
-    spec["post_processor"] = processor
+    spec["post_processor"] = processor = _without_bos_template(spec.get("post_processor"))
     (dest / "tokenizer.json").write_text(json.dumps(spec, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
     settings_file = dest / "tokenizer_config.json"
     settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}

@@ -86,7 +86,8 @@ def read_vocabulary(model: Path) -> Vocabulary:
     spec = _json(model / "tokenizer.json")
     if spec:
         vocab = spec.get("model", {}).get("vocab", {})
-        ids = dict(vocab) if isinstance(vocab, dict) else {piece[0]: i for i, piece in enumerate(vocab)}  # Unigram: list
+        # BPE/WordPiece: a dict; Unigram: a list of [piece, score]
+        ids = dict(vocab) if isinstance(vocab, dict) else {piece[0]: i for i, piece in enumerate(vocab)}
         ids.update({token["content"]: token["id"] for token in spec.get("added_tokens", [])})
         return Vocabulary(ids, specials)
     from transformers import AutoTokenizer
@@ -170,7 +171,8 @@ def check_draft(draft: Path, target: Path) -> list[Finding]:
     differ = sorted(set(mine.ids.items()) ^ set(theirs.ids.items()), key=lambda kv: kv[1])
     findings = [Finding("draft vocabulary equals target's", not differ,
                         f"{len(mine.ids):,} and {len(theirs.ids):,} tokens" +
-                        (f"; {len(differ):,} (token, id) pairs differ, first {differ[:3]}" if differ else ", identical"),
+                        (f"; {len(differ):,} (token, id) pairs differ, first {differ[:3]}" if differ
+                         else ", identical"),
                         engines)]
     draft_config, target_config = _json(Path(draft) / "config.json"), _json(Path(target) / "config.json")
     for key in ID_KEYS:

@@ -35,7 +35,8 @@ PATCH_FORMAT = "tokensurgeon-embedding-patch"
 PATCH_VERSION = 1
 PATCH_PREFIX = "embeddings"  # not "model": transformers must never load a patch as if it were a model
 SIDE_FILES = ("config.json", "generation_config.json") + TOKENIZER_FILES + CHAT_TEMPLATE_FILES
-REPORT_FILES = ("report.json", "report.md", "provenance.jsonl")
+REPORT_FILES = ("report.json", "report.md", "report.html", "provenance.jsonl", "BASE_MODEL_CARD.md")
+PATCH_REPORT_FILES = ("report.json", "report.md", "BASE_MODEL_CARD.md")  # README.md: _write_card
 CONFIG_DTYPES = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
 SAMPLE_BYTES = 4096  # bytes hashed at the start, middle and end of each tensor a patch leaves out
 
@@ -126,6 +127,17 @@ def _finish(mode: str, config: ExportConfig, records: list[dict[str, Any]], shar
     )
 
 
+def _write_card(config: ExportConfig, source: Path, staging: Path, mode: str, shards: int, rows: int) -> None:
+    """README.md: the source's card (kept as it was) with an Export section."""
+    from ..report.card import append_section, export_lines, invoked_command
+
+    lines = export_lines({"mode": mode, "source": str(config.source), "dtype": config.dtype, "shards": shards,
+                          "vocab_size": rows})
+    fallback = f"tokensurgeon export {config.source} -o {config.out}"
+    fallback += f" --dtype {config.dtype}" if config.dtype else ""
+    append_section(source, staging, "Export", lines, command=invoked_command(fallback))
+
+
 def _export_full(config: ExportConfig, checkpoint: Checkpoint, progress: Progress | None) -> ExportResult:
     clock = Stopwatch()
     planned = [Planned(info, planned_dtype(info, config.dtype_code)) for info in _layout(checkpoint)]
@@ -139,6 +151,7 @@ def _export_full(config: ExportConfig, checkpoint: Checkpoint, progress: Progres
         copy_side_files(checkpoint.path, staging, out_config, SIDE_FILES + REPORT_FILES)
         clock.lap("write")
         checked = _check_model(staging, planned, names, out_config, checkpoint.input_name)
+        _write_card(config, checkpoint.path, staging, "full", len(shards), checkpoint.vocab_rows)
         clock.lap("check")
     return _finish("full", config, records, shards, checked, checkpoint.vocab_rows, checkpoint.hidden_size,
                    clock.timings)
@@ -205,11 +218,12 @@ def _export_patch(config: ExportConfig, checkpoint: Checkpoint, progress: Progre
     clock.lap("plan")
     with atomic_directory(config.out) as staging:
         records = write_shards(shards, names, staging, link=config.link, progress=progress)
-        copy_side_files(checkpoint.path, staging, out_config, SIDE_FILES + ("report.json", "report.md"))
+        copy_side_files(checkpoint.path, staging, out_config, SIDE_FILES + PATCH_REPORT_FILES)
         (staging / PATCH_MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
         clock.lap("write")
         expected = {item.name: (item.dtype, item.source.shape) for item in planned}
         checked = check_written(staging, expected, names, out_config, checkpoint.vocab_rows)
+        _write_card(config, checkpoint.path, staging, "embeddings-only", len(shards), checkpoint.vocab_rows)
         clock.lap("check")
     return _finish("embeddings-only", config, records, shards, checked, checkpoint.vocab_rows,
                    checkpoint.hidden_size, clock.timings)
@@ -304,9 +318,10 @@ def _apply_patch(config: ExportConfig, progress: Progress | None) -> ExportResul
     with atomic_directory(config.out) as staging:
         records = write_shards(shards, names, staging, link=config.link, progress=progress)
         write_index(shards, names, staging)
-        copy_side_files(Path(config.source), staging, out_config, SIDE_FILES + ("report.json", "report.md"))
+        copy_side_files(Path(config.source), staging, out_config, SIDE_FILES + PATCH_REPORT_FILES)
         clock.lap("write")
         checked = _check_model(staging, planned, names, out_config, base.input_name)
+        _write_card(config, Path(config.source), staging, "apply", len(shards), manifest["vocab_size"])
         clock.lap("check")
     return _finish("apply", config, records, shards, checked, manifest["vocab_size"], base.hidden_size,
                    clock.timings, base=config.apply_to)

@@ -320,7 +320,17 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
                    for i, (label, b, a) in enumerate(zip(texts, fit.before, fit.best))],
             history=fit.history, timings=clock.timings)
         (staging / "heal.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
+        _write_card(config, report, staging)
     return report
+
+
+def _write_card(config: HealConfig, report: HealReport, staging: Path) -> None:
+    """README.md: the patched model's card (kept as it was in PATCHED) with a Healing section."""
+    from ..report.card import append_section, heal_lines, invoked_command
+
+    fallback = f"tokensurgeon heal {config.patched} -o {config.out} --rows {config.rows} --steps {config.steps}"
+    append_section(Path(config.patched), staging, "Healing", heal_lines(report.to_dict()),
+                   command=invoked_command(fallback), tags=("healed",))
 
 
 def _text_row(label: str, split: tuple[str, str], before: TextScore, after: TextScore,

@@ -9,6 +9,7 @@ the report. All of it goes into a staging directory that becomes OUT only at the
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,17 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
         clock.lap("evaluate")
         report.timings = clock.timings
         write_report(report, staging, provenance)
+        write_card(config, report, staging)
     return report
+
+
+def write_card(config: TransplantConfig, report: TransplantReport, staging: Path) -> None:
+    """README.md: the model card (report/card.py); the base's own card is kept beside it."""
+    from ..report.card import invoked_command, write_transplant_card
+
+    fallback = shlex.join(["tokensurgeon", "transplant", str(config.base), str(config.donor), "-o", str(config.out),
+                           "--method", config.method] + [f"--option={k}={v}" for k, v in config.method_options.items()])
+    write_transplant_card(report.to_dict(), staging, base_dir=Path(config.base), command=invoked_command(fallback))
 
 
 def output_bytes(session: Session) -> int:

@@ -30,9 +30,14 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _FRONT = re.compile(r"\A---\s*\n(.*?)\n---\s*(?:\n|\Z)", re.S)
 
 
-def invoked_command(argv: list[str] | None = None) -> str:
-    """The command line as typed, program name shortened to tokensurgeon."""
-    return shlex.join(["tokensurgeon"] + list(sys.argv[1:] if argv is None else argv))
+def invoked_command(fallback: str = "", argv: list[str] | None = None) -> str:
+    """The command line as typed when running as the tokensurgeon program (program name shortened), else
+    fallback: a library call has no command line of its own, the caller says what it did."""
+    argv = list(sys.argv if argv is None else argv)
+    program = Path(argv[0]) if argv else Path()
+    if program.name == "tokensurgeon" or program.parts[-2:] == ("tokensurgeon", "__main__.py"):
+        return shlex.join(["tokensurgeon"] + argv[1:])
+    return fallback or "(run from Python, not from the command line)"
 
 
 def split_front_matter(text: str) -> tuple[str, str]:
@@ -156,7 +161,8 @@ def append_section(source_dir: Path, out_dir: Path, title: str, lines: list[str]
         head = front_matter(found or Path(source_dir).name, guessed=found is None, tags=list(tags))
         body = body or f"# {Path(out_dir).name}\n"
     else:
-        missing = [tag for tag in list(TAGS) + list(tags) if not re.search(rf"^-\s*\"?{re.escape(tag)}\"?\s*$", front, re.M)]
+        missing = [tag for tag in list(TAGS) + list(tags)
+                   if not re.search(rf"^-\s*\"?{re.escape(tag)}\"?\s*$", front, re.M)]
         if missing and re.search(r"^tags:\s*$", front, re.M):
             front = re.sub(r"^tags:\s*$", lambda m: "tags:\n" + "\n".join(f"- {_yaml(t)}" for t in missing), front,
                            count=1, flags=re.M)
@@ -181,12 +187,14 @@ def heal_lines(report: dict[str, Any]) -> list[str]:
         rows = [[row["text"], f"{row['held_out_bytes']:,}"]
                 + ([f"{row['base_bpb']:.4f}" if row.get("base_bpb") is not None else ""] if with_base else [])
                 + [f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}"] for row in texts]
-        lines += ["", "Bits per byte on the held-out end of each text:", ""] + _table(header, rows, "lr" + "r" * (len(header) - 2))
+        lines += ["", "Bits per byte on the held-out end of each text:", ""]
+        lines += _table(header, rows, "lr" + "r" * (len(header) - 2))
     return lines
 
 
 def export_lines(result: dict[str, Any]) -> list[str]:
     """The export section (ExportResult's content)."""
     what = {"full": "Re-written", "embeddings-only": "Cut to an embeddings-only patch", "apply": "Rebuilt from a patch"}
-    return [f"{what.get(result['mode'], result['mode'])} from `{result['source']}`: dtype {result.get('dtype') or 'kept'}, "
-            f"{result['shards']} shard(s), {result['tensors']} tensors, vocab_size {result['vocab_size']:,}."]
+    return [f"{what.get(result['mode'], result['mode'])} from `{result['source']}`: "
+            f"dtype {result.get('dtype') or 'kept'}, "
+            f"{result['shards']} shard(s), vocab_size {result['vocab_size']:,}."]

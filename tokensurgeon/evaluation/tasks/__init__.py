@@ -44,7 +44,8 @@ def run_task(model_paths: list[Path], task: Task, *, device: str = "auto", trust
         model, tokenizer = load_for_eval(Path(path), device=target, trust_remote_code=trust_remote_code,
                                          allow_pickle=allow_pickle)
         label = model_label(path)
-        report = None if progress is None else (lambda done, total, _l=label: progress(f"{_l}/{task.name}", done, total))
+        report = None if progress is None else (
+            lambda done, total, _label=label: progress(f"{_label}/{task.name}", done, total))
         results.append(task.run(model, tokenizer, label=str(path), progress=report))
         del model, tokenizer
         gc.collect()

@@ -47,7 +47,8 @@ def read_items(path: Path, limit: int | None = None) -> list[Item]:
         records = (list(enumerate(json.loads(text), 1)) if path.suffix == ".json"
                    else [(n, json.loads(line)) for n, line in enumerate(text.splitlines(), 1) if line.strip()])
     except json.JSONDecodeError as exc:
-        raise TokenSurgeonError(f"--task {path}: not valid JSON{'' if path.suffix == '.json' else ' lines'}: {exc}") from exc
+        kind = "JSON" if path.suffix == ".json" else "JSON lines"
+        raise TokenSurgeonError(f"--task {path}: not valid {kind}: {exc}") from exc
     items = [_item(record, f"{path}:{n}") for n, record in records[:limit]]
     if not items:
         raise TokenSurgeonError(f"--task {path}: no items")
