@@ -49,7 +49,7 @@ def test_dtype_round_trip(tiny_models, tmp_path):
     result = run(source, tmp_path / "fp32", dtype="fp32")
     assert result.cast == result.tensors and result.checked == result.tensors
     for file in (tmp_path / "fp32").glob("*.safetensors"):
-        assert {info.dtype for info in checkpoint_module.read_header(file)[0].values()} == {"F32"}
+        assert {info.dtype for info in safetensors_format.read_header(file)[0].values()} == {"F32"}
     assert json.loads((tmp_path / "fp32" / "config.json").read_text())["dtype"] == "float32"
     original, wide = tensors_of(source), tensors_of(tmp_path / "fp32")
     assert all(torch.equal(wide[name], tensor.float()) for name, tensor in original.items())
@@ -81,11 +81,11 @@ def test_small_shards_give_an_index_transformers_loads(patched, tmp_path):
     index = json.loads((out / "model.safetensors.index.json").read_text())
     assert list(index["weight_map"]) == sorted(index["weight_map"])
     assert set(index["weight_map"].values()) == set(names)
-    sizes = {name: sum(i.end - i.start for i in checkpoint_module.read_header(out / name)[0].values())
+    sizes = {name: sum(i.end - i.start for i in safetensors_format.read_header(out / name)[0].values())
              for name in names}
     assert index["metadata"]["total_size"] == sum(sizes.values()) == result.total_size
     for name, size in sizes.items():  # a shard passes the limit only when it is one large tensor
-        assert size <= 1_000_000 or len(checkpoint_module.read_header(out / name)[0]) == 1
+        assert size <= 1_000_000 or len(safetensors_format.read_header(out / name)[0]) == 1
     model = AutoModelForCausalLM.from_pretrained(out)
     reference = tensors_of(patched)
     for name, param in model.state_dict().items():
@@ -133,7 +133,7 @@ def test_patch_then_apply_equals_the_full_export(patched, tiny_models, tmp_path)
     assert (applied / "tokenizer.json").read_bytes() == (patched / "tokenizer.json").read_bytes()
     # the base's shards without embeddings come through whole
     untouched = [f for f in tiny_models["untied"].glob("*.safetensors")
-                 if not {"model.embed_tokens.weight", "lm_head.weight"} & set(checkpoint_module.read_header(f)[0])]
+                 if not {"model.embed_tokens.weight", "lm_head.weight"} & set(safetensors_format.read_header(f)[0])]
     assert untouched and all(any((applied / name).read_bytes() == f.read_bytes()
                                  for name in (p.name for p in applied.glob("*.safetensors"))) for f in untouched)
 
