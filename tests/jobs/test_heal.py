@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ from tokensurgeon.pipeline.transplant import transplant
 runner = CliRunner()
 QUICK = {"steps": 4, "eval_every": 2, "batch_size": 2, "context": 32, "held_out": 0.2, "eval_max_bytes": 600,
          "compare_base": False}
+LM_ROWS = {"objective": "lm", "train": "rows"}  # the original heal, whatever the defaults are
 
 
 def weights(path):
@@ -25,6 +27,11 @@ def weights(path):
     for file in sorted(path.glob("*.safetensors")):
         tensors |= load_file(file)
     return tensors
+
+
+def changed_tensors(before, after):
+    assert before.keys() == after.keys()
+    return {name for name in before if not torch.equal(before[name], after[name])}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +50,25 @@ def text(tmp_path_factory):
     return path
 
 
-def new_ids(path):
-    rows = [json.loads(line) for line in (path / "provenance.jsonl").read_text().split("\n") if line]
-    return [row["id"] for row in rows if row["path"] not in ("copy", "padding-mean")]
+@pytest.fixture(scope="module")
+def unseen(tmp_path_factory):
+    path = tmp_path_factory.mktemp("unseen") / "ita.txt"
+    path.write_text((CORPORA / "udhr" / "ita.txt").read_text(encoding="utf-8")[:1500], encoding="utf-8")
+    return path
+
+
+def free_ids(path):
+    """The rows --train rows may move: computed rows and copies of rows the base barely trained."""
+    from tokensurgeon.recovery.train import base_of, free_rows, read_provenance, undertrained_base_rows
+    from tokensurgeon.vocab import build_vocabulary, load_tokenizer
+
+    base = open_checkpoint(base_of(path))
+    undertrained = undertrained_base_rows(base, build_vocabulary(load_tokenizer(base.path)).byte_fallback)
+    free = free_rows(read_provenance(path, open_checkpoint(path).vocab_rows), undertrained)
+    computed = [row["id"] for row in map(json.loads, filter(None, (path / "provenance.jsonl").read_text().split("\n")))
+                if row["path"] not in ("copy", "padding-mean")]
+    assert set(computed) <= set(free)
+    return free
 
 
 def test_split_held_out_cuts_between_characters():
@@ -56,18 +79,17 @@ def test_split_held_out_cuts_between_characters():
 
 def test_only_new_rows_change(patched, text, tmp_path):
     source, out = open_checkpoint(patched["untied"]), tmp_path / "out"
-    report = heal(HealConfig(patched=source.path, texts=(text,), out=out, lr=1e-2, **QUICK))
-    assert report.improved and report.best_step > 0
+    report = heal(HealConfig(patched=source.path, texts=(text,), out=out, lr=1e-2, **LM_ROWS, **QUICK))
+    assert report.improved and report.best_step > 0 and (report.objective, report.train) == ("lm", "rows")
     assert all(row["after_bpb"] < row["before_bpb"] for row in report.texts)
     before, after = weights(source.path), weights(out)
-    assert before.keys() == after.keys()
-    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    changed = changed_tensors(before, after)
     assert changed == {source.input_name, source.output_name}
     new = torch.zeros(source.vocab_rows, dtype=torch.bool)
-    new[new_ids(source.path)] = True
+    new[free_ids(source.path)] = True
     for name in changed:
         assert after[name].dtype == before[name].dtype == torch.bfloat16
-        assert torch.equal(after[name][~new], before[name][~new])  # copied rows bit for bit
+        assert torch.equal(after[name][~new], before[name][~new])  # other copied rows bit for bit
         assert not torch.equal(after[name][new], before[name][new])
     assert {f.name for f in source.path.iterdir()} | {"heal.json"} == {f.name for f in out.iterdir()}
     assert json.loads((out / "heal.json").read_text())["best_step"] == report.best_step
@@ -75,7 +97,7 @@ def test_only_new_rows_change(patched, text, tmp_path):
 
 def test_never_worse_than_input(patched, text, tmp_path):
     source = patched["tied"]
-    report = heal(HealConfig(patched=source, texts=(text,), out=tmp_path / "out", lr=100.0, **QUICK))
+    report = heal(HealConfig(patched=source, texts=(text,), out=tmp_path / "out", lr=100.0, **LM_ROWS, **QUICK))
     assert not report.improved and report.best_step == 0 and len(report.history) > 1
     assert max(report.history[-1]["held_out_bpb"]) > report.texts[0]["before_bpb"]  # training did hurt
     assert report.texts[0]["after_bpb"] == report.texts[0]["before_bpb"]
@@ -83,41 +105,96 @@ def test_never_worse_than_input(patched, text, tmp_path):
 
 
 def test_deterministic(patched, text, tmp_path):
-    runs = [heal(HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / name, lr=1e-2, **QUICK))
-            for name in ("a", "b")]
+    runs = [heal(HealConfig(patched=patched["untied"], texts=(text,), out=tmp_path / name, lr=1e-2, **LM_ROWS,
+                            **QUICK)) for name in ("a", "b")]
     assert runs[0].improved
     assert runs[0].history == runs[1].history
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
+    a, b = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[name], b[name]) for name in a)
 
 
-def test_rows_all_needs_no_provenance(tiny_models, text, tmp_path):
+def test_train_rows_needs_provenance_and_rows_all_is_embeddings(tiny_models, text, tmp_path):
     base = tiny_models["tied"]
-    with pytest.raises(TokenSurgeonError, match="pass --rows all"):
-        heal(HealConfig(patched=base, texts=(text,), out=tmp_path / "refused", **QUICK))
+    with pytest.raises(TokenSurgeonError, match="provenance"):
+        heal(HealConfig(patched=base, texts=(text,), out=tmp_path / "refused", **LM_ROWS, **QUICK))
     assert not (tmp_path / "refused").exists()
-    report = heal(HealConfig(patched=base, texts=(text,), out=tmp_path / "out", rows="all", lr=1e-3,
-                             anchor_weight=0.0, **QUICK))
-    assert report.improved and report.trainable_rows == open_checkpoint(base).vocab_rows
+    config = HealConfig(patched=base, texts=(text,), out=tmp_path / "out", objective="lm", rows="all", lr=1e-3,
+                        anchor_weight=0.0, **QUICK)
+    assert config.train == "embeddings"  # the old --rows all
+    report = heal(config)
+    assert report.improved and report.train == "embeddings"
     embed, _ = read_embeddings(open_checkpoint(tmp_path / "out"))
     assert not torch.equal(embed, read_embeddings(open_checkpoint(base))[0])
 
 
-def test_cli_json(patched, text, tmp_path):
+def test_lora_output_is_a_plain_merged_checkpoint(patched, text, unseen, tmp_path):
+    """--train lora: the output loads with AutoModelForCausalLM, in the stored dtype, and differs from the input
+    only in the embeddings and the LoRA-targeted projections; --save-adapter writes the PEFT adapter too."""
+    from transformers import AutoModelForCausalLM
+
+    source, out = open_checkpoint(patched["untied"]), tmp_path / "out"
+    report = heal(HealConfig(patched=source.path, texts=(text,), eval_texts=(unseen,), out=out, objective="lm",
+                             train="lora", lora_rank=4, lr=1e-2, lora_lr=1e-2, save_adapter=True, **QUICK))
+    assert report.improved and report.train == "lora" and report.options["lora_rank"] == 4
+    assert any("lora_A" in name for name in report.trainable)
+    assert [row["text"] for row in report.unseen] == ["ita.txt"] and report.tokens_per_second > 0
+    before, after = weights(source.path), weights(out)
+    changed = changed_tensors(before, after)
+    allowed = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+    assert {source.input_name, source.output_name} <= changed
+    assert any(part in name for name in changed for part in allowed)
+    assert all(name in (source.input_name, source.output_name) or any(p in name for p in allowed) for name in changed)
+    assert all(after[name].dtype == before[name].dtype for name in before)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert not any("lora" in name for name, _ in model.named_parameters())
+    assert (out / "adapter" / "adapter_config.json").is_file() and report.adapter == str(out / "adapter")
+    adapter = load_file(out / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in name for name in adapter) and any("embed_tokens" in name for name in adapter)
+    assert "Recovery training" in (out / "README.md").read_text()
+
+
+def test_distill_from_the_recorded_base(patched, text, tmp_path):
+    report = heal(HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "out", objective="distill",
+                             train="embeddings", lr=1e-2, **QUICK))
+    assert report.objective == "distill" and report.teacher is not None and report.steps_run >= 1
+    assert json.loads((patched["tied"] / "report.json").read_text())["base"]["path"] == report.teacher
+
+
+def test_draft_distils_toward_its_target_by_token_kl(tiny_models, text, tmp_path):
+    """A draft sharing the target's tokenizer (no report.json, another body): token-level KL to --teacher."""
+    draft = shutil.copytree(tiny_models["untied"], tmp_path / "draft")
+    report = heal(HealConfig(patched=draft, texts=(text,), out=tmp_path / "out", objective="distill",
+                             train="embeddings", teacher=tiny_models["tied"], lr=1e-2, **QUICK))
+    assert report.teacher == str(tiny_models["tied"]) and report.steps_run >= 1
+    assert len(report.history) > 1 and all(h["loss"] is None or h["loss"] >= 0 for h in report.history)
+
+
+def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     result = runner.invoke(app, ["heal", str(patched["tied"]), "--text", str(text), "-o", str(tmp_path / "out"),
+                                 "--objective", "lm", "--train", "embeddings", "--eval-text", str(unseen),
                                  "--steps", "2", "--eval-every", "1", "--batch-size", "2", "--context", "32",
-                                 "--held-out", "0.2", "--eval-max-bytes", "600", "--lr", "0.01", "--json"])
+                                 "--held-out", "0.2", "--eval-max-bytes", "600", "--lr", "0.01",
+                                 "--max-minutes", "5", "--lora-rank", "2", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data["texts"][0]["text"] == "spa.txt" and data["steps_run"] == 2 and data["options"]["lr"] == 0.01
-    assert runner.invoke(app, ["heal", "--help"]).output.count("Example") == 1
+    assert data["texts"][0]["text"] == "spa.txt" and data["unseen"][0]["text"] == "ita.txt"
+    assert (data["objective"], data["train"], data["steps_run"]) == ("lm", "embeddings", 2)
+    assert data["options"]["lr"] == 0.01 and data["options"]["max_minutes"] == 5 and data["options"]["lora_rank"] == 2
+    help_text = runner.invoke(app, ["heal", "--help"]).output
+    assert help_text.count("Example") == 1 and "--objective" in help_text and "--save-adapter" in help_text
 
 
 @pytest.mark.parametrize("args, message", [
     (["--text", "TEXT"], "output"),  # -o points at an existing, non-empty directory
     ([], "heal needs text"),
     (["--text", "/nonexistent.txt"], "does not exist"),
+    (["--text", "TEXT", "--eval-text", "/nonexistent.txt"], "does not exist"),
     (["--text", "TEXT", "--held-out", "1.5"], "--held-out"),
     (["--text", "TEXT", "--rows", "some"], "--rows"),
+    (["--text", "TEXT", "--train", "some"], "--train"),
+    (["--text", "TEXT", "--objective", "some"], "--objective"),
+    (["--text", "TEXT", "--train", "rows", "--save-adapter"], "--save-adapter"),
+    (["--text", "TEXT", "--teacher", "/nonexistent"], "--teacher"),
 ])
 def test_user_errors_are_one_line_exit_2(patched, text, args, message):
     args = [str(text) if arg == "TEXT" else arg for arg in args]
@@ -125,6 +202,30 @@ def test_user_errors_are_one_line_exit_2(patched, text, args, message):
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output + result.stderr
     assert len(result.stderr.strip().splitlines()) <= 2
+
+
+def test_distill_without_a_teacher_is_one_line_exit_2(tiny_models, text, tmp_path):
+    result = runner.invoke(app, ["heal", str(tiny_models["tied"]), "--text", str(text), "-o", str(tmp_path / "o"),
+                                 "--objective", "distill"])
+    assert result.exit_code == 2, result.output
+    assert "needs a teacher" in result.stderr and "--teacher" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("where", ["teacher", "teacher_parent", "eval_text_parent", "patched"])
+def test_output_never_is_or_holds_an_input(tiny_models, patched, text, tmp_path, where):
+    work = tmp_path / "work"
+    teacher = shutil.copytree(tiny_models["tied"], work / "teacher")
+    evals = work / "evals"
+    evals.mkdir()
+    eval_text = shutil.copy(text, evals / "e.txt")
+    out = {"teacher": teacher, "teacher_parent": work, "eval_text_parent": evals, "patched": patched["tied"]}[where]
+    snapshot = sorted(str(p) for p in work.rglob("*"))
+    result = runner.invoke(app, ["heal", str(patched["tied"]), "--text", str(text), "--eval-text", str(eval_text),
+                                 "--teacher", str(teacher), "-o", str(out), "--force"])
+    assert result.exit_code == 2, result.output
+    assert "choose another -o" in result.stderr and len(result.stderr.strip().splitlines()) <= 2
+    assert sorted(str(p) for p in work.rglob("*")) == snapshot and (patched["tied"] / "config.json").is_file()
 
 
 def test_missing_patched_dir(text, tmp_path):

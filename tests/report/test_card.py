@@ -94,7 +94,8 @@ def test_heal_and_export_append_to_their_sources_card(tmp_path, base_dir):
     before = (patched / "README.md").read_text()
     healed = tmp_path / "healed"
     healed.mkdir()
-    heal = {"rows": "new", "trainable_rows": 88944, "steps_run": 200, "best_step": 150, "improved": True,
+    heal = {"objective": "lm", "train": "rows", "teacher": None, "tokens_per_second": 900.0, "steps_run": 200,
+            "best_step": 150, "improved": True,
             "texts": [{"text": "news.txt", "held_out_bytes": 9000, "before_bpb": 1.25, "after_bpb": 1.10, "base_bpb": 1.0}]}
     card = append_section(patched, healed, "Healing", heal_lines(heal), command="tokensurgeon heal patched -o healed",
                           tags=("healed",))

@@ -46,41 +46,63 @@ def export(
 
 
 def heal(
-    patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output) to heal."),
+    patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output, or a draft) to heal."),
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Text to train on (repeatable); its end is held out."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the healed checkpoint."),
-    rows: str = typer.Option(HealConfig.rows, help="new: only the rows the transplant computed; all: every row."),
+    objective: str = typer.Option(HealConfig.objective, help="lm: next-token loss on the text; distill: match the "
+                                                             "teacher (ALM chunks; token KL for a draft)."),
+    lm_mix: float = typer.Option(HealConfig.lm_mix, help="With --objective distill: weight of the LM loss added."),
+    train: str = typer.Option(HealConfig.train, help="rows: the rows the transplant computed; embeddings: every row "
+                                                     "(others anchored); lora: embeddings + LoRA, merged."),
+    teacher: Optional[Path] = typer.Option(HealConfig.teacher, help="Distillation teacher [default: the base in "
+                                                                    "PATCHED/report.json]; a draft's target."),
+    eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text",
+                                                   help="Unseen held-out file, never trained on, scored before "
+                                                        "and after (repeatable)."),
     steps: int = typer.Option(HealConfig.steps, help="Training steps at most."),
-    lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate."),
+    max_minutes: Optional[float] = typer.Option(HealConfig.max_minutes, help="Training time budget in minutes."),
+    lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate of the embeddings."),
+    lora_lr: float = typer.Option(HealConfig.lora_lr, help="AdamW learning rate of the LoRA adapters."),
+    lora_rank: int = typer.Option(HealConfig.lora_rank, help="LoRA rank (--train lora)."),
+    save_adapter: bool = typer.Option(HealConfig.save_adapter, "--save-adapter",
+                                      help="Also write the PEFT adapter (LoRA + embeddings) to OUT/adapter."),
+    temperature: float = typer.Option(HealConfig.temperature, help="ALM temperature (--objective distill)."),
     anchor_weight: float = typer.Option(HealConfig.anchor_weight,
-                                        help="With --rows all: L2 pull of copied rows back to their start."),
+                                        help="With --train embeddings|lora: L2 pull of copied rows to their start."),
     batch_size: int = typer.Option(HealConfig.batch_size, help="Sequences per step."),
     context: int = typer.Option(HealConfig.context, help="Tokens per training sequence, BOS included."),
     held_out: float = typer.Option(HealConfig.held_out, help="Fraction of each text (its end) held out."),
     eval_every: int = typer.Option(HealConfig.eval_every, help="Steps between held-out evaluations."),
     patience: int = typer.Option(HealConfig.patience, help="Stop after this many evaluations without improvement."),
     eval_max_bytes: Optional[int] = typer.Option(HealConfig.eval_max_bytes,
-                                                 help="Score at most this many bytes of each held-out part."),
+                                                 help="Score at most this many bytes of each held-out text."),
+    gradient_checkpointing: bool = typer.Option(HealConfig.gradient_checkpointing, "--gradient-checkpointing",
+                                                help="Trade compute for activation memory."),
     compare_base: bool = typer.Option(HealConfig.compare_base, "--compare-base/--no-compare-base",
                                       help="Also score the transplant's base model on the held-out text."),
+    rows: Optional[str] = typer.Option(HealConfig.rows, hidden=True,
+                                       help="Deprecated: new = --train rows, all = --train embeddings."),
     seed: int = typer.Option(HealConfig.seed, help="Random seed (data order)."),
     device: str = typer.Option(HealConfig.device, help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     trust_remote_code: bool = trust_remote_code_option(),
 ) -> None:
-    """Fine-tune only the embedding rows of PATCHED on text; keep the best held-out state, never a worse one.
+    """Recovery training of PATCHED (LM or distillation; rows, embeddings or LoRA); keep the best held-out state.
 
-    Example: `tokensurgeon heal ./smollm2-llama3 --text news.txt --text udhr/ukr.txt -o ./smollm2-llama3-healed`
+    Example: `tokensurgeon heal ./smollm2-llama3 --text news.txt --eval-text udhr/ukr.txt -o ./smollm2-llama3-healed`
     """
     with user_errors():
         from ..jobs.heal import heal as run_heal
 
-        config = HealConfig(patched=patched, texts=tuple(text or []), out=out, rows=rows, steps=steps, lr=lr,
-                            anchor_weight=anchor_weight, batch_size=batch_size, context=context, held_out=held_out,
-                            eval_every=eval_every, patience=patience, eval_max_bytes=eval_max_bytes,
-                            compare_base=compare_base, seed=seed, device=device, force=force,
-                            trust_remote_code=trust_remote_code)
+        config = HealConfig(patched=patched, texts=tuple(text or []), out=out, objective=objective, lm_mix=lm_mix,
+                            temperature=temperature, train=train, rows=rows, teacher=teacher,
+                            eval_texts=tuple(eval_text or []), steps=steps, lr=lr, lora_lr=lora_lr,
+                            lora_rank=lora_rank, anchor_weight=anchor_weight, batch_size=batch_size, context=context,
+                            held_out=held_out, eval_every=eval_every, patience=patience,
+                            eval_max_bytes=eval_max_bytes, max_minutes=max_minutes, save_adapter=save_adapter,
+                            gradient_checkpointing=gradient_checkpointing, compare_base=compare_base, seed=seed,
+                            device=device, force=force, trust_remote_code=trust_remote_code)
         run_job(run_heal, config, as_json=as_json, view="print_heal")
 
 

@@ -139,19 +139,28 @@ def print_export(console: Console, result) -> None:
 
 
 def print_heal(console: Console, report) -> None:
-    """Held-out bits per byte before and after a heal (report: heal.HealReport)."""
+    """Bits per byte before and after a heal, held-out parts and unseen files (report: heal.HealReport)."""
     verdict = (f"best held-out state at step {report.best_step}" if report.improved
                else "no step beat the input on held-out text: output equals input")
-    console.print(f"[bold green]healed checkpoint written to[/] {report.out} ({report.trainable_rows:,} rows "
-                  f"trained ({report.rows}), {report.steps_run} steps, {report.timings['total']:.0f} s; {verdict})")
-    table = Table("text", "held-out bytes", "base bpb", "before bpb", "after bpb", "ratio before", "ratio after",
-                  title="Held-out bits per byte")
-    for row in report.texts:
-        base = row["base_bpb"] is not None
-        table.add_row(row["text"], f"{row['held_out_bytes']:,}", f"{row['base_bpb']:.4f}" if base else "-",
-                      f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}",
-                      f"{row['before_ratio']:.3f}" if base else "-", f"{row['after_ratio']:.3f}" if base else "-")
-    console.print(table)
+    trained = sum(report.trainable.values())
+    console.print(f"[bold green]healed checkpoint written to[/] {report.out} ({report.objective}, --train "
+                  f"{report.train}: {trained:,} trainable parameters; {report.steps_run} steps "
+                  f"({report.stopped_by}), {report.tokens_per_second:,.0f} tokens/s, {report.timings['total']:.0f} s "
+                  f"on {report.device}; {verdict})")
+    for title, rows in (("Held-out bits per byte (end of each training text)", report.texts),
+                        ("Unseen files (never trained on), bits per byte", report.unseen)):
+        if not rows:
+            continue
+        table = Table("text", "bytes", "base bpb", "before bpb", "after bpb", "ratio before", "ratio after",
+                      title=title)
+        for row in rows:
+            base = row["base_bpb"] is not None
+            table.add_row(row["text"], f"{row['held_out_bytes']:,}", f"{row['base_bpb']:.4f}" if base else "-",
+                          f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}",
+                          f"{row['before_ratio']:.3f}" if base else "-", f"{row['after_ratio']:.3f}" if base else "-")
+        console.print(table)
+    if report.adapter:
+        console.print(f"PEFT adapter: {report.adapter}")
     console.print(f"report: {report.out}/heal.json")
 
 

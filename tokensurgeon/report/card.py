@@ -176,18 +176,25 @@ def append_section(source_dir: Path, out_dir: Path, title: str, lines: list[str]
 
 
 def heal_lines(report: dict[str, Any]) -> list[str]:
-    """The heal section (heal.json's content): what trained, held-out bits per byte before and after."""
-    lines = [f"Embedding rows ({report['rows']}, {report['trainable_rows']:,} trainable) fine-tuned on text for "
-             f"{report['steps_run']} steps; the best held-out state (step {report['best_step']}) is kept"
+    """The heal section (heal.json's content): objective, what trained, bits per byte before and after."""
+    objective = {"lm": "next-token loss on text", "distill": f"distillation toward `{report.get('teacher')}`"}
+    trained = {"rows": "the transplant's computed embedding rows", "embeddings": "every embedding row",
+               "lora": "the embeddings and LoRA adapters (merged)"}
+    lines = [f"Recovery training of {trained.get(report['train'], report['train'])} by "
+             f"{objective.get(report['objective'], report['objective'])} for {report['steps_run']} steps "
+             f"({report.get('tokens_per_second', 0):,.0f} tokens/s); the best held-out state "
+             f"(step {report['best_step']}) is kept"
              + ("." if report["improved"] else ", which is the unhealed one: no step improved it.")]
-    texts = report.get("texts") or []
-    if texts:
+    for title, texts in (("Bits per byte on the held-out end of each training text:", report.get("texts") or []),
+                         ("Bits per byte on files never trained on:", report.get("unseen") or [])):
+        if not texts:
+            continue
         with_base = any(row.get("base_bpb") is not None for row in texts)
-        header = ["held-out text", "bytes"] + (["base"] if with_base else []) + ["before heal", "after heal"]
+        header = ["text", "bytes"] + (["base"] if with_base else []) + ["before heal", "after heal"]
         rows = [[row["text"], f"{row['held_out_bytes']:,}"]
                 + ([f"{row['base_bpb']:.4f}" if row.get("base_bpb") is not None else ""] if with_base else [])
                 + [f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}"] for row in texts]
-        lines += ["", "Bits per byte on the held-out end of each text:", ""]
+        lines += ["", title, ""]
         lines += _table(header, rows, "lr" + "r" * (len(header) - 2))
     return lines
 
