@@ -18,7 +18,8 @@ runner = CliRunner()
 
 
 def provenance(out) -> list[dict]:
-    return [json.loads(line) for line in (out / "provenance.jsonl").read_text().splitlines()]
+    """One row per line; split on newlines only (tokens may hold other line separators, e.g. U+2028)."""
+    return [json.loads(line) for line in (out / "provenance.jsonl").read_text(encoding="utf-8").split("\n") if line]
 
 
 def test_omp_through_transplant_with_untied_donor_head(tiny_models, tmp_path):
@@ -35,11 +36,14 @@ def test_omp_through_transplant_with_untied_donor_head(tiny_models, tmp_path):
     patched = open_checkpoint(out)
     embed, head = read_embeddings(patched)
     assert head is not None and not patched.tied
-    for row in solved[:20]:  # the stored row is the code replayed on the base rows (rounded to bf16)
+    for row in solved[:20]:  # the stored input row is the code replayed on the base rows (rounded to bf16)
         weights = torch.tensor(row["weights"])
-        for base_matrix, matrix in ((base_embed, embed), (base_head, head)):
-            expected = (weights[:, None] * base_matrix[row["sources"]]).sum(0)
-            assert torch.allclose(matrix[row["id"]].float(), expected, atol=2e-2, rtol=2e-2)
+        expected = (weights[:, None] * base_embed[row["sources"]]).sum(0)
+        assert torch.allclose(embed[row["id"]].float(), expected, atol=1e-2, rtol=1e-2)
+    # the head's rows come from the donor's own head (a code of their own): new, finite, not the input rows
+    ids = [row["id"] for row in solved]
+    assert torch.isfinite(head[ids].float()).all() and not torch.equal(head[ids], embed[ids])
+    assert head.shape == embed.shape and base_head.shape[1] == head.shape[1]
     assert report.residuals["measure"].startswith("relative residual of the omp approximation")
 
 
