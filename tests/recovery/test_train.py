@@ -102,3 +102,13 @@ def test_guard_returns_the_input_when_nothing_improves(tiny, tmp_path):
     assert result.held_out[0]["after_bpb"] == result.held_out[0]["before_bpb"]
     merged = model.merge_and_unload().state_dict()
     assert all(torch.equal(merged[name], tensor) for name, tensor in start.items())
+
+
+def test_result_to_dict_leaves_out_replacements_with_a_graph():
+    """Merged LoRA tensors used to carry a grad_fn, and asdict's deepcopy of them raised."""
+    from tokensurgeon.recovery.train import RecoveryResult
+
+    weight = torch.ones(2, requires_grad=True)
+    result = RecoveryResult(True, 1, 1, {"w": 2}, [], [], [], 1.0, 1.0, "steps", "cpu", replacements={"w": weight * 2})
+    data = result.to_dict()
+    assert "replacements" not in data and data["trainable"] == {"w": 2}

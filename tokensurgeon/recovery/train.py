@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -105,9 +105,9 @@ class RecoveryResult:
     replacements: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("replacements")
-        return out
+        """Every field but replacements (tensors), as plain data."""
+        return asdict(replace(self, replacements={}), dict_factory=lambda items: {
+            k: v for k, v in items if k != "replacements"})
 
 
 def read_provenance(patched: Path, n_rows: int) -> list[dict[str, Any]] | None:
@@ -375,7 +375,8 @@ def merged_tensors(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
             weight = module.base_layer.weight.detach()
-            changed[f"{name}.weight"] = weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
+            with torch.no_grad():
+                changed[f"{name}.weight"] = weight + sum(module.get_delta_weight(a) for a in module.active_adapters)
     out = {}
     for name, tensor in changed.items():
         info = checkpoint.tensors.get(name)
