@@ -197,7 +197,8 @@ class HealConfig:
         train: "rows" (rows the transplant computed plus copies of barely trained base rows), "embeddings"
             (every row, ``anchor_weight`` pulling the others back) or "lora" (embeddings plus LoRA adapters of
             rank ``lora_rank`` on the attention and MLP projections, merged into the output).
-        rows: deprecated alias of train ("new" = rows, "all" = embeddings); overrides train when given.
+        rows: deprecated alias of the previous heal: objective "lm" with train "rows" ("new") or "embeddings"
+            ("all"); overrides objective and train when given.
         teacher: the distillation teacher; None = the base recorded in PATCHED/report.json.
         eval_texts: held-out files never trained on, scored before and after beside the in-file held-out split.
         max_minutes: training time budget (None = steps only).
@@ -213,10 +214,10 @@ class HealConfig:
     patched: Path
     texts: tuple[Path, ...]
     out: Path
-    objective: str = "lm"
+    objective: str = "distill"  # chosen by a quick P2 check (docs/heal.md): not worse than lm + rows held out
     lm_mix: float = 0.0
     temperature: float = 100.0
-    train: str = "rows"
+    train: str = "lora"
     rows: str | None = None
     teacher: Path | None = None
     eval_texts: tuple[Path, ...] = ()
@@ -251,6 +252,7 @@ class HealConfig:
                 raise TokenSurgeonError(f"--rows must be 'new' or 'all' (aliases of --train rows|embeddings), "
                                         f"not {self.rows!r}")
             object.__setattr__(self, "train", HEAL_ROWS[self.rows])
+            object.__setattr__(self, "objective", "lm")
         if self.objective not in HEAL_OBJECTIVES:
             raise TokenSurgeonError(f"--objective must be one of {', '.join(HEAL_OBJECTIVES)}, not {self.objective!r}")
         if self.train not in HEAL_TRAIN:

@@ -81,7 +81,7 @@ def heal(
     compare_base: bool = typer.Option(HealConfig.compare_base, "--compare-base/--no-compare-base",
                                       help="Also score the transplant's base model on the held-out text."),
     rows: Optional[str] = typer.Option(HealConfig.rows, hidden=True,
-                                       help="Deprecated: new = --train rows, all = --train embeddings."),
+                                       help="Deprecated: new|all = --objective lm --train rows|embeddings."),
     seed: int = typer.Option(HealConfig.seed, help="Random seed (data order)."),
     device: str = typer.Option(HealConfig.device, help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),

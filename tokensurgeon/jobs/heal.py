@@ -127,10 +127,10 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     teacher = resolve_teacher(config)
     inputs = [config.patched, *config.texts, *config.eval_texts] + ([teacher] if teacher is not None else [])
     check_output_path(config.out, inputs, force=config.force)
+    checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
     if config.objective == "distill" and teacher is None:
         raise TokenSurgeonError(f"--objective distill needs a teacher: {config.patched}/report.json names no base "
                                 "model that exists here; pass --teacher DIR or use --objective lm")
-    checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
     texts = _read(config.texts)
     splits = {label: split_held_out(text, config.held_out) for label, text in texts.items()}
     held_out = {label: held for label, (_, held) in splits.items()}
