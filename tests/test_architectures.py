@@ -27,9 +27,7 @@ from tiny_archs import ARCHS, Arch, build_arch, config_vocab_sizes, donor_with_e
 
 # The matrix runs as its own CI step (.ci/run: pytest -m matrix): ~35 transplants and model loads take
 # minutes even on tiny models, more than the rest of the suite together.
-pytestmark = [pytest.mark.skipif(not (TOKENIZERS / "gpt2" / "tokenizer.json").is_file(),
-                                 reason="needs ../shared/tokenizers"),
-              pytest.mark.matrix]
+pytestmark = pytest.mark.matrix
 
 SPECIAL_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")
 

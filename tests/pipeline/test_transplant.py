@@ -150,7 +150,7 @@ def test_identity_keeps_bits_per_byte_and_report_has_evaluation(tiny_models, tmp
     report = transplant(TransplantConfig(base=tiny_models["untied"], donor=tiny_models["untied"], out=out,
                                          eval_texts=(CORPORA / "udhr" / "spa.txt",), eval_max_bytes=1500))
     (row,) = report.evaluation
-    assert row["text"] == "spa.txt" and row["bytes"] <= 1500
+    assert row.text == "spa.txt" and row.bytes <= 1500
     assert row.patched_bpb == row.base_bpb and row.ratio == 1.0
     assert row.new_token_share == 0.0
     assert "| spa.txt |" in (out / "report.md").read_text()

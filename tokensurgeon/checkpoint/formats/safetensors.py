@@ -32,7 +32,8 @@ def read_header(file: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
                 raise CheckpointError(f"{file}: truncated safetensors file (no header)")
             (header_len,) = struct.unpack("<Q", prefix)
             if header_len > min(size - 8, 100 * 1024 * 1024):
-                raise CheckpointError(f"{file}: not a safetensors file (no valid header)")
+                raise CheckpointError(f"{file}: corrupt safetensors header or not a safetensors file "
+                                      "(invalid header length)")  # never echo a foreign file's bytes
             raw = handle.read(header_len)
     except OSError as exc:
         raise CheckpointError(f"{file}: cannot read ({exc.strerror or exc})") from exc
