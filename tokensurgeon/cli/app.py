@@ -25,7 +25,7 @@ def main(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors."),
 ) -> None:
     # no docstring: it would replace the app's help; --debug is read where an error is reported
-    # (common.user_errors, from the click context), so nothing is stored here
+    # (common.user_errors, from the command's context), so nothing is stored here
     del version, debug
 
 

@@ -10,7 +10,6 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -31,13 +30,12 @@ def trust_remote_code_option() -> Any:
 
 
 @contextlib.contextmanager
-def user_errors() -> Iterator[None]:
+def user_errors(ctx: typer.Context) -> Iterator[None]:
     """Turn a TokenSurgeonError into one line on stderr and exit code 2 (the traceback too with --debug)."""
     try:
         yield
     except TokenSurgeonError as exc:
-        root = click.get_current_context(silent=True)
-        if root is not None and root.find_root().params.get("debug"):
+        if ctx.find_root().params.get("debug"):
             traceback.print_exc(file=sys.stderr)
         errors.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=2)

@@ -14,6 +14,7 @@ from .common import progress_bars, read_texts, show, trust_remote_code_option, u
 
 
 def evaluate(
+    ctx: typer.Context,
     models: List[Path] = typer.Argument(..., help="Checkpoint directories (each with its own tokenizer)."),
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to score (repeatable)."),
     task: Optional[str] = typer.Option(None, "--task",
@@ -49,7 +50,7 @@ def evaluate(
     Speculative decoding (draft acceptance, tokens/s with and without it; a draft with another vocabulary goes
     through universal assisted generation): `tokensurgeon evaluate --speculative ./gemma-3-270m ./draft ./SmolLM2-135M --text news.txt`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..evaluation import evaluate_models
 
         if task is not None:

@@ -13,6 +13,7 @@ from .common import method_options, progress_bars, run_job, show, trust_remote_c
 
 
 def export(
+    ctx: typer.Context,
     source: Path = typer.Argument(..., help="Checkpoint to export (a transplant's output), or a patch (--apply-to)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory."),
     dtype: Optional[str] = typer.Option(ExportConfig.dtype, help="bf16, fp16 or fp32 for floating tensors (default keep)."),
@@ -32,7 +33,7 @@ def export(
 
     Example: `tokensurgeon export ./smollm2-llama3 -o ./smollm2-llama3-bf16 --dtype bf16 --max-shard-size 100MB`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..jobs.export import export as run_export
 
         config = ExportConfig(source=source, out=out, dtype=dtype, max_shard_size=max_shard_size,
@@ -46,6 +47,7 @@ def export(
 
 
 def heal(
+    ctx: typer.Context,
     patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output, or a draft) to heal."),
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Text to train on (repeatable); its end is held out."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the healed checkpoint."),
@@ -92,7 +94,7 @@ def heal(
 
     Example: `tokensurgeon heal ./smollm2-llama3 --text news.txt --eval-text udhr/ukr.txt -o ./smollm2-llama3-healed`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..jobs.heal import heal as run_heal
 
         config = HealConfig(patched=patched, texts=tuple(text or []), out=out, objective=objective, lm_mix=lm_mix,
@@ -107,6 +109,7 @@ def heal(
 
 
 def compare(
+    ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base checkpoint directory."),
     donor: Path = typer.Argument(..., help="Donor tokenizer directory, or a full donor model directory."),
     text: List[Path] = typer.Option(..., "--text", help="Text file to score every method on (repeatable)."),
@@ -136,7 +139,7 @@ def compare(
 
     Example: `tokensurgeon compare ./gemma-3-270m ./SmolLM2-135M --text news.txt --text udhr/spa.txt --max-bytes 4000 -o best`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..jobs.compare import compare as run_compare
         from ..config import CompareConfig
 
@@ -154,6 +157,7 @@ hypernet_app = typer.Typer(help="The hypernetwork of `transplant --method hypern
 
 @hypernet_app.command("train")
 def hypernet_train(
+    ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base checkpoint directory the network embeds tokens for."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory (hypernet.safetensors + hypernet.json)."),
     corpus: Optional[List[Path]] = typer.Option(None, "--corpus", help="Text for the LM stage (repeatable)."),
@@ -171,7 +175,7 @@ def hypernet_train(
 
     Example: `tokensurgeon hypernet train ./SmolLM2-135M -o ./smollm2-hn --corpus news.txt --lm-steps 100`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..jobs.hypernet_train import train_to_directory
 
         config = HypernetConfig(steps=steps, lm_steps=lm_steps, width=width, seed=seed)

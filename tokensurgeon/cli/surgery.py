@@ -13,6 +13,7 @@ from .common import parse_options, read_texts, run_job, show, trust_remote_code_
 
 
 def inspect(
+    ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base model or tokenizer directory."),
     donor: Path = typer.Argument(..., help="Donor model or tokenizer directory."),
     text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to measure splits on (repeatable)."),
@@ -24,7 +25,7 @@ def inspect(
 
     Example: `tokensurgeon inspect ./SmolLM2-135M ./llama3 --text news.txt --json`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..vocab.overlap import compare_tokenizers
         from ..vocab.pair import load_pair
 
@@ -37,6 +38,7 @@ def inspect(
 
 
 def transplant(
+    ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base checkpoint directory (config.json, safetensors, tokenizer)."),
     donor: Optional[Path] = typer.Argument(None, help="Donor tokenizer directory, or a full donor model directory "
                                                       "(may be omitted with --as-draft-for)."),
@@ -75,7 +77,7 @@ def transplant(
 
     Draft model for speculative decoding: `tokensurgeon transplant ./SmolLM2-135M --as-draft-for ./gemma-3-270m -o draft`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..pipeline.transplant import transplant as run_transplant
 
         if donor is None and as_draft_for is None:
