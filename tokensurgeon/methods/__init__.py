@@ -40,7 +40,8 @@ def get_init_method(name: str, **options: Any) -> InitMethod:
     """Build a method by name; unknown names and options raise MethodError listing the valid ones."""
     if name not in INIT_METHODS:
         raise MethodError(f"unknown method {name!r}; choose one of: {', '.join(list_init_methods())}")
-    accepted = inspect.signature(INIT_METHODS[name].__init__).parameters
+    init = INIT_METHODS[name].__init__
+    accepted = {} if init is object.__init__ else inspect.signature(init).parameters  # object's takes *args, **kw
     takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
     unknown = [key for key in options if key not in accepted and not takes_any]
     if unknown:

@@ -63,7 +63,28 @@ def clean_leftovers(out: Path) -> list[Path]:
             os.replace(retired, out)
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
+    lock_file = _lock_path(out)
+    if lock_file.is_file() and not lock_file.is_symlink() and _stale_lock(lock_file):
+        removed.append(lock_file)  # a killed run's lock: nobody holds it
     return removed
+
+
+def _lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def _stale_lock(lock_file: Path) -> bool:
+    """Remove ``lock_file`` if no run holds it (flock is per open file: our own held lock counts as held)."""
+    import fcntl
+
+    with open(lock_file, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False
+        with contextlib.suppress(OSError):
+            lock_file.unlink()
+        return True
 
 
 def _exchange(a: Path, b: Path) -> bool:
@@ -115,14 +136,21 @@ def _lock(out: Path) -> Iterator[None]:
     write it; the second is refused at once."""
     import fcntl
 
-    lock_file = out.parent / f".{out.name}.lock"
-    handle = open(lock_file, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as exc:
+    lock_file = _lock_path(out)
+    while True:
+        handle = open(lock_file, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            handle.close()
+            raise TokenSurgeonError(f"output {out}: another tokensurgeon run is writing it now; wait for it or "
+                                    "choose another -o") from exc
+        try:  # a stale lock removed (clean_leftovers) between our open and flock: lock the new file instead
+            if os.fstat(handle.fileno()).st_ino == os.stat(lock_file).st_ino:
+                break
+        except FileNotFoundError:
+            pass
         handle.close()
-        raise TokenSurgeonError(f"output {out}: another tokensurgeon run is writing it now; wait for it or "
-                                "choose another -o") from exc
     try:
         yield
     finally:
