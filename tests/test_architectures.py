@@ -205,7 +205,7 @@ def test_matrix_vocab_sized_tensors_follow(matrix, name):
     assert not stale, f"vocabulary-sized tensors not on the new vocabulary (base, output, wanted): {stale}"
     model, _ = _load(ARCHS[name], out)
     loaded = {n: tuple(t.shape) for n, t in list(model.named_parameters()) + list(model.named_buffers())
-              if any(dim in old for dim in t.shape)}
+              if any(dim in old for dim in t.shape) and rows not in t.shape}  # new size may equal the old
     assert not loaded, f"loaded model still has old-vocabulary tensors: {loaded}"
 
 
@@ -326,7 +326,7 @@ def test_generation_config_ids_donor_config_null_bos_eos(matrix, tmp_path):
 ])
 def test_renamed_tensors_as_omp_donor(matrix, tmp_path, donor_arch, base_arch):
     code, _, stderr = cli("transplant", matrix.base(base_arch), matrix.base(donor_arch), "-o", tmp_path / "out",
-                          "--method", "omp")
+                          "--method", "omp", "--option", "k=4")  # small k: the names are the point
     assert code == 0, stderr
     _load(ARCHS[base_arch], tmp_path / "out")
 

@@ -122,8 +122,6 @@ def test_bad_settings_are_user_errors(model, tokenizer):
         score_text(model, tokenizer, ENGLISH, context=16, stride=16)
     with pytest.raises(TokenSurgeonError, match="batch size"):
         score_text(model, tokenizer, ENGLISH, batch_size=0)
-    with pytest.raises(TokenSurgeonError, match="positions"):
-        score_text(model, tokenizer, ENGLISH, context=4096)
     with pytest.raises(TokenSurgeonError, match="embedding rows"):
         score_text(tiny_model(1000), tokenizer, ENGLISH[:200])
     with pytest.raises(TokenSurgeonError, match="nothing to score"):
@@ -159,3 +157,14 @@ def test_evaluate_models_loads_saved_checkpoints(model, tokenizer, tmp_path):
 def test_load_failure_names_the_path(tmp_path):
     with pytest.raises(TokenSurgeonError, match=str(tmp_path / "missing")):
         load_for_eval(tmp_path / "missing", device=torch.device("cpu"))
+
+
+def test_windows_never_exceed_the_models_positions(tokenizer, model):
+    """A model with fewer positions than the default context is scored in windows of its own length
+    (it used to be refused, so transplant could not evaluate such a model at all)."""
+    short = tiny_model(len(tokenizer))
+    short.config.max_position_embeddings = 64
+    clamped = score_text(short, tokenizer, ENGLISH)  # default context 512
+    explicit = score_text(short, tokenizer, ENGLISH, context=64)
+    assert clamped == explicit
+    assert n_text_tokens(tokenizer, ENGLISH) > 64  # so the windows really were cut

@@ -117,8 +117,10 @@ def score_text(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, text:
     if n_tokens < 1:
         raise TokenSurgeonError(f"{label or 'text'}: nothing to score (the text is too short)")
     n_bytes = len(text.encode("utf-8")) - (0 if prefix else _first_token_bytes(tokenizer, text))
+    limit = getattr(model.config, "max_position_embeddings", None)
+    context = context if limit is None else min(context, limit)  # a short-context model gets shorter windows
     stride = _check_windowing(context, context // 2 if stride is None else stride, batch_size)
-    _check_model_fits(model, prefix + ids, context, label)
+    _check_model_fits(model, prefix + ids, label)
     if device is not None:
         model.to(device)
     windows = plan_windows(len(ids), context - len(prefix), stride, first_scored)
@@ -160,16 +162,12 @@ def _check_windowing(context: int, stride: int, batch_size: int) -> int:
     return stride
 
 
-def _check_model_fits(model: PreTrainedModel, ids: list[int], context: int, label: str) -> None:
-    """Catch a tokenizer/model mismatch or an over-long context before an opaque index error."""
+def _check_model_fits(model: PreTrainedModel, ids: list[int], label: str) -> None:
+    """Catch a tokenizer/model mismatch before an opaque index error."""
     rows = model.get_input_embeddings().num_embeddings
     if max(ids) >= rows:
         raise TokenSurgeonError(f"{label or 'text'}: the tokenizer produced id {max(ids)} but the "
                                 f"model has only {rows} embedding rows; are they from one checkpoint?")
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit is not None and context > limit:
-        raise TokenSurgeonError(f"context {context} exceeds the model's {limit} positions; "
-                                f"use a context of at most {limit}")
 
 
 def _score_batch(model: PreTrainedModel, ids: list[int], prefix: list[int],
