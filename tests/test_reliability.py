@@ -920,3 +920,16 @@ def test_fuzz_config_json_through_transplant(fuzz_dirs, data):
                  lambda raw: damage_json_file(data.draw, raw)):
         run_fuzz_case(out, "config.json/transplant", "transplant", fuzz_dirs["model"], fuzz_dirs["tokenizer"],
                       "-o", out, "--json")
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--pad-to-multiple", "300000000"], "too large"),  # 17.8: wrote 43 GB before it was stopped
+    (["--method", "omp", "--option", "k=abc"], "invalid option value (k='abc')"),  # 17.7: tracebacks before
+    (["--method", "omp", "--option", "k=1e999"], "not a finite number"),
+    (["--seed", str(2 ** 70)], "--seed must be an integer"),
+])
+def test_bad_options_are_one_line_before_any_work(small, tmp_path, extra, fragment):
+    """Issue 17.7/17.8: refused in one line, and nothing is written beside OUT."""
+    out = tmp_path / "out"
+    assert_user_error(invoke("transplant", small["tied"], small["donor_model"], "-o", out, *extra), fragment)
+    assert not out.exists() and leftovers(out) == []
