@@ -11,6 +11,7 @@ from .common import console, print_json, user_errors
 
 
 def check(
+    ctx: typer.Context,
     model: Path = typer.Argument(..., help="Checkpoint directory (a transplant's, heal's or export's output)."),
     llama_cpp: Optional[Path] = typer.Option(None, "--llama-cpp",
                                              help="llama.cpp checkout (or its convert_hf_to_gguf.py, or an unpacked "
@@ -28,7 +29,7 @@ def check(
 
     Example: `tokensurgeon check ./smollm2-llama3 --llama-cpp ~/llama.cpp`
     """
-    with user_errors():
+    with user_errors(ctx):
         from ..deploy import check_deploy, render_text
 
         report = check_deploy(model, llama_cpp=llama_cpp, draft_for=draft_for, outfile=gguf, outtype=outtype,
