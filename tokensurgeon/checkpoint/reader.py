@@ -23,6 +23,7 @@ from .formats import weight_format
 from .formats.layout import SAFETENSORS_TO_TORCH, TensorInfo
 from .formats.pickle import PICKLE_INDEX, PICKLE_NAMES, PICKLE_SINGLE
 from .formats.safetensors import INDEX_NAME, SINGLE_NAME
+from .model_config import read_json
 
 
 @dataclass(frozen=True)
@@ -239,14 +240,7 @@ def read_config(path: Path, *, trust_remote_code: bool = False) -> dict:
     config_file = path / "config.json"
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (is this a Hugging Face checkpoint directory?)")
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise CheckpointError(f"{config_file}: cannot read ({exc.strerror or exc})") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise CheckpointError(f"{config_file}: not valid JSON ({first_line(exc)})") from exc
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{config_file}: not a JSON object")
+    config = read_json(config_file)
     if config.get("auto_map") and not trust_remote_code and not _natively_supported(config):
         raise CheckpointError(f"{config_file}: this architecture ({config.get('model_type')!r}) is defined by "
                               "Python code shipped with the checkpoint (auto_map); tokensurgeon runs no such code "
