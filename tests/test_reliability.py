@@ -527,6 +527,15 @@ BAD_INPUTS = [
     ("tokenizer id far beyond the vocabulary", "tied", lambda m: edit_json(m / "tokenizer.json", lambda t: t[
         "model"]["vocab"].update({"he": 10**9})), [], "token ids are not contiguous: id 1000000000 among 320"),
     ("unknown method", "tied", None, ["--method", "nope"], "nope"),
+    # the fuzz test's replayed example (architectures [[]]: TypeError unhashable list), then its kin
+    ("architectures holds a list", "tied", lambda m: edit_json(m / "config.json", lambda c: c.update(
+        architectures=[[]])), [], "config.json: architectures must be a list of class names, not [[]]"),
+    ("model_type a list", "tied", lambda m: edit_json(m / "config.json", lambda c: c.update(
+        model_type=[1])), [], "config.json: model_type must be a string, not [1]"),
+    ("text_config a list", "tied", lambda m: edit_json(m / "config.json", lambda c: c.update(
+        text_config=[])), [], "config.json: text_config must be a JSON object, not []"),
+    ("vocab_size a string", "tied", lambda m: edit_json(m / "config.json", lambda c: c.update(
+        vocab_size="320")), [], "config.json: vocab_size must be a positive integer, not \"320\""),
 ]
 
 

@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 SUBCONFIG_KEYS = ("text_config",)  # nested configs that repeat vocab_size, ids and dtype
 GENERATION_ID_KEYS = ("bos_token_id", "eos_token_id", "pad_token_id")  # what generate() reads
 UNK_KEY = "unk_token_id"  # set only where the base config has one: generation configs never carry it
 CONFIG_ID_KEYS = GENERATION_ID_KEYS + (UNK_KEY,)
+PER_LAYER_KEY = "vocab_size_per_layer_input"  # Gemma3n: per-layer embedding tables follow the vocabulary
 
 
 def read_json(path: Path) -> dict:
@@ -30,6 +31,33 @@ def read_json(path: Path) -> dict:
     if not isinstance(data, dict):
         raise CheckpointError(f"{path}: not a JSON object")
     return data
+
+
+def _is_positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+# keys tokensurgeon reads itself before transformers does: (what the value must be, its test); null allowed
+CONFIG_SHAPES: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "architectures": ("a list of class names", lambda v: isinstance(v, list) and all(isinstance(n, str) for n in v)),
+    "model_type": ("a string", lambda v: isinstance(v, str)),
+    "auto_map": ("a JSON object", lambda v: isinstance(v, dict)),
+    "vocab_size": ("a positive integer", _is_positive_int),
+    PER_LAYER_KEY: ("a positive integer", _is_positive_int),
+    **{key: ("a JSON object", lambda v: isinstance(v, dict)) for key in SUBCONFIG_KEYS},
+}
+
+
+def check_config_shapes(config: dict, where: Path) -> None:
+    """Refuse, in one line naming the key, a config.json whose keys tokensurgeon reads have the wrong JSON
+    type (``architectures: [[]]`` used to end in a TypeError deep inside the model-kind check)."""
+    from ..errors import CheckpointError
+
+    for section in sections(config):
+        for key, (expected, valid) in CONFIG_SHAPES.items():
+            value = section.get(key)
+            if value is not None and not valid(value):
+                raise CheckpointError(f"{where}: {key} must be {expected}, not {json.dumps(value)[:80]}")
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -67,7 +95,6 @@ def generation_token_ids(model: Path) -> dict[str, Any]:
 
 
 MULTIMODAL_ID_HINTS = ("image", "video", "vision", "audio", "boi", "eoi", "boa", "eoa")  # placeholders a processor uses
-PER_LAYER_KEY = "vocab_size_per_layer_input"
 
 
 def other_id_keys(section: dict) -> list[str]:

@@ -23,7 +23,7 @@ from .formats import weight_format
 from .formats.layout import SAFETENSORS_TO_TORCH, TensorInfo
 from .formats.pickle import PICKLE_INDEX, PICKLE_NAMES, PICKLE_SINGLE
 from .formats.safetensors import INDEX_NAME, SINGLE_NAME
-from .model_config import read_json
+from .model_config import check_config_shapes, read_json
 
 
 @dataclass(frozen=True)
@@ -241,6 +241,7 @@ def read_config(path: Path, *, trust_remote_code: bool = False) -> dict:
     if not config_file.is_file():
         raise CheckpointError(f"{path}: no config.json (is this a Hugging Face checkpoint directory?)")
     config = read_json(config_file)
+    check_config_shapes(config, config_file)
     if config.get("auto_map") and not trust_remote_code and not _natively_supported(config):
         raise CheckpointError(f"{config_file}: this architecture ({config.get('model_type')!r}) is defined by "
                               "Python code shipped with the checkpoint (auto_map); tokensurgeon runs no such code "
