@@ -128,38 +128,57 @@ def edit_json(path: Path, change) -> None:
 # 1. atomic outputs: a run killed while writing leaves nothing (or the previous output untouched)
 
 
-def _start_and_kill_while_staging(args: list[str], out: Path) -> tuple[list[str], float]:
-    """Run the CLI in a subprocess, SIGKILL it as soon as its staging directory holds a file.
+# A CLI run in a subprocess that stops right after it staged the weights and waits to be signalled: the
+# signal lands mid-run on every machine (no race against a fast run).
+PAUSED_RUN = """
+import pathlib, sys, time
+import tokensurgeon.pipeline.transplant as job
+from tokensurgeon.cli import app
 
-    Returns what the staging directory held at the kill and how long the run had been going.
-    """
+original = job.write_weights
+
+def write_then_wait(*args, **kwargs):
+    original(*args, **kwargs)
+    pathlib.Path(sys.argv[1]).write_text("staged")
+    time.sleep(600)
+
+job.write_weights = write_then_wait
+app(sys.argv[2:], prog_name="tokensurgeon")
+"""
+
+
+@contextlib.contextmanager
+def paused_run(args: list, marker: Path) -> Iterator[subprocess.Popen]:
+    """Yield the running CLI process once its weights are staged; killed if the block leaves it alive."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    process = subprocess.Popen([sys.executable, "-m", "tokensurgeon", *args], cwd=out.parent, env=env,
+    process = subprocess.Popen([sys.executable, "-c", PAUSED_RUN, str(marker), *map(str, args)], env=env,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    start, held = time.monotonic(), []
     try:
-        while process.poll() is None and time.monotonic() - start < 120:
-            staging = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
-            held = sorted(os.listdir(staging[0])) if staging and staging[0].is_dir() else []
-            if held:
-                process.send_signal(signal.SIGKILL)
-                break
-            time.sleep(0.001)
+        deadline = time.monotonic() + 120
+        while not marker.exists():
+            assert process.poll() is None, process.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "the run never staged its weights"
+            time.sleep(0.01)
+        yield process
     finally:
-        if process.poll() is None and not held:
+        if process.poll() is None:
             process.kill()
         process.wait()
-    assert process.returncode == -signal.SIGKILL, (process.returncode, process.stderr.read().decode()[-2000:])
-    process.stderr.close()
-    return held, time.monotonic() - start
+        process.stderr.close()
+
+
+def staged_files(out: Path) -> list[str]:
+    staging = [p for p in out.parent.iterdir() if p.name.startswith(f".{out.name}.partial-")]
+    return sorted(os.listdir(staging[0])) if staging else []
 
 
 def test_kill_during_write_leaves_no_output_and_next_run_cleans_up(small, tmp_path):
     out = tmp_path / "out"
-    args = ["transplant", str(small["tied"]), str(small["donor"]), "-o", str(out),
-            "--eval-text", str(TEXT), "--eval-max-bytes", "20000"]
-    held, _ = _start_and_kill_while_staging(args, out)
-    assert "model.safetensors" in held  # it was killed mid-run, with weights already staged
+    with paused_run(["transplant", small["tied"], small["donor"], "-o", out], tmp_path / "staged") as process:
+        assert "model.safetensors" in staged_files(out)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert process.returncode == -signal.SIGKILL
     assert not out.exists()
     # a kill cannot clean up: the staging directory and the (empty) lock file stay until the next run
     assert [name.split("-")[0] for name in leftovers(out)] == [".out.lock", ".out.partial"]
@@ -172,13 +191,58 @@ def test_kill_during_force_replace_keeps_the_previous_output(small, tmp_path):
     out = tmp_path / "out"
     assert invoke("transplant", small["tied"], small["donor"], "-o", out, "--json").exit_code == 0
     with untouched(out):
-        args = ["transplant", str(small["untied"]), str(small["tokenizer"]), "-o", str(out), "--force",
-                "--eval-text", str(TEXT), "--eval-max-bytes", "20000"]
-        held, _ = _start_and_kill_while_staging(args, out)
-        assert "model.safetensors" in held
+        args = ["transplant", small["untied"], small["tokenizer"], "-o", out, "--force"]
+        with paused_run(args, tmp_path / "staged") as process:
+            assert "model.safetensors" in staged_files(out)
+            process.send_signal(signal.SIGKILL)
+            process.wait()
     refused = invoke("transplant", small["tied"], small["donor"], "-o", out)
     assert_user_error(refused, "not empty")
     assert leftovers(out) == []  # even a refused run clears a dead run's staging directory
+
+
+def test_sigterm_during_a_transplant_leaves_no_output_and_no_lock(small, tmp_path):
+    """Issue 17.9: SIGTERM left a model-sized .OUT.partial-* (and the lock) until a later run."""
+    out = tmp_path / "out"
+    with paused_run(["transplant", small["tied"], small["donor"], "-o", out], tmp_path / "staged") as process:
+        assert [name.split("-")[0] for name in leftovers(out)] == [".out.lock", ".out.partial"]
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=60)
+    assert not out.exists() and leftovers(out) == []
+    assert process.returncode == 128 + signal.SIGTERM  # the handler ran (a plain kill reads -15)
+
+
+def test_a_second_run_while_the_lock_is_held_is_refused(small, tmp_path):
+    """Issue 17.9: two runs to one OUT both succeeded, the later silently replacing the earlier."""
+    out = tmp_path / "out"
+    with paused_run(["transplant", small["tied"], small["donor"], "-o", out], tmp_path / "staged"):
+        for extra in ([], ["--force"]):
+            result = invoke("transplant", small["untied"], small["donor"], "-o", out, *extra)
+            assert_user_error(result, "another tokensurgeon run is writing it now")
+            assert not out.exists()
+            assert [name.split("-")[0] for name in leftovers(out)] == [".out.lock", ".out.partial"]
+
+
+def test_force_onto_a_read_only_output_is_one_line_and_keeps_it(small, tmp_path, monkeypatch):
+    """Issue 17.9: --force over a read-only old OUT exited 0 and left the old output in a hidden folder."""
+    out = tmp_path / "out"
+    assert invoke("transplant", small["tied"], small["donor"], "-o", out).exit_code == 0
+    locked = out / "sub"
+    locked.mkdir()
+    (locked / "notes.txt").write_text("keep me")
+    locked.chmod(0o555)
+    if os.geteuid() == 0:  # root may write in a 0555 folder: simulate the denial everyone else gets
+        real_access = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, **kw: (Path(path) != locked or not mode & os.W_OK)
+                            and real_access(path, mode, **kw))
+    try:
+        with untouched(out):
+            result = invoke("transplant", small["untied"], small["donor"], "-o", out, "--force")
+        assert_user_error(result, f"--force cannot remove the old output, {locked} is read-only")
+        assert leftovers(out) == []
+    finally:
+        if locked.exists():
+            locked.chmod(0o755)
 
 
 def _dead_pid() -> int:
