@@ -4,10 +4,10 @@
         --model smollm2=~/.cache/tokensurgeon/models/smollm2-135m --model p2=out/smollm2-llama3 ...
 
 For each model: the static engine checks, the converter's verdict and its last lines, and the GGUF's
-tokenizer metadata (tokenizer.ggml.pre, add_bos_token). --repair also converts a copy of every output
-that failed on the pre-tokenizer hash with the BOS policy moved to tokenizer_config.json
-(deploy.gguf.bos_policy_as_config). --generate compares the first greedy tokens of the GGUF
-(llama-cpp-python, when it is installed) with transformers'.
+tokenizer metadata (tokenizer.ggml.pre, add_bos_token). An output whose BOS post-processor hides the
+donor's tokenizer from the converter is converted through a view with the BOS policy in tokenizer_config.json
+(deploy.gguf.convert does it; "adapted" says so). --generate compares the first greedy tokens of the GGUF
+(llama-cpp-python, when it is installed) with transformers', and the prompt's ids from both tokenizers.
 """
 
 from __future__ import annotations
@@ -76,7 +76,8 @@ def run_one(name: str, model: Path, llama_cpp: Path, scratch: Path, outtype: str
     for line in conversion.tail[-4:]:
         print("     " + line[:200])
     row = {"name": name, "model": str(model), "ok": conversion.ok, "reason": conversion.reason,
-           "seconds": conversion.seconds, "static_ok": all(f.ok for f in report.findings), "tail": conversion.tail[-4:]}
+           "seconds": conversion.seconds, "static_ok": all(f.ok for f in report.findings), "tail": conversion.tail[-4:],
+           "adapted": conversion.adapted}
     if conversion.ok:
         row["gguf"] = gguf_metadata(outfile)
         print(f"   GGUF: {row['gguf']}")
@@ -93,11 +94,9 @@ def main() -> None:
                         "unpacked llama-cpp-python sdist")
     parser.add_argument("--model", action="append", required=True, help="NAME=DIR (repeatable)")
     parser.add_argument("--outtype", default="f16")
-    parser.add_argument("--repair", action="store_true", help="also convert a BOS-as-config copy of failed outputs")
     parser.add_argument("--generate", action="store_true", help="compare first greedy tokens (llama-cpp-python)")
     parser.add_argument("--json", type=Path, help="write the rows here")
     args = parser.parse_args()
-    from tokensurgeon.deploy.gguf import bos_policy_as_config, bos_template
 
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-gguf-") as scratch:
@@ -105,11 +104,6 @@ def main() -> None:
             name, _, directory = spec.partition("=")
             model = Path(directory).expanduser()
             rows.append(run_one(name, model, args.llama_cpp, Path(scratch), args.outtype, args.generate))
-            if args.repair and not rows[-1]["ok"] and bos_template(model):
-                repaired = Path(scratch) / f"{name}-repaired"
-                notes = bos_policy_as_config(model, repaired)
-                print(f"   repaired copy: {'; '.join(notes)}")
-                rows.append(run_one(f"{name}+fix", repaired, args.llama_cpp, Path(scratch), args.outtype, args.generate))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     sys.exit(0 if all(row["ok"] for row in rows) else 1)

@@ -58,6 +58,7 @@ def render_text(report: DeployReport) -> str:
         if conversion.ok:
             size = f", {conversion.gguf_bytes / 1e6:,.0f} MB" if conversion.gguf_bytes else ""
             lines.append(f"  [ok] llama.cpp convert_hf_to_gguf.py: converted in {conversion.seconds:.0f} s{size}")
+            lines += [f"         {note}" for note in conversion.adapted]
         else:
             lines.append(f"  [FAIL] llama.cpp convert_hf_to_gguf.py: {conversion.reason}")
             if conversion.hint:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -38,6 +39,7 @@ class Conversion:
     hint: str = ""
     tail: list[str] = field(default_factory=list)
     gguf_bytes: int | None = None
+    adapted: list[str] = field(default_factory=list)  # what the converter's view changed (empty: model as is)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -60,27 +62,49 @@ def find_converter(path: Path) -> Path:
 
 def convert(model: Path, converter: Path, *, outfile: Path | None = None, outtype: str = "f16",
             vocab_only: bool = False, timeout: float = 1800) -> Conversion:
-    """Convert model to GGUF with llama.cpp's converter; outfile None: a temporary file, removed afterwards."""
+    """Convert model to GGUF with llama.cpp's converter; outfile None: a temporary file, removed afterwards.
+
+    When the converter does not recognise the tokenizer and tokenizer.json's post-processor prepends BOS (what
+    transplant adds for a base trained with BOS), it runs again on a view of model with that policy stated as
+    ``add_bos_token`` (bos_policy_as_config): the GGUF is the same (gguf-py reads BOS from either place), and
+    model keeps the form transformers honours. ``Conversion.adapted`` says so.
+    """
     script = find_converter(converter)
     model = Path(model).resolve()
     with tempfile.TemporaryDirectory(prefix="tokensurgeon-gguf-") as scratch:
         target = Path(outfile).resolve() if outfile is not None else Path(scratch) / f"{model.name}.gguf"
-        command = [sys.executable, str(script), str(model), "--outfile", str(target), "--outtype", outtype]
-        if vocab_only:
-            command.append("--vocab-only")
-        start = time.perf_counter()
-        try:
-            run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=scratch)
-        except subprocess.TimeoutExpired as exc:
-            return Conversion(False, str(script), str(model), None, None, round(time.perf_counter() - start, 1),
-                              f"the converter ran past {timeout:.0f} s", tail=_lines(exc.stderr)[-12:])
-        seconds = round(time.perf_counter() - start, 1)
-        lines = _lines(run.stdout) + _lines(run.stderr)
-        ok = run.returncode == 0 and target.is_file()
-        size = target.stat().st_size if ok else None
-        reason = "" if ok else failure_reason(lines, run.returncode)
-        return Conversion(ok, str(script), str(model), str(target) if ok and outfile is not None else None,
-                          run.returncode, seconds, reason, explain(reason, model), lines[-12:], size)
+        conversion = _run_converter(script, model, target, outtype, vocab_only, timeout, Path(scratch))
+        if not conversion.ok and _UNRECOGNISED in conversion.reason and bos_template(model):
+            view = Path(scratch) / "bos-as-config" / model.name
+            adapted = bos_policy_as_config(model, view)
+            conversion = _run_converter(script, view, target, outtype, vocab_only, timeout, Path(scratch))
+            conversion.model, conversion.adapted = str(model), adapted
+            if not conversion.ok:
+                conversion.hint += (" The tokenizer was also tried with its BOS policy stated as add_bos_token (the "
+                                    "donor's tokenizer.json unchanged) and is still unknown: a newer llama.cpp may "
+                                    "know it (convert_hf_to_gguf_update.py adds a tokenizer to the list).")
+        if outfile is None:
+            conversion.outfile = None
+        return conversion
+
+
+def _run_converter(script: Path, model: Path, target: Path, outtype: str, vocab_only: bool, timeout: float,
+                   scratch: Path) -> Conversion:
+    command = [sys.executable, str(script), str(model), "--outfile", str(target), "--outtype", outtype]
+    if vocab_only:
+        command.append("--vocab-only")
+    start = time.perf_counter()
+    try:
+        run = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=scratch)
+    except subprocess.TimeoutExpired as exc:
+        return Conversion(False, str(script), str(model), None, None, round(time.perf_counter() - start, 1),
+                          f"the converter ran past {timeout:.0f} s", tail=_lines(exc.stderr)[-12:])
+    seconds = round(time.perf_counter() - start, 1)
+    lines = _lines(run.stdout) + _lines(run.stderr)
+    ok = run.returncode == 0 and target.is_file()
+    reason = "" if ok else failure_reason(lines, run.returncode)
+    return Conversion(ok, str(script), str(model), str(target) if ok else None, run.returncode, seconds, reason,
+                      explain(reason, model), lines[-12:], target.stat().st_size if ok else None)
 
 
 def _lines(text: str | bytes | None) -> list[str]:
@@ -117,7 +141,7 @@ def explain(reason: str, model: Path) -> str:
             why += (" Its tokenizer.json post-processor prepends a BOS token, which changes those ids even when the "
                     "vocabulary and pre-tokenizer are a known tokenizer's: keep the donor's tokenizer.json unchanged "
                     "and state the BOS policy as \"add_bos_token\": true in tokenizer_config.json (llama.cpp's gguf-py "
-                    "reads it into tokenizer.ggml.add_bos_token); deploy.gguf.bos_policy_as_config writes such a copy.")
+                    "reads it into tokenizer.ggml.add_bos_token).")
         return why
     if reason.startswith("ModuleNotFoundError"):
         return ("the converter needs a package this Python lacks: pip install -r "
@@ -152,8 +176,6 @@ def bos_policy_as_config(model: Path, dest: Path) -> list[str]:
     tokenizer.json exists, so the copy's plain ``tokenizer(text)`` adds no BOS. Weights are symlinked,
     every other file copied. Returns notes.
     """
-    import shutil
-
     model, dest = Path(model), Path(dest)
     dest.mkdir(parents=True, exist_ok=False)
     for item in model.iterdir():
@@ -169,5 +191,7 @@ def bos_policy_as_config(model: Path, dest: Path) -> list[str]:
     settings = json.loads(settings_file.read_text(encoding="utf-8")) if settings_file.is_file() else {}
     settings["add_bos_token"] = True
     settings_file.write_text(json.dumps(settings, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
-    return [f"tokenizer.json post-processor now {processor and processor.get('type')}",
-            "tokenizer_config.json add_bos_token: true"]
+    return [f"converted a view with BOS stated as \"add_bos_token\": true in tokenizer_config.json and "
+            f"tokenizer.json's post-processor without it (now {processor and processor.get('type')}): llama.cpp "
+            "recognises the donor's tokenizer by ids encoded without BOS; the GGUF prepends BOS "
+            "(tokenizer.ggml.add_bos_token). The checkpoint keeps its post-processor, the form transformers honours"]
