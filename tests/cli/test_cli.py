@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -72,6 +73,15 @@ def test_methods_lists_registry():
     assert result.exit_code == 0 and "subword-mean" in result.output and "hewitt" in result.output
 
 
+def test_methods_says_what_focus_and_tokenadapt_need():
+    from tokensurgeon.methods import INIT_METHODS
+
+    assert INIT_METHODS["focus"].needs() == INIT_METHODS["tokenadapt"].needs() == "a donor model or --corpus"
+    assert INIT_METHODS["omp"].needs() == "a donor model" and INIT_METHODS["subword-mean"].needs() == "-"
+    output = runner.invoke(app, ["methods"], terminal_width=200).output
+    assert output.count("a donor model or --corpus") == 2
+
+
 def test_cli_reference_is_current(tmp_path):
     """docs/cli.md is generated from the app; regenerate it with scripts/gen_cli_docs.sh."""
     from typer.cli import app as typer_app
@@ -81,3 +91,74 @@ def test_cli_reference_is_current(tmp_path):
                                        "--output", str(out)])
     assert result.exit_code == 0, result.output
     assert out.read_text() == (ROOT / "docs" / "cli.md").read_text()
+
+
+def _texts(tmp_path):
+    """A folder of texts: two at the top, one in a subfolder, a hidden one and a non-text file (both left out)."""
+    folder = tmp_path / "data"
+    (folder / "sub").mkdir(parents=True)
+    for name, text in {"b.txt": "Beta text.\n", "a.txt": "Alpha text, longer.\n", "sub/c.txt": "Gamma.\n",
+                       ".hidden.txt": "never read\n"}.items():
+        (folder / name).write_text(text)
+    (folder / "weights.bin").write_bytes(b"\xff\x00\xfe")
+    return folder
+
+
+def _inspected_texts(args):
+    result = runner.invoke(app, ["inspect", str(SMOLLM2_TOKENIZER), str(TOKENIZERS / "gpt2"), "--json", *args])
+    assert result.exit_code == 0, result.output
+    return [(row["label"], row["n_bytes"]) for row in json.loads(result.stdout)["texts"]]
+
+
+def test_several_text_files_after_one_flag(tmp_path):
+    """A shell glob (`--text data/*.txt`) arrives as several files after one flag: all are read."""
+    folder = _texts(tmp_path)
+    expected = [("a.txt", 20), ("b.txt", 11)]
+    assert _inspected_texts(["--text", str(folder / "a.txt"), str(folder / "b.txt")]) == expected
+    result = runner.invoke(app, ["inspect", "--text", str(folder / "a.txt"), str(folder / "b.txt"),
+                                 str(SMOLLM2_TOKENIZER), str(TOKENIZERS / "gpt2"), "--json"])
+    assert result.exit_code == 0, result.output  # directories after the files are BASE and DONOR again
+    assert [row["label"] for row in json.loads(result.stdout)["texts"]] == ["a.txt", "b.txt"]
+
+
+def test_a_directory_or_a_quoted_glob_gives_its_text_files_sorted(tmp_path):
+    folder = _texts(tmp_path)
+    assert _inspected_texts(["--text", str(folder)]) == [("a.txt", 20), ("b.txt", 11), ("c.txt", 7)]
+    assert _inspected_texts(["--text", str(folder / "*.txt")]) == [("a.txt", 20), ("b.txt", 11)]
+
+
+@pytest.mark.parametrize("value, message", [("empty", "no .txt or .md file in"), ("nothing*.txt", "no file matches")])
+def test_a_directory_or_glob_without_texts_is_one_line(tmp_path, value, message):
+    (tmp_path / "empty").mkdir()
+    result = runner.invoke(app, ["inspect", str(SMOLLM2_TOKENIZER), str(TOKENIZERS / "gpt2"),
+                                 "--text", str(tmp_path / value)])
+    assert result.exit_code == 2 and message in result.stderr and "Traceback" not in result.output + result.stderr
+
+
+def test_transplant_takes_several_eval_texts_after_one_flag(tiny_models, tmp_path):
+    folder = _texts(tmp_path)
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["transplant", str(tiny_models["tied"]), str(TOKENIZERS / "gpt2"), "-o", str(out),
+                                 "--method", "mean", "--eval-text", str(folder / "b.txt"), str(folder / "a.txt"),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    assert [row["text"] for row in json.loads(result.stdout)["evaluation"]] == ["b.txt", "a.txt"]
+
+
+@pytest.mark.parametrize("command", [[], ["inspect"], ["transplant"], ["evaluate"], ["export"], ["heal"], ["compare"],
+                                     ["check"], ["methods"], ["hypernet"], ["hypernet", "train"]])
+def test_help_shows_placeholders_not_python_types(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert not re.search(r"<(bool|int|float|str|path|list\[\w+\])>", result.output), result.output
+    usage = next(line for line in result.output.splitlines() if "Usage:" in line)
+    assert "{" not in usage and "[base]" not in usage.lower().replace("[options]", "")
+
+
+def test_usage_names_the_arguments_in_capitals():
+    def usage(command):
+        return runner.invoke(app, [command, "--help"], prog_name="tokensurgeon").output
+
+    assert "Usage: tokensurgeon inspect [OPTIONS] BASE DONOR" in usage("inspect")
+    assert "Usage: tokensurgeon transplant [OPTIONS] BASE [DONOR]" in usage("transplant")
+    assert "Usage: tokensurgeon evaluate [OPTIONS] MODELS..." in usage("evaluate")

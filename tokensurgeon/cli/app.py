@@ -6,7 +6,7 @@ from __future__ import annotations
 import typer
 
 from .. import __version__
-from .common import console
+from .common import Group, console
 
 HELP = ("Tokenizer surgery for pretrained language models: give a model another tokenizer.\n\n"
         "Examples:\n\n"
@@ -32,6 +32,6 @@ def main(
 def new_app() -> typer.Typer:
     """A fresh application with the global options: typer's docs generator re-runs cli/__init__.py and
     must get an app object of its own, so none is shared at module level."""
-    app = typer.Typer(help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown")
+    app = typer.Typer(cls=Group, help=HELP, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode="markdown")
     app.callback()(main)
     return app

@@ -15,12 +15,15 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from rich.progress import Progress as Bars
+from typer.core import TyperCommand, TyperGroup
 
 from ..errors import TokenSurgeonError
 from ..runtime.progress import Progress
 
 console = Console()
 errors = Console(stderr=True)
+SEVERAL_VALUES = ("--text", "--eval-text", "--corpus")  # options that take every file after them (shell globs)
+FILES = "one or more files after the flag (a shell glob), a folder (its .txt and .md files) or a quoted glob; repeatable"
 
 
 def trust_remote_code_option() -> Any:
@@ -80,11 +83,93 @@ def show(result: Any, *, as_json: bool, view: str, payload: Any = None) -> None:
     getattr(render, view)(console, result)
 
 
-def read_texts(paths: list[Path]) -> dict[str, str]:
-    """label -> text (evaluation.rows: unique labels, UTF-8 and non-empty checked)."""
+def spread_values(args: list[str]) -> list[str]:
+    """``--text a b c`` -> ``--text a --text b --text c`` for the options in SEVERAL_VALUES, so that a shell glob
+    (``--corpus data/*.txt``) works after one flag; click takes one value per flag. Files after the first value
+    join it; the first folder, option, missing path or ``--`` ends the list, so BASE and DONOR (folders) may follow."""
+    spread: list[str] = []
+    index = 0
+    while index < len(args):
+        arg = args[index]
+        spread.append(arg)
+        index += 1
+        if arg == "--":
+            return spread + args[index:]
+        name = arg.partition("=")[0]
+        if name not in SEVERAL_VALUES:
+            continue
+        if "=" not in arg and index < len(args):
+            spread.append(args[index])
+            index += 1
+        while index < len(args) and not args[index].startswith("-") and Path(args[index]).is_file():
+            spread += [name, args[index]]
+            index += 1
+    return spread
+
+
+_PLACEHOLDERS = {"Path": "PATH", "int": "INTEGER", "float": "FLOAT", "str": "TEXT"}
+
+
+def plain_metavars(params: list[Any]) -> None:
+    """click's own placeholders in --help (PATH, INTEGER; FILE... for SEVERAL_VALUES; none for a flag) instead of
+    typer's Python types (<list[Path]>, <bool>); arguments by their upper-case names (BASE, DONOR)."""
+    for param in params:
+        if param.metavar is not None:
+            continue
+        placeholder = _PLACEHOLDERS.get(param.bare_type().removeprefix("list[").removesuffix("]"), "VALUE")
+        if param.param_type_name == "argument":
+            param.metavar = param.name.upper()
+            # typer's type column ignores an argument's metavar; this instance shows the placeholder instead
+            param.display_type_rich = lambda ctx, shown=placeholder + ("..." if param.nargs != 1 else ""): shown
+        elif param.is_flag:
+            param.metavar = ""
+        else:
+            param.metavar = "FILE..." if set(param.opts) & set(SEVERAL_VALUES) else placeholder
+
+
+class Command(TyperCommand):
+    """Every tokensurgeon command: SEVERAL_VALUES options take several files after one flag (spread_values), and
+    --help and the usage line read as users expect (``BASE DONOR``, PATH, no Python types)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        plain_metavars(params)
+        return params
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, spread_values(list(args)))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if param.param_type_name == "argument":
+                name = param.metavar + ("..." if param.nargs != 1 else "")
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
+
+class Group(TyperGroup):
+    """The app and its command groups: flags in --help without typer's <bool> (plain_metavars)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        params = super().get_params(ctx)
+        plain_metavars(params)
+        return params
+
+
+def text_paths(paths: list[Path] | None) -> tuple[Path, ...]:
+    """The files behind --text/--eval-text/--corpus values: folders and quoted globs expanded (evaluation.rows)."""
+    from ..evaluation.rows import expand_text_paths
+
+    return expand_text_paths(paths or [])
+
+
+def read_texts(paths: list[Path] | None) -> dict[str, str]:
+    """label -> text of the files behind the values (evaluation.rows: unique labels, UTF-8 and non-empty checked)."""
     from ..evaluation.rows import read_text_file, text_labels
 
-    return {label: read_text_file(path) for label, path in zip(text_labels(paths), paths)}
+    files = text_paths(paths)
+    return {label: read_text_file(path) for label, path in zip(text_labels(files), files)}
 
 
 def method_options(pairs: list[str]) -> dict[str, dict[str, Any]]:

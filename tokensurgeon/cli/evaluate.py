@@ -10,13 +10,13 @@ import typer
 
 from ..config import EvalConfig, SpeculativeConfig
 from ..errors import TokenSurgeonError
-from .common import progress_bars, read_texts, show, trust_remote_code_option, user_errors
+from .common import FILES, progress_bars, read_texts, show, trust_remote_code_option, user_errors
 
 
 def evaluate(
     ctx: typer.Context,
     models: List[Path] = typer.Argument(..., help="Checkpoint directories (each with its own tokenizer)."),
-    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to score (repeatable)."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help=f"Text to score: {FILES}."),
     task: Optional[str] = typer.Option(None, "--task",
                                        help="Task retention instead of bits per byte: arithmetic (generated problems, "
                                             "exact match per operand length) or FILE.jsonl (multiple choice, "

@@ -9,7 +9,8 @@ from typing import List, Optional
 import typer
 
 from ..config import ExportConfig, HealConfig, HypernetConfig, TransplantConfig
-from .common import method_options, progress_bars, run_job, show, trust_remote_code_option, user_errors
+from .common import (FILES, Command, Group, method_options, progress_bars, run_job, show, text_paths,
+                     trust_remote_code_option, user_errors)
 
 
 def export(
@@ -49,7 +50,7 @@ def export(
 def heal(
     ctx: typer.Context,
     patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output, or a draft) to heal."),
-    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text to train on (repeatable); its end is held out."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help=f"Text to train on, its end held out: {FILES}."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the healed checkpoint."),
     objective: str = typer.Option(HealConfig.objective, help="lm: next-token loss on the text; distill: match the "
                                                              "teacher (ALM chunks; token KL for a draft)."),
@@ -59,8 +60,8 @@ def heal(
     teacher: Optional[Path] = typer.Option(HealConfig.teacher, help="Distillation teacher [default: the base in "
                                                                     "PATCHED/report.json]; a draft's target."),
     eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text",
-                                                   help="Unseen held-out file, never trained on, scored before "
-                                                        "and after (repeatable)."),
+                                                   help=f"Unseen held-out text, never trained on, scored before "
+                                                        f"and after: {FILES}."),
     steps: int = typer.Option(HealConfig.steps, help="Training steps at most."),
     max_minutes: Optional[float] = typer.Option(HealConfig.max_minutes, help="Training time budget in minutes."),
     lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate of the embeddings."),
@@ -97,9 +98,9 @@ def heal(
     with user_errors(ctx):
         from ..jobs.heal import heal as run_heal
 
-        config = HealConfig(patched=patched, texts=tuple(text or []), out=out, objective=objective, lm_mix=lm_mix,
+        config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
                             temperature=temperature, train=train, rows=rows, teacher=teacher,
-                            eval_texts=tuple(eval_text or []), steps=steps, lr=lr, lora_lr=lora_lr,
+                            eval_texts=text_paths(eval_text), steps=steps, lr=lr, lora_lr=lora_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_size=batch_size, context=context,
                             held_out=held_out, eval_every=eval_every, patience=patience,
                             eval_max_bytes=eval_max_bytes, max_minutes=max_minutes, save_adapter=save_adapter,
@@ -112,7 +113,7 @@ def compare(
     ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base checkpoint directory."),
     donor: Path = typer.Argument(..., help="Donor tokenizer directory, or a full donor model directory."),
-    text: List[Path] = typer.Option(..., "--text", help="Text file to score every method on (repeatable)."),
+    text: List[Path] = typer.Option(..., "--text", help=f"Text to score every method on: {FILES}."),
     methods: Optional[str] = typer.Option(None, "--methods",
                                           help="Comma-separated methods to run [default: every registered method, "
                                                "zero included as the floor]."),
@@ -121,7 +122,7 @@ def compare(
     out: Optional[Path] = typer.Option(None, "-o", "--out", help="Keep the best model (and its report) here."),
     max_bytes: Optional[int] = typer.Option(None, help="Score only the first bytes of each text."),
     corpus: Optional[List[Path]] = typer.Option(None, "--corpus",
-                                                help="Text the corpus methods learn from (repeatable)."),
+                                                help=f"Text the corpus methods learn from: {FILES}."),
     seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
     device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
@@ -143,24 +144,24 @@ def compare(
         from ..jobs.compare import compare as run_compare
         from ..config import CompareConfig
 
-        config = CompareConfig(base=base, donor=donor, texts=tuple(text), out=out, max_bytes=max_bytes,
+        config = CompareConfig(base=base, donor=donor, texts=text_paths(text), out=out, max_bytes=max_bytes,
                                methods=tuple(m.strip() for m in (methods or "").split(",") if m.strip()),
                                method_options=method_options(option or []), seed=seed, device=device,
-                               corpus=tuple(corpus or []), force=force, trust_remote_code=trust_remote_code,
+                               corpus=text_paths(corpus), force=force, trust_remote_code=trust_remote_code,
                                allow_pickle=allow_pickle, allow_nonfinite=allow_nonfinite)
         run_job(run_compare, config, as_json=as_json, view="print_compare")
 
 
-hypernet_app = typer.Typer(help="The hypernetwork of `transplant --method hypernet` (Zero-Shot Tokenizer Transfer).",
+hypernet_app = typer.Typer(cls=Group, help="The hypernetwork of `transplant --method hypernet` (Zero-Shot Tokenizer Transfer).",
                            no_args_is_help=True)
 
 
-@hypernet_app.command("train")
+@hypernet_app.command("train", cls=Command)
 def hypernet_train(
     ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base checkpoint directory the network embeds tokens for."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory (hypernet.safetensors + hypernet.json)."),
-    corpus: Optional[List[Path]] = typer.Option(None, "--corpus", help="Text for the LM stage (repeatable)."),
+    corpus: Optional[List[Path]] = typer.Option(None, "--corpus", help=f"Text for the LM stage: {FILES}."),
     steps: int = typer.Option(HypernetConfig.steps, help="Warm-up steps (on the base vocabulary)."),
     lm_steps: int = typer.Option(HypernetConfig.lm_steps, help="LM-stage steps on --corpus, base model frozen."),
     width: Optional[int] = typer.Option(HypernetConfig.width,
@@ -180,6 +181,6 @@ def hypernet_train(
 
         config = HypernetConfig(steps=steps, lm_steps=lm_steps, width=width, seed=seed)
         with progress_bars(not as_json and sys.stderr.isatty()) as progress:
-            record = train_to_directory(base, out, config, corpus=tuple(corpus or []), device=device, force=force,
+            record = train_to_directory(base, out, config, corpus=text_paths(corpus), device=device, force=force,
                                         trust_remote_code=trust_remote_code, progress=progress)
     show(record, as_json=as_json, view="print_hypernet", payload=record)

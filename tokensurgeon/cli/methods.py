@@ -12,7 +12,7 @@ def methods() -> None:
     """List the initialisation methods and what each needs."""
     from ..methods import INIT_METHODS
 
-    table = Table("method", "needs donor model", "what it does")
+    table = Table("method", "also needs", "what it does")
     for name, cls in sorted(INIT_METHODS.items()):
-        table.add_row(name, "yes" if cls.needs_donor_embeddings else "no", escape(cls.summary))
+        table.add_row(name, escape(cls.needs()), escape(cls.summary))
     console.print(table)

@@ -9,14 +9,14 @@ import typer
 
 from ..config import DEFAULT_METHOD, DRAFT_METHOD, TransplantConfig
 from ..errors import TokenSurgeonError
-from .common import parse_options, read_texts, run_job, show, trust_remote_code_option, user_errors
+from .common import FILES, parse_options, read_texts, run_job, show, text_paths, trust_remote_code_option, user_errors
 
 
 def inspect(
     ctx: typer.Context,
     base: Path = typer.Argument(..., help="Base model or tokenizer directory."),
     donor: Path = typer.Argument(..., help="Donor model or tokenizer directory."),
-    text: Optional[List[Path]] = typer.Option(None, "--text", help="Text file to measure splits on (repeatable)."),
+    text: Optional[List[Path]] = typer.Option(None, "--text", help=f"Text to measure splits on: {FILES}."),
     samples: int = typer.Option(12, help="How many new tokens to show with their base decomposition."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     trust_remote_code: bool = trust_remote_code_option(),
@@ -29,7 +29,7 @@ def inspect(
         from ..vocab.overlap import compare_tokenizers
         from ..vocab.pair import load_pair
 
-        texts = read_texts(text or [])
+        texts = read_texts(text)
         pair = load_pair(base, donor, trust_remote_code=trust_remote_code)
         report = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
                                     pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
@@ -51,9 +51,9 @@ def transplant(
     device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),
     chat_template: str = typer.Option(TransplantConfig.chat_template, help="Chat template to keep: donor or base."),
     pad_to_multiple: int = typer.Option(TransplantConfig.pad_to_multiple, help="Pad the embedding rows up to a multiple of this."),
-    eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text", help="Text for bits-per-byte before/after."),
+    eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text", help=f"Text for bits per byte before/after: {FILES}."),
     corpus: Optional[List[Path]] = typer.Option(None, "--corpus",
-                                                help="Text a method learns from (focus, tokenadapt, hypernet; repeatable)."),
+                                                help=f"Text a method learns from (focus, tokenadapt, hypernet): {FILES}."),
     eval_max_bytes: Optional[int] = typer.Option(None, help="Evaluate at most this many bytes of each text."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty output directory."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
@@ -87,8 +87,8 @@ def transplant(
                                   method_options=parse_options(option or [])
                                   | ({"hypernet": str(hypernet)} if hypernet else {}), seed=seed, device=device,
                                   chat_template=chat_template, pad_to_multiple=pad_to_multiple,
-                                  eval_texts=tuple(eval_text or []), eval_max_bytes=eval_max_bytes, force=force,
+                                  eval_texts=text_paths(eval_text), eval_max_bytes=eval_max_bytes, force=force,
                                   trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                                  allow_nonfinite=allow_nonfinite, corpus=tuple(corpus or []),
+                                  allow_nonfinite=allow_nonfinite, corpus=text_paths(corpus),
                                   draft_for=as_draft_for)
         run_job(run_transplant, config, as_json=as_json, view="print_transplant")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +13,8 @@ from ..runtime.progress import Progress
 from ..vocab.overlap import text_stats
 from ..vocab.pair import TokenizerPair
 from .bpb import ModelScores, evaluate_models, truncate_utf8
+
+TEXT_SUFFIXES = (".txt", ".md")  # the files a folder given as text stands for
 
 
 @dataclass(frozen=True)
@@ -45,6 +48,31 @@ def text_labels(paths: list[Path] | tuple[Path, ...]) -> list[str]:
             depth += 1
         labels.append("/".join(these[-depth:]))
     return labels
+
+
+def expand_text_paths(paths: list[Path] | tuple[Path, ...]) -> tuple[Path, ...]:
+    """The text files a user named. A folder stands for every .txt and .md file inside it, subfolders included
+    and hidden ones left out, sorted; a pattern the shell passed on unexpanded (quoted) for its matches, sorted.
+
+    Raises:
+        TokenSurgeonError: a folder without such files, or a pattern nothing matches.
+    """
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                raise TokenSurgeonError(f"no {' or '.join(TEXT_SUFFIXES)} file in {path}")
+            files += found
+        elif not path.exists() and glob.has_magic(str(path)):
+            found = sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
+            if not found:
+                raise TokenSurgeonError(f"no file matches {path}")
+            files += found
+        else:
+            files.append(path)
+    return tuple(files)
 
 
 def read_text_file(path: Path) -> str:

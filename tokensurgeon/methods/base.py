@@ -167,6 +167,8 @@ class InitMethod:
             embeddings when the donor is a model.
         upcasts_rows: it gets the matrices in the checkpoint's dtype and upcasts only the rows it
             gathers (see InitContext).
+        inputs: what it needs beyond base and donor tokenizer, as ``methods`` lists it (a method that
+            needs the donor's embeddings needs a donor model).
     """
 
     name: ClassVar[str]
@@ -174,6 +176,12 @@ class InitMethod:
     needs_donor_embeddings: ClassVar[bool] = False
     uses_donor_embeddings: ClassVar[bool] = False
     upcasts_rows: ClassVar[bool] = False
+    inputs: ClassVar[str] = "-"
+
+    @classmethod
+    def needs(cls) -> str:
+        """What the method needs beyond the base checkpoint and the donor tokenizer."""
+        return "a donor model" if cls.needs_donor_embeddings else cls.inputs
 
     def initialise(self, ctx: InitContext) -> InitResult:
         raise NotImplementedError

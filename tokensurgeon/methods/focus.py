@@ -48,6 +48,7 @@ class FocusMethod(InitMethod):
     summary: ClassVar[str] = ("sparsemax mix of shared tokens, by similarity in the donor model or fastText "
                               "on --corpus (FOCUS)")
     needs_donor_embeddings: ClassVar[bool] = False
+    inputs: ClassVar[str] = "a donor model or --corpus"
     uses_donor_embeddings: ClassVar[bool] = True  # its similarity space when the donor is a model
     upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
 

@@ -38,6 +38,7 @@ class TokenAdaptMethod(InitMethod):
     summary: ClassVar[str] = ("similarity- and length-weighted pieces blended with nearest base tokens in an "
                               "auxiliary space (TokenAdapt)")
     needs_donor_embeddings: ClassVar[bool] = False
+    inputs: ClassVar[str] = "a donor model or --corpus"
     uses_donor_embeddings: ClassVar[bool] = True  # its similarity space when the donor is a model
     upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
 

@@ -93,6 +93,7 @@ class WechselMethod(InitMethod):
     summary: ClassVar[str] = ("softmax mix of the nearest base tokens in aligned word vectors (WECHSEL; "
                               "needs vectors=FILE, or source_vectors/target_vectors[/dictionary])")
     needs_donor_embeddings: ClassVar[bool] = False
+    inputs: ClassVar[str] = "--option vectors=FILE (or source_vectors, target_vectors)"
     upcasts_rows: ClassVar[bool] = True  # only gathered rows are upcast
 
     def __init__(self, vectors: str | None = None, source_vectors: str | None = None,
