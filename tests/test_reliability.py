@@ -997,7 +997,8 @@ def test_fuzz_config_json_through_transplant(fuzz_dirs, data):
 
 @pytest.mark.parametrize("extra, fragment", [
     (["--pad-to-multiple", "300000000"], "too large"),  # 17.8: wrote 43 GB before it was stopped
-    (["--method", "omp", "--option", "k=abc"], "invalid option value (k='abc')"),  # 17.7: tracebacks before
+    (["--method", "omp", "--option", "k=abc"], "method 'omp': option k='abc' is not an integer"),  # 17.7
+    (["--method", "omp", "--option", "k=2.5"], "method 'omp': option k=2.5 is not an integer"),
     (["--method", "omp", "--option", "k=1e999"], "not a finite number"),
     (["--seed", str(2 ** 70)], "--seed must be an integer"),
 ])
@@ -1006,3 +1007,15 @@ def test_bad_options_are_one_line_before_any_work(small, tmp_path, extra, fragme
     out = tmp_path / "out"
     assert_user_error(invoke("transplant", small["tied"], small["donor_model"], "-o", out, *extra), fragment)
     assert not out.exists() and leftovers(out) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17.10: messages that name the real cause
+
+
+def test_a_non_numeric_option_says_it_is_not_a_number(small, tmp_path):
+    """hewitt scale=abc said the method does not take scale, then showed Python's comparison error."""
+    line = assert_user_error(invoke("transplant", small["untied"], small["donor"], "-o", tmp_path / "out",
+                                    "--method", "hewitt", "--option", "scale=abc"),
+                             "method 'hewitt': option scale='abc' is not a number")
+    assert "does not take" not in line and "instances of" not in line

@@ -108,6 +108,16 @@ def test_exact_sparse_combinations_are_recovered_on_every_path(monkeypatch):
                                    weights.gather(1, support.argsort(dim=1)), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("refresh, refresh_pool", [(4, 300), (1, 3)])
+def test_refreshed_path_matches_sklearn_where_its_pool_cannot_miss(monkeypatch, refresh, refresh_pool):
+    """A pool of every atom, or a pool refreshed every step, always holds exact OMP's next pick."""
+    monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
+    targets, dictionary = problem(seed=21)
+    result = solver_omp_batches(targets, dictionary, 9, device="cpu", normalize_atoms=True, refresh=refresh,
+                                refresh_pool=refresh_pool, batch_size=7)
+    assert_matches_sklearn(result, sklearn_codes(targets, dictionary, 9, normalize=True))
+
+
 def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):
     """bf16 only ranks atoms into the pools; the codes are solved in float32 and nearly as good."""
     monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)

@@ -36,6 +36,19 @@ def list_init_methods() -> list[str]:
     return sorted(INIT_METHODS)
 
 
+# a declared option type -> (is this value of it, what to say when not); annotations are strings here
+_KINDS = {"int": (lambda v: isinstance(v, int) and not isinstance(v, bool), "not an integer"),
+          "float": (lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), "not a number"),
+          "bool": (lambda v: isinstance(v, bool), "not true or false")}
+
+
+def _wrong_kind(annotation: Any, value: Any) -> str | None:
+    """What is wrong with an option value given its declared type (int, float, bool); None when it fits
+    or the type says nothing checkable. Python's own errors for such values name no option."""
+    check = _KINDS.get(annotation if isinstance(annotation, str) else getattr(annotation, "__name__", ""))
+    return None if check is None or check[0](value) else check[1]
+
+
 def get_init_method(name: str, **options: Any) -> InitMethod:
     """Build a method by name; unknown names and options raise MethodError listing the valid ones."""
     if name not in INIT_METHODS:
@@ -48,6 +61,10 @@ def get_init_method(name: str, **options: Any) -> InitMethod:
         valid = [key for key in accepted if key != "self" and accepted[key].kind is not inspect.Parameter.VAR_KEYWORD]
         raise MethodError(f"method {name!r} does not take option {unknown[0]!r}"
                           f"{'; it takes: ' + ', '.join(valid) if valid else ' (it takes none)'}")
+    for key, value in options.items():
+        wrong = _wrong_kind(accepted[key].annotation, value) if key in accepted else None
+        if wrong:
+            raise MethodError(f"method {name!r}: option {key}={value!r} is {wrong}")
     try:
         return INIT_METHODS[name](**options)
     except (TypeError, ValueError) as exc:  # the option is known, its value is not usable

@@ -175,7 +175,7 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     # paths the chosen atoms' Gram rows over the atoms searched.
     searched = min(candidates or n_atoms, n_atoms)
     exact_without_gram = gram is None and searched == n_atoms
-    floats = 3 * n_atoms + k * dim + (refresh_pool * (dim + k) if exact_without_gram else k * searched)
+    floats = 3 * n_atoms + k * dim + (refresh_pool * (dim + k + refresh_pool) if exact_without_gram else k * searched)
     budget = min(_BATCH_SHARE * free_memory_bytes(run_on), _BATCH_CAP)
     size = batch_size or max(1, int(budget) // (4 * floats))
     parts: list[tuple[Tensor, ...]] = []
@@ -302,10 +302,12 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
     """OMP that correlates the residual with every atom only every ``refresh`` steps.
 
     At each refresh each target keeps its ``pool_size`` atoms of largest |residual correlation|;
-    the steps in between pick among them, with their correlations kept exact through Gram rows
-    (alpha_pool = x A_P^T - gamma G[I, P]). Costs k/refresh full GEMMs instead of k; the atom
+    the steps in between pick among them exactly, from the pool's Gram and its chosen atoms' Gram
+    rows (alpha_pool = x A_P^T - gamma G[I, P]). Costs k/refresh full GEMMs instead of k; the atom
     chosen can differ from exact OMP only when an atom outside the pool overtakes every pooled
     atom within ``refresh`` steps. The full correlations use ``selection`` (the atoms, maybe in bf16).
+    Per refresh the pool's Gram is one batched GEMM, so the steps in between only gather: per-step
+    batched products against the pool were memory-bound and cost most of the time at 200k targets.
     """
     batch, dim = x.shape
     chosen_atoms = x.new_empty(batch, k, dim)  # (B, k, D)
@@ -313,21 +315,33 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
     chol = x.new_zeros(batch, k, k)
     ids = torch.zeros(batch, k, dtype=torch.long, device=x.device)
     gamma = x.new_zeros(batch, 0)
-    for step in range(k):
-        if step % refresh == 0:
-            residual = x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :step]).squeeze(1)  # (B, D)
-            scores = (residual.to(selection.dtype) @ selection.T).abs_().scatter_(1, ids[:, :step], -1.0)  # (B, N)
-            pool = scores.topk(min(pool_size, atoms.shape[0] - step), dim=1).indices  # (B, M)
-            del scores
-            pool_atoms = atoms[pool]  # (B, M, D)
-            pool_x = torch.bmm(pool_atoms, x.unsqueeze(-1)).squeeze(-1)  # (B, M)
-            pool_gram = x.new_empty(batch, k, pool.shape[1])  # (B, k, M): G[I, P], filled up to t
-            torch.bmm(chosen_atoms[:, :step], pool_atoms.transpose(1, 2), out=pool_gram[:, :step])
-            taken = torch.zeros(pool.shape, dtype=torch.bool, device=x.device)  # (B, M)
-        alpha = pool_x - torch.bmm(gamma.unsqueeze(1), pool_gram[:, :step]).squeeze(1)  # (B, M)
-        position = alpha.abs_().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
-        taken.scatter_(1, position[:, None], True)
-        chosen = pool.gather(1, position[:, None]).squeeze(1)  # (B,)
-        gamma, new_atom = _accept(x, atoms, chosen, step, ids, chosen_atoms, rhs, chol, floor)
-        pool_gram[:, step] = torch.bmm(pool_atoms, new_atom.unsqueeze(-1)).squeeze(-1)  # (B, M)
+    rows = torch.arange(batch, device=x.device)
+    # Buffers reused by every refresh: fresh allocations of this size cost page faults on each one.
+    size = min(pool_size, atoms.shape[0])
+    scores = x.new_empty(batch, atoms.shape[0], dtype=selection.dtype)  # (B, N)
+    pool_atoms, pool_gram = x.new_empty(batch * size, dim), x.new_empty(batch, size, size)  # (B*M, D), (B, M, M)
+    gram_rows = x.new_empty(batch, k, size)  # (B, k, M): G[I, P], filled up to t
+    for start in range(0, k, refresh):
+        residual = x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :start]).squeeze(1)  # (B, D)
+        torch.mm(residual.to(selection.dtype), selection.T, out=scores).abs_().scatter_(1, ids[:, :start], -1.0)
+        pool = scores.topk(min(size, atoms.shape[0] - start), dim=1).indices  # (B, m)
+        width = pool.shape[1]
+        pooled = torch.index_select(atoms, 0, pool.flatten(), out=pool_atoms[:batch * width]).view(batch, width, dim)
+        pool_x = torch.bmm(pooled, x.unsqueeze(-1)).squeeze(-1)  # (B, m)
+        gram = torch.bmm(pooled, pooled.transpose(1, 2), out=pool_gram[:, :width, :width])  # (B, m, m)
+        stop = min(k, start + refresh)
+        chosen_rows = gram_rows[:, :stop, :width]
+        torch.bmm(chosen_atoms[:, :start], pooled.transpose(1, 2), out=chosen_rows[:, :start])
+        taken = torch.zeros(pool.shape, dtype=torch.bool, device=x.device)  # (B, m)
+        for step in range(start, stop):
+            alpha = pool_x - torch.bmm(gamma.unsqueeze(1), chosen_rows[:, :step]).squeeze(1)  # (B, m)
+            position = alpha.abs_().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
+            taken[rows, position] = True
+            ids[:, step] = pool[rows, position]
+            chosen_atoms[:, step] = pooled[rows, position]
+            rhs[:, step] = pool_x[rows, position]
+            chosen_rows[:, step] = gram[rows, position]
+            cross = chosen_rows[:, :step].gather(2, position.view(batch, 1, 1).expand(batch, step, 1))  # (B, t, 1)
+            _grow_cholesky(chol, step, cross.squeeze(-1), gram[rows, position, position], floor)
+            gamma = _solve(chol, rhs[:, :step + 1])
     return ids, gamma
