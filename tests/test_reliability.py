@@ -1019,3 +1019,111 @@ def test_a_non_numeric_option_says_it_is_not_a_number(small, tmp_path):
                                     "--method", "hewitt", "--option", "scale=abc"),
                              "method 'hewitt': option scale='abc' is not a number")
     assert "does not take" not in line and "instances of" not in line
+
+
+def test_a_read_only_file_system_is_named_as_such(small, tmp_path, monkeypatch):
+    """A read-only mount was reported as permission denied (os.access says EROFS too)."""
+    readonly = tmp_path / "mnt"
+    readonly.mkdir()
+    real_statvfs = os.statvfs
+
+    class ReadOnly:
+        f_flag = os.ST_RDONLY
+
+    monkeypatch.setattr(os, "statvfs", lambda path: ReadOnly() if Path(path) == readonly else real_statvfs(path))
+    monkeypatch.setattr(os, "access", lambda path, mode, **kw: not mode & os.W_OK)  # what a read-only mount says
+    line = assert_user_error(invoke("transplant", small["tied"], small["donor"], "-o", readonly / "out"),
+                             f"output {readonly / 'out'}: {readonly} is on a read-only file system")
+    assert "permission" not in line
+
+
+def test_disk_full_while_copying_a_donor_file_names_the_output(small, tmp_path, monkeypatch):
+    """copyfile's error names its source first: the message blamed the donor's file as the write location."""
+    real_copyfile = shutil.copyfile
+
+    def full_disk(source, target, **kwargs):
+        if ".out.partial-" in str(target):
+            raise OSError(errno.ENOSPC, "No space left on device", str(source), None, str(target))
+        return real_copyfile(source, target, **kwargs)
+
+    monkeypatch.setattr(shutil, "copyfile", full_disk)
+    out = tmp_path / "out"
+    line = assert_user_error(invoke("transplant", small["tied"], small["donor"], "-o", out),
+                             f"out of disk space while writing {out}")
+    assert str(small["donor"]) not in line and str(small["tied"]) not in line
+    assert not out.exists() and leftovers(out) == []
+
+
+@pytest.mark.parametrize("with_tokenizer_json", [True, False])
+def test_a_tokenizer_with_shipped_code_names_trust_remote_code(small, fresh_copy, tmp_path, with_tokenizer_json):
+    donor = fresh_copy(small["donor"], "donor")
+    spec = json.loads((donor / "tokenizer.json").read_text())
+    (donor / "vocab.json").write_text(json.dumps(spec["model"]["vocab"]))
+    (donor / "merges.txt").write_text("#version: 0.2\n" + "\n".join(
+        m if isinstance(m, str) else " ".join(m) for m in spec["model"]["merges"]) + "\n")
+    if not with_tokenizer_json:
+        (donor / "tokenizer.json").unlink()
+    edit_json(donor / "tokenizer_config.json", lambda c: c.update(
+        tokenizer_class="AcmeTokenizer", auto_map={"AutoTokenizer": ["tokenization_acme.AcmeTokenizer", None]}))
+    (donor / "tokenization_acme.py").write_text("raise SystemExit('tokenizer code ran')\n")
+    assert_user_error(invoke("transplant", small["tied"], donor, "-o", tmp_path / "out"), "--trust-remote-code")
+
+
+@pytest.mark.parametrize("where", ["directory", "file"])
+def test_a_gguf_donor_gets_a_conversion_hint(small, tmp_path, where):
+    folder = tmp_path / "donor"
+    folder.mkdir()
+    (folder / "model.gguf").write_bytes(b"GGUF" + bytes(60))
+    donor = folder if where == "directory" else folder / "model.gguf"
+    line = assert_user_error(invoke("transplant", small["tied"], donor, "-o", tmp_path / "out"), "GGUF")
+    assert "convert it to a Hugging Face directory" in line and "gguf_file=" in line
+
+
+def test_an_empty_eval_text_is_refused_before_the_transplant_runs(small, tmp_path, monkeypatch):
+    import tokensurgeon.pipeline.transplant as job
+
+    def never(*args, **kwargs):
+        raise AssertionError("the transplant ran before the texts were checked")
+
+    monkeypatch.setattr(job, "open_session", never)
+    empty = tmp_path / "empty.txt"
+    empty.write_text(" \n")
+    out = tmp_path / "out"
+    assert_user_error(invoke("transplant", small["tied"], small["donor"], "-o", out, "--eval-text", empty),
+                      f"text file {empty} is empty")
+    assert not out.exists() and leftovers(out) == []
+
+
+def _rows_per_text(command: str, small, texts: list[Path], tmp_path: Path) -> list[str]:
+    """The text labels of each command's JSON result for these texts."""
+    text_args = [arg for path in texts for arg in ("--text", path)]
+    if command == "evaluate":
+        result = invoke("evaluate", small["tied"], *text_args, "--json")
+        return [score["label"] for score in json.loads(result.stdout)[0]["scores"]]
+    if command == "transplant":
+        result = invoke("transplant", small["tied"], small["donor"], "-o", tmp_path / "t", "--json",
+                        *[arg for path in texts for arg in ("--eval-text", path)])
+        return [row["text"] for row in json.loads(result.stdout)["evaluation"]]
+    if command == "compare":
+        result = invoke("compare", small["tied"], small["donor"], *text_args, "--methods", "zero", "--json")
+        return [row["text"] for row in json.loads(result.stdout)["entries"][0]["evaluation"]]
+    assert invoke("transplant", small["tied"], small["donor"], "-o", tmp_path / "patched").exit_code == 0
+    result = invoke("heal", tmp_path / "patched", *text_args, "--eval-text", texts[0], "--eval-text", texts[1],
+                    "-o", tmp_path / "healed", "--objective", "lm", "--train", "embeddings", "--steps", "1",
+                    "--batch-size", "1", "--context", "16", "--eval-max-bytes", "400", "--no-compare-base", "--json")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    return [row["text"] for row in data["texts"]] + [row["text"] for row in data["unseen"]]
+
+
+@pytest.mark.parametrize("command", ["evaluate", "transplant", "compare", "heal"])
+def test_texts_with_one_file_name_from_different_folders_are_separate_rows(small, tmp_path, command):
+    """a/x/news.txt and b/x/news.txt collapsed into one row (one text silently dropped)."""
+    news = TEXT.read_text()
+    texts = [tmp_path / "a" / "x" / "news.txt", tmp_path / "b" / "x" / "news.txt"]
+    for path, part in zip(texts, (news[:2500], news[2500:5000])):
+        path.parent.mkdir(parents=True)
+        path.write_text(part)
+    labels = _rows_per_text(command, small, texts, tmp_path)
+    expected = ["a/x/news.txt", "b/x/news.txt"]
+    assert labels == (expected * 2 if command == "heal" else expected)

@@ -37,6 +37,7 @@ from ..config import EvalConfig, HealConfig
 from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
+from ..evaluation.rows import text_labels
 from ..recovery.train import RecoveryOptions, base_of, recover
 from ..runtime.outdir import atomic_directory, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
@@ -95,15 +96,8 @@ def resolve_teacher(config: HealConfig) -> Path | None:
     return Path(config.teacher) if config.teacher is not None else base_of(config.patched)
 
 
-def _labels(paths: tuple[Path, ...]) -> list[str]:
-    """File names, made unique with their parent directory where two share a name."""
-    names = [Path(p).name for p in paths]
-    return [f"{Path(p).parent.name}/{Path(p).name}" if names.count(Path(p).name) > 1 else Path(p).name
-            for p in paths]
-
-
 def _read(paths: tuple[Path, ...]) -> dict[str, str]:
-    return {label: Path(p).read_text(encoding="utf-8", errors="replace") for label, p in zip(_labels(paths), paths)}
+    return {label: Path(p).read_text(encoding="utf-8", errors="replace") for label, p in zip(text_labels(paths), paths)}
 
 
 def _base_scores(config: HealConfig, texts: dict[str, str]) -> list[TextScore] | None:

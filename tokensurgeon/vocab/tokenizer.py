@@ -105,7 +105,7 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     except Exception as exc:  # transformers raises many types for one cause: unreadable files
         message = first_line(exc)
-        if "trust_remote_code" in message:
+        if "trust_remote_code" in str(exc):  # transformers says so past its first line
             message = "it needs code shipped with it; pass --trust-remote-code to run that code (read it first)"
         raise TokenizerError(f"{path}: cannot load tokenizer: {message}") from exc
     if getattr(tokenizer, "backend_tokenizer", None) is None:
