@@ -1127,3 +1127,26 @@ def test_texts_with_one_file_name_from_different_folders_are_separate_rows(small
     labels = _rows_per_text(command, small, texts, tmp_path)
     expected = ["a/x/news.txt", "b/x/news.txt"]
     assert labels == (expected * 2 if command == "heal" else expected)
+
+
+# ---------------------------------------------------------------------------------------------
+# issue 17.11: a tokenizer-only method reads only the donor's tokenizer files
+
+
+@pytest.mark.parametrize("kind", ["pickle-only", "custom-code"])
+def test_a_tokenizer_only_method_never_opens_the_donor_model(small, fresh_copy, tmp_path, kind):
+    """A pickle-only or custom-code donor model needed --allow-pickle/--trust-remote-code for its tokenizer.json."""
+    donor = fresh_copy(small["donor"], "donor")
+    if kind == "pickle-only":
+        (donor / "config.json").write_text((small["donor_model"] / "config.json").read_text())
+        torch.save({"model.embed_tokens.weight": torch.zeros(400, 32)}, donor / "pytorch_model.bin")
+    else:
+        (donor / "config.json").write_text(json.dumps({
+            "model_type": "acme_lm", "architectures": ["AcmeForCausalLM"],
+            "auto_map": {"AutoModelForCausalLM": "modeling_acme.AcmeLM"}}))
+        (donor / "modeling_acme.py").write_text("raise SystemExit('custom code ran')\n")
+        shutil.copyfile(small["donor_model"] / "model.safetensors", donor / "model.safetensors")
+    out = tmp_path / "out"
+    result = invoke("transplant", small["tied"], donor, "-o", out, "--method", "subword-mean", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / "config.json").read_text())["vocab_size"] == 400  # the donor's vocabulary
