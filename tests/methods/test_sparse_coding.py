@@ -128,7 +128,14 @@ def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):
     assert fast.residual_norm.mean() < 1.02 * full.residual_norm.mean()
     overlap = [len(set(a) & set(b)) for a, b in zip(fast.indices.tolist(), full.indices.tolist())]
     assert sum(overlap) / (16 * len(overlap)) > 0.8
-    assert sparse_coding.fast_selection_dtype(torch.device("cpu")) in (torch.bfloat16, torch.float32)
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, torch.float32), (True, False, torch.bfloat16),
+                                                         (False, True, torch.bfloat16)])
+def test_cpu_selection_is_bf16_only_with_native_bf16_matmul(monkeypatch, avx512_bf16, amx, expected):
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert sparse_coding.fast_selection_dtype(torch.device("cpu")) == expected
 
 
 def test_candidates_equal_exact_when_the_pool_holds_the_exact_picks():
