@@ -34,6 +34,7 @@ from .assemble import AssembledMatrix, extra_vocab_tensors, new_row_departures, 
 from .draft import check_draft_request, finish_draft
 from .run_method import run_method
 from .session import Session, donor_config_rows, open_session
+from .chat import chat_turn, check_template_tokens, with_end_of_turn
 from .special_ids import donor_token_ids, remapped_other_ids
 
 
@@ -65,15 +66,16 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
 
     write_weights(base, staging, replacements, progress=phase(progress, "write"))
     check_vocab_dims(base, staging, n_rows)
+    warnings += ReportWarning.all("tokenizer", write_tokenizer(config.donor, pair.base_traits, pair.donor_traits,
+                                                               staging, chat_template=config.chat_template))
+    chat = chat_turn(staging, config.chat_template, trust_remote_code=config.trust_remote_code)
+    token_ids = with_end_of_turn(token_ids, chat.end_of_turn_id)  # generate() stops at the turn's end
     write_json(staging / "config.json", patch_config(base.config, n_rows, token_ids, other_ids))
     write_json(staging / "generation_config.json",
                patch_generation_config(read_json(base.path / "generation_config.json"), token_ids))
     if base.config.get("auto_map"):  # the config names code shipped beside it: keep it with the config
         for code in sorted(Path(config.base).glob("*.py")):
             shutil.copyfile(code, staging / code.name)
-    warnings += ReportWarning.all("tokenizer", write_tokenizer(config.donor, pair.base_traits, pair.donor_traits,
-                                set(pair.base_vocab.specials.values()), set(pair.donor_vocab.specials.values()),
-                                staging, chat_template=config.chat_template))
     report = TransplantReport(
         version=__version__,
         base={"path": str(config.base), "kind": pair.base_vocab.kind, "vocab_size": pair.base_vocab.size,
@@ -93,6 +95,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
         warnings=warnings,
         norms=row_norm_histograms(new_embed),
         residuals=residuals,
+        chat=chat.to_dict(),
     )
     return report, provenance_rows(pair, result)
 
@@ -104,6 +107,9 @@ def transplant(config: TransplantConfig, progress: Progress | None = None) -> Tr
     check_output_path(config.out, config.input_paths(), force=config.force)
     read_eval_texts(config.eval_texts, config.eval_max_bytes)  # a bad --eval-text fails now, not after the work
     session = open_session(config, clock.lap)
+    if config.chat_template == "base":  # a template the donor cannot spell fails before the slow method
+        check_template_tokens(session.pair.base_traits.chat_template, set(session.pair.base_vocab.specials.values()),
+                              set(session.pair.donor_vocab.specials.values()))
     if config.draft_for is not None:  # refuse a row count that cannot match before the slow method runs
         check_draft_request(config.draft_for, (session.donor_model.vocab_rows if session.donor_model
                                                else donor_config_rows(config.donor) or None),

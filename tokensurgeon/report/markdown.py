@@ -41,6 +41,7 @@ def render_markdown(report: TransplantReport) -> str:
         if report.residuals.get("max"):
             lines.append(f"- worst by {report.residuals['measure']}: " + ", ".join(
                 f"`{t['token']!r}` {t['value']:.3f}" for t in report.residuals["tokens"][:5]))
+    lines += chat_markdown(report.chat)
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in report.warnings]
     lines += ["", "## Timings (s)", ""] + [f"- {phase}: {seconds:.2f}" for phase, seconds in report.timings.items()]
@@ -49,6 +50,20 @@ def render_markdown(report: TransplantReport) -> str:
     if report.output.get("head_sha256"):
         lines.append(f"- output head: `{report.output['head_sha256']}`")
     return "\n".join(lines) + "\n"
+
+
+def chat_markdown(chat: dict[str, Any]) -> list[str]:
+    """The chat section: whose template the output carries, the token that ends a turn, one rendered turn."""
+    if not chat:
+        return []
+    if chat.get("template") is None:
+        return ["", "## Chat", "", "- no chat template: the output is a base (completion) model"]
+    stop = (f"`{chat['end_of_turn']}` (id {chat['end_of_turn_id']}, in eos_token_id)" if chat.get("end_of_turn")
+            else "not found (eos_token_id unchanged)")
+    lines = ["", "## Chat", "", f"- template: the {chat['template']}'s", f"- end of turn: {stop}"]
+    if chat.get("rendered"):
+        lines += ["- one turn, rendered:", "", "```", chat["rendered"].rstrip("\n"), "```"]
+    return lines
 
 
 def comparison_markdown(comparison: Any) -> str:

@@ -44,6 +44,7 @@ class TransplantReport:
     evaluation: list[EvalRow] = field(default_factory=list)
     norms: dict[str, Any] = field(default_factory=dict)  # pipeline.assemble.row_norm_histograms
     residuals: dict[str, Any] = field(default_factory=dict)  # pipeline.assemble.new_row_departures
+    chat: dict[str, Any] = field(default_factory=dict)  # pipeline.chat.ChatTurn: template, end of turn, one turn
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

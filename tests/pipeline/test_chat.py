@@ -1,0 +1,80 @@
+"""Chat models stay chat models: eos covers the template's end of turn, --chat-template base refuses a template
+the donor cannot spell, and the report shows the template and one rendered turn. Real tokenizers throughout."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from conftest import TOKENIZERS
+from tokensurgeon.cli import app
+from tokensurgeon.config import TransplantConfig
+from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.pipeline.chat import end_of_turn, with_end_of_turn
+from tokensurgeon.pipeline.transplant import transplant
+
+QWEN2_ENDOFTEXT, QWEN2_IM_END = 151643, 151645  # the qwen2 tokenizer's ids (tokenizer.json added_tokens)
+
+
+def _ids(out, key="eos_token_id"):
+    return [json.loads((out / name).read_text())[key] for name in ("config.json", "generation_config.json")]
+
+
+def test_qwen2_donor_stops_at_im_end(tiny_models, tmp_path):
+    """SmolLM2 <- qwen2 (ChatML): eos is the donor's <|endoftext|>, the turn ends with <|im_end|>: both stop."""
+    from transformers import AutoTokenizer, GenerationConfig
+
+    out = tmp_path / "out"
+    report = transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "qwen2", out=out, method="mean"))
+    assert _ids(out) == [[QWEN2_ENDOFTEXT, QWEN2_IM_END]] * 2
+    assert GenerationConfig.from_pretrained(out).eos_token_id == [QWEN2_ENDOFTEXT, QWEN2_IM_END]
+    assert AutoTokenizer.from_pretrained(out).convert_ids_to_tokens(QWEN2_IM_END) == "<|im_end|>"
+    assert report.chat["template"] == "donor" and report.chat["end_of_turn"] == "<|im_end|>"
+    assert "<|im_start|>assistant\nParis.<|im_end|>" in report.chat["rendered"]
+    markdown = (out / "report.md").read_text()
+    assert "## Chat" in markdown and "template: the donor's" in markdown and "Paris.<|im_end|>" in markdown
+    assert json.loads((out / "report.json").read_text())["chat"]["end_of_turn_id"] == QWEN2_IM_END
+
+
+def test_a_base_template_the_donor_can_spell_is_kept(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    report = transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "qwen2", out=out,
+                                         method="mean", chat_template="base"))
+    assert "SmolLM" in (out / "chat_template.jinja").read_text()  # the base's system prompt, not qwen2's
+    assert report.chat["template"] == "base" and report.chat["end_of_turn_id"] == QWEN2_IM_END
+    assert _ids(out) == [[QWEN2_ENDOFTEXT, QWEN2_IM_END]] * 2
+
+
+def test_a_base_template_the_donor_cannot_spell_is_refused_before_work(tiny_models, tmp_path):
+    """SmolLM2's ChatML template on the Llama-3 tokenizer: <|im_start|> would be six pieces."""
+    out = tmp_path / "out"
+    with pytest.raises(TokenSurgeonError, match=r"--chat-template base: .*<\|im_end\|>, <\|im_start\|>"):
+        transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama3", out=out,
+                                    chat_template="base"))
+    assert not out.exists()
+    result = CliRunner().invoke(app, ["transplant", str(tiny_models["tied"]), str(TOKENIZERS / "llama3"), "-o",
+                                      str(out), "--chat-template", "base"])
+    assert result.exit_code == 2 and "--chat-template base" in result.stderr and len(result.stderr.splitlines()) <= 3
+    with pytest.raises(TokenSurgeonError, match="chat-template"):
+        TransplantConfig(base=out, donor=out, out=out, chat_template="mine")
+
+
+def test_a_donor_without_a_template_keeps_its_eos(tiny_models, tmp_path):
+    out = tmp_path / "out"
+    report = transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama3", out=out, method="mean"))
+    assert report.chat == {"template": None, "end_of_turn": None, "end_of_turn_id": None, "rendered": None}
+    assert _ids(out) == [128001] * 2  # <|end_of_text|>
+    assert "no chat template" in (out / "report.md").read_text()
+
+
+def test_end_of_turn_and_eos_lists():
+    specials = {"<|im_end|>": 2, "<|im_start|>": 1, "<end_of_turn>": 7, "<eos>": 8}
+    assert end_of_turn("<|im_start|>assistant\nParis.<|im_end|>\n", specials) == "<|im_end|>"
+    assert end_of_turn("<start_of_turn>model\nParis.<end_of_turn>\n", specials) == "<end_of_turn>"
+    assert end_of_turn("Paris.\n", specials) is None and end_of_turn("no answer", specials) is None
+    assert with_end_of_turn({"eos_token_id": 8}, 7) == {"eos_token_id": [8, 7]}
+    assert with_end_of_turn({"eos_token_id": [8, 7]}, 7) == {"eos_token_id": [8, 7]}
+    assert with_end_of_turn({"eos_token_id": None}, 7) == {"eos_token_id": [7]}
+    assert with_end_of_turn({"eos_token_id": 8}, None) == {"eos_token_id": 8}

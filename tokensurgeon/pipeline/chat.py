@@ -1,0 +1,77 @@
+"""Chat models stay chat models: the template the patched model carries, its end-of-turn token, one rendered turn.
+
+generate() stops at generation_config's eos_token_id, and a chat template ends each assistant turn with a token of
+its own (ChatML ``<|im_end|>``, Llama 3 ``<|eot_id|>``, Gemma ``<end_of_turn>``) that is often not the tokenizer's
+eos: without it in eos_token_id a patched instruct model talks past its turn. A base template kept with
+``--chat-template base`` must find its control tokens among the donor's special tokens, or each would be split into
+ordinary pieces the model never saw as one token.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import TokenSurgeonError
+
+QUESTION, ANSWER = "What is the capital of France?", "Paris."
+TURN = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]
+
+
+@dataclass(frozen=True)
+class ChatTurn:
+    """The patched tokenizer's chat template (whose: donor or base; None without one), the special token that ends
+    an assistant turn and its id, and TURN as the template renders it."""
+
+    template: str | None
+    end_of_turn: str | None = None
+    end_of_turn_id: int | None = None
+    rendered: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_template_tokens(template: str | None, base_specials: set[str], donor_specials: set[str]) -> None:
+    """Refuse a base chat template whose control tokens (base special tokens it names) the donor lacks."""
+    missing = sorted(content for content in base_specials if template and content in template
+                     and content not in donor_specials)
+    if missing:
+        raise TokenSurgeonError(f"--chat-template base: the base template's control tokens {', '.join(missing[:5])} "
+                                "are not special tokens of the donor tokenizer (each would be split into pieces); "
+                                "keep --chat-template donor, or add them to the donor tokenizer as special tokens first")
+
+
+def end_of_turn(rendered: str, specials: dict[str, int]) -> str | None:
+    """The special token right after the assistant's answer in a rendered turn: the template's end of turn."""
+    if ANSWER not in rendered:
+        return None
+    rest = rendered[rendered.rindex(ANSWER) + len(ANSWER):]
+    return next((content for content in sorted(specials, key=len, reverse=True) if rest.startswith(content)), None)
+
+
+def chat_turn(tokenizer_dir: Path, source: str, *, trust_remote_code: bool = False) -> ChatTurn:
+    """Render TURN with the tokenizer written to tokenizer_dir (as a user loads it) and find its end of turn."""
+    from jinja2 import TemplateError
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
+    if not isinstance(tokenizer.chat_template, str):
+        return ChatTurn(None)
+    try:
+        rendered = tokenizer.apply_chat_template(TURN, tokenize=False)
+    except TemplateError:  # a template that refuses this conversation (e.g. one requiring a system turn)
+        return ChatTurn(source)
+    specials = {str(token): i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    content = end_of_turn(rendered, specials)
+    return ChatTurn(source, content, specials.get(content) if content else None, rendered)
+
+
+def with_end_of_turn(token_ids: dict[str, Any], end_id: int | None) -> dict[str, Any]:
+    """token_ids with eos_token_id a list that also holds end_id (transformers' convention for several stops)."""
+    eos = token_ids.get("eos_token_id")
+    stops = eos if isinstance(eos, list) else [] if eos is None else [eos]
+    if end_id is None or end_id in stops:
+        return token_ids
+    return token_ids | {"eos_token_id": stops + [end_id]}
