@@ -13,6 +13,7 @@ from .errors import TokenSurgeonError
 
 DEFAULT_METHOD = "subword-mean"
 DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses
+UNDERTRAINED_NORM = 0.5  # a base row under this fraction of the median row norm counts as barely trained
 
 
 MAX_PAD_TO_MULTIPLE = 65536
@@ -61,6 +62,7 @@ class TransplantConfig:
         corpus: text files for methods that learn from text (focus, tokenadapt, hypernet).
         draft_for: make BASE a speculative-decoding draft for this target model (it must be DONOR): exact
             row count, tokenizer, chat template and special ids of the target, verified (draft.py).
+        recompute_undertrained: compute, not copy, shared tokens with barely trained base rows (vocab/undertrained.py).
     """
 
     base: Path
@@ -80,6 +82,7 @@ class TransplantConfig:
     allow_nonfinite: bool = False
     corpus: tuple[Path, ...] = ()
     draft_for: Path | None = None
+    recompute_undertrained: bool = False
 
     def __post_init__(self) -> None:
         if self.method is None:
@@ -183,6 +186,8 @@ class EvalConfig:
 HEAL_OBJECTIVES = ("distill", "lm")
 HEAL_TRAIN = ("rows", "embeddings", "lora")
 HEAL_ROWS = {"new": "rows", "all": "embeddings"}  # the old --rows values, kept as aliases of --train
+DEFAULT_HEAL_OBJECTIVE = "distill"  # chosen by the recovery benchmark (docs/heal.md)
+DEFAULT_HEAL_TRAIN = "lora"
 
 
 @dataclass(frozen=True)
@@ -198,7 +203,7 @@ class HealConfig:
             (every row, ``anchor_weight`` pulling the others back) or "lora" (embeddings plus LoRA adapters of
             rank ``lora_rank`` on the attention and MLP projections, merged into the output).
         rows: deprecated alias of the previous heal: objective "lm" with train "rows" ("new") or "embeddings"
-            ("all"); overrides objective and train when given.
+            ("all"); an objective or train given beside it must agree with it.
         teacher: the distillation teacher; None = the base recorded in PATCHED/report.json.
         eval_texts: held-out files never trained on, scored before and after beside the in-file held-out split.
         max_minutes: training time budget (None = steps only).
@@ -214,10 +219,10 @@ class HealConfig:
     patched: Path
     texts: tuple[Path, ...]
     out: Path
-    objective: str = "distill"  # chosen by a quick P2 check (docs/heal.md): not worse than lm + rows held out
+    objective: str | None = None
     lm_mix: float = 0.0
     temperature: float = 100.0
-    train: str = "lora"
+    train: str | None = None
     rows: str | None = None
     teacher: Path | None = None
     eval_texts: tuple[Path, ...] = ()
@@ -251,8 +256,14 @@ class HealConfig:
             if self.rows not in HEAL_ROWS:
                 raise TokenSurgeonError(f"--rows must be 'new' or 'all' (aliases of --train rows|embeddings), "
                                         f"not {self.rows!r}")
-            object.__setattr__(self, "train", HEAL_ROWS[self.rows])
-            object.__setattr__(self, "objective", "lm")
+            alias = {"objective": "lm", "train": HEAL_ROWS[self.rows]}
+            for name, value in alias.items():
+                if getattr(self, name) not in (None, value):
+                    raise TokenSurgeonError(f"--rows {self.rows} means --objective lm --train {alias['train']}; it "
+                                            f"conflicts with --{name} {getattr(self, name)}: drop --rows")
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "objective", self.objective or DEFAULT_HEAL_OBJECTIVE)
+        object.__setattr__(self, "train", self.train or DEFAULT_HEAL_TRAIN)
         if self.objective not in HEAL_OBJECTIVES:
             raise TokenSurgeonError(f"--objective must be one of {', '.join(HEAL_OBJECTIVES)}, not {self.objective!r}")
         if self.train not in HEAL_TRAIN:

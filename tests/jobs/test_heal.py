@@ -59,11 +59,12 @@ def unseen(tmp_path_factory):
 
 def free_ids(path):
     """The rows --train rows may move: computed rows and copies of rows the base barely trained."""
-    from tokensurgeon.recovery.train import base_of, free_rows, read_provenance, undertrained_base_rows
+    from tokensurgeon.recovery.train import base_of, free_rows, read_provenance
     from tokensurgeon.vocab import build_vocabulary, load_tokenizer
+    from tokensurgeon.vocab.undertrained import undertrained_rows
 
     base = open_checkpoint(base_of(path))
-    undertrained = undertrained_base_rows(base, build_vocabulary(load_tokenizer(base.path)).byte_fallback)
+    undertrained = undertrained_rows(read_embeddings(base)[0], build_vocabulary(load_tokenizer(base.path)).byte_fallback)
     free = free_rows(read_provenance(path, open_checkpoint(path).vocab_rows), undertrained)
     computed = [row["id"] for row in map(json.loads, filter(None, (path / "provenance.jsonl").read_text().split("\n")))
                 if row["path"] not in ("copy", "padding-mean")]
@@ -231,3 +232,52 @@ def test_output_never_is_or_holds_an_input(tiny_models, patched, text, tmp_path,
 def test_missing_patched_dir(text, tmp_path):
     result = runner.invoke(app, ["heal", str(tmp_path / "missing"), "--text", str(text), "-o", str(tmp_path / "o")])
     assert result.exit_code == 2 and "not a directory" in result.stderr and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args", [["--rows", "new", "--train", "lora"], ["--rows", "all", "--objective", "distill"],
+                                  ["--rows", "new", "--train", "embeddings"]])
+def test_rows_alias_conflicting_with_train_or_objective_is_one_line_exit_2(patched, text, tmp_path, args):
+    result = runner.invoke(app, ["heal", str(patched["tied"]), "--text", str(text), "-o", str(tmp_path / "o"), *args])
+    assert result.exit_code == 2, result.output
+    assert "conflicts with" in result.stderr and "--rows" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
+def test_rows_alias_agreeing_with_train_and_defaults_without_it(patched, text, tmp_path):
+    agreeing = HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "o", rows="new", train="rows",
+                          objective="lm")
+    assert (agreeing.objective, agreeing.train) == ("lm", "rows")
+    default = HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "o")
+    assert (default.objective, default.train) == ("distill", "lora")  # docs/heal.md's default
+
+
+def test_rows_mode_counts_the_free_rows_only(patched, text, tmp_path):
+    source = open_checkpoint(patched["untied"])
+    report = heal(HealConfig(patched=source.path, texts=(text,), out=tmp_path / "out", **LM_ROWS, **QUICK))
+    width = read_embeddings(source)[0].shape[1]
+    n_free = len(free_ids(source.path))
+    assert n_free < source.vocab_rows  # a count of whole matrices would be vocab_rows x width each
+    assert report.trainable == {source.input_name: n_free * width, source.output_name: n_free * width}
+
+
+def test_copies_of_barely_trained_base_rows_train_under_rows(tiny_models, tmp_path):
+    """Base with <0xNN> byte-fallback rows (Llama-2), byte-level donor (SmolLM2): the donor's lone bytes copy
+    those rows, and --train rows moves the ones the text reads, like computed rows."""
+    from tokensurgeon.vocab import build_vocabulary, load_tokenizer
+
+    text = tmp_path / "tam.txt"
+    text.write_text((CORPORA / "udhr" / "tam.txt").read_text(encoding="utf-8")[:2000], encoding="utf-8")
+    patched = tmp_path / "patched"
+    transplant(TransplantConfig(base=tiny_models["donor_llama2"], donor=tiny_models["tied"], out=patched))
+    base_vocab = build_vocabulary(load_tokenizer(tiny_models["donor_llama2"]))
+    provenance = [json.loads(line) for line in (patched / "provenance.jsonl").read_text().splitlines() if line]
+    read = set(load_tokenizer(patched)(text.read_text(encoding="utf-8"))["input_ids"])
+    copies = {row["id"]: bool(set(row["sources"]) & base_vocab.byte_fallback) for row in provenance
+              if row["path"] == "copy" and row["id"] in read}
+    byte_copies, other_copies = [i for i, b in copies.items() if b], [i for i, b in copies.items() if not b]
+    assert len(byte_copies) >= 10 and other_copies
+    report = heal(HealConfig(patched=patched, texts=(text,), out=tmp_path / "out", lr=1e-2, **LM_ROWS, **QUICK))
+    assert report.improved
+    before, after = read_embeddings(open_checkpoint(patched))[0], read_embeddings(open_checkpoint(tmp_path / "out"))[0]
+    assert (after[byte_copies] != before[byte_copies]).any(dim=1).float().mean() > 0.5  # 4 short steps: most, not all
+    assert torch.equal(after[other_copies], before[other_copies])  # rows the base trained stay copied

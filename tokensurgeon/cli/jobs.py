@@ -8,7 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..config import ExportConfig, HealConfig, HypernetConfig, TransplantConfig
+from ..config import (DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, ExportConfig, HealConfig, HypernetConfig,
+                      TransplantConfig)
 from .common import (FILES, Command, Group, method_options, progress_bars, run_job, show, text_paths,
                      trust_remote_code_option, user_errors)
 
@@ -52,11 +53,13 @@ def heal(
     patched: Path = typer.Argument(..., help="Patched checkpoint (a transplant's output, or a draft) to heal."),
     text: Optional[List[Path]] = typer.Option(None, "--text", help=f"Text to train on, its end held out: {FILES}."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the healed checkpoint."),
-    objective: str = typer.Option(HealConfig.objective, help="lm: next-token loss on the text; distill: match the "
-                                                             "teacher (ALM chunks; token KL for a draft)."),
+    objective: Optional[str] = typer.Option(None, help="lm: next-token loss on the text; distill: match the teacher "
+                                                       f"(ALM chunks; token KL for a draft) [default: "
+                                                       f"{DEFAULT_HEAL_OBJECTIVE}]."),
     lm_mix: float = typer.Option(HealConfig.lm_mix, help="With --objective distill: weight of the LM loss added."),
-    train: str = typer.Option(HealConfig.train, help="rows: the rows the transplant computed; embeddings: every row "
-                                                     "(others anchored); lora: embeddings + LoRA, merged."),
+    train: Optional[str] = typer.Option(None, help="rows: the rows the transplant computed; embeddings: every row "
+                                                   f"(others anchored); lora: embeddings + LoRA, merged [default: "
+                                                   f"{DEFAULT_HEAL_TRAIN}]."),
     teacher: Optional[Path] = typer.Option(HealConfig.teacher, help="Distillation teacher [default: the base in "
                                                                     "PATCHED/report.json]; a draft's target."),
     eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text",

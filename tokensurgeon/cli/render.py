@@ -144,7 +144,7 @@ def print_heal(console: Console, report) -> None:
                else "no step beat the input on held-out text: output equals input")
     trained = sum(report.trainable.values())
     console.print(f"[bold green]healed checkpoint written to[/] {report.out} ({report.objective}, --train "
-                  f"{report.train}: {trained:,} parameters in trained tensors; {report.steps_run} steps "
+                  f"{report.train}: {trained:,} trainable parameters; {report.steps_run} steps "
                   f"({report.stopped_by}), {report.tokens_per_second:,.0f} tokens/s, {report.timings['total']:.0f} s "
                   f"on {report.device}; {verdict})")
     for title, rows in (("Held-out bits per byte (end of each training text)", report.texts),

@@ -70,6 +70,9 @@ def transplant(
                                                 help="Make BASE a speculative-decoding draft for this target model "
                                                      "(the donor): the target's exact row count, tokenizer, chat "
                                                      "template and special ids, verified before anything is written."),
+    recompute_undertrained: bool = typer.Option(TransplantConfig.recompute_undertrained, "--recompute-undertrained",
+                                                help="Compute, not copy, shared tokens whose base row the base barely "
+                                                     "trained (<0xNN> byte fallback, low norm)."),
 ) -> None:
     """Give BASE the DONOR's tokenizer and write a patched checkpoint plus a report.
 
@@ -90,5 +93,5 @@ def transplant(
                                   eval_texts=text_paths(eval_text), eval_max_bytes=eval_max_bytes, force=force,
                                   trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
                                   allow_nonfinite=allow_nonfinite, corpus=text_paths(corpus),
-                                  draft_for=as_draft_for)
+                                  draft_for=as_draft_for, recompute_undertrained=recompute_undertrained)
         run_job(run_transplant, config, as_json=as_json, view="print_transplant")

@@ -13,6 +13,7 @@ from ..checkpoint.reader import nonfinite_summary
 from ..config import TransplantConfig
 from ..errors import CheckpointError, NoWeightsError
 from ..vocab.pair import TokenizerPair, load_pair
+from ..vocab.undertrained import recompute_undertrained, undertrained_rows
 
 
 def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint | None:
@@ -124,6 +125,10 @@ def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda p
     check_base_rows(pair, base.vocab_rows, config.base)
     lap("align")
     base_embed, base_head = read_embeddings(base)
+    if config.recompute_undertrained:
+        undertrained = undertrained_rows(base_embed, pair.base_vocab.byte_fallback)
+        pair.alignment = recompute_undertrained(pair.alignment, pair.base_vocab, pair.donor_vocab,
+                                                pair.base_tokenizer, undertrained)
     warnings = check_finite(base_embed, "base input embedding", config.base, allow=config.allow_nonfinite)
     warnings += check_finite(base_head, "base output head", config.base, allow=config.allow_nonfinite)
     lap("read")

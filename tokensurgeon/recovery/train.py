@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
@@ -23,18 +24,19 @@ from typing import Any, Callable
 import torch
 
 from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
+from tokensurgeon.config import DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import LORA_TARGETS, Teacher, add_lora, head_weight, hidden_states, \
     load_teacher, softcap, unwrap
+from tokensurgeon.vocab.undertrained import undertrained_rows
 
 Progress = Callable[[int, int], None]
 OBJECTIVES = ("distill", "lm")
 TRAIN = ("rows", "embeddings", "lora")
 UNTRAINED_PATHS = ("copy", "padding-mean")  # provenance paths of rows a transplant did not compute
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-LOW_NORM = 0.5  # a base row below this fraction of the median row norm counts as barely trained (magikarp-style)
 
 
 @dataclass(frozen=True)
@@ -51,10 +53,10 @@ class RecoveryOptions:
         block: positions per block of float32 logits.
     """
 
-    objective: str = "distill"
+    objective: str = DEFAULT_HEAL_OBJECTIVE
     lm_mix: float = 0.0
     temperature: float = 100.0
-    train: str = "lora"
+    train: str = DEFAULT_HEAL_TRAIN
     steps: int = 200
     lr: float = 1e-3
     lora_lr: float = 5e-4
@@ -123,14 +125,6 @@ def read_provenance(patched: Path, n_rows: int) -> list[dict[str, Any]] | None:
         raise TokenSurgeonError(f"{source}: describes {len(rows)} rows but the checkpoint has {n_rows}; "
                                 "it belongs to another checkpoint")
     return rows
-
-
-def undertrained_base_rows(teacher: Checkpoint, byte_fallback: frozenset[int]) -> set[int]:
-    """Base rows the base model barely trained: ``<0xNN>`` byte-fallback rows and rows of low norm."""
-    embed, _ = read_embeddings(teacher)
-    norms = embed.float().norm(dim=1)
-    low = (norms < LOW_NORM * norms.median()).nonzero().flatten().tolist()
-    return set(byte_fallback) | set(low)
 
 
 def free_rows(provenance: list[dict[str, Any]] | None, undertrained: set[int]) -> list[int] | None:
@@ -293,7 +287,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
     objective = Objective(options, student_side, teacher, teacher_side)
     sampler = _Sampler(per_text, options.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else _NoAutocast()
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()  # CPU: float32
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
@@ -343,21 +337,19 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     unseen_after = score_texts(model, tokenizer, unseen, options) if best_step else unseen_before
     result = RecoveryResult(
         improved=best_step > 0, best_step=best_step, steps_run=step,
-        trainable={name: p.numel() for name, p in trainable.items()},
+        trainable=trainable_counts(trainable, options, free),
         held_out=_rows(held_out, before, best), unseen=_rows(unseen, unseen_before, unseen_after),
         history=history, tokens_per_second=tokens / train_seconds if train_seconds else 0.0,
         seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device))
     return model, result
 
 
-class _NoAutocast:
-    """CPU trains in float32: a stand-in for torch.autocast's context."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
+def trainable_counts(trainable: dict[str, torch.nn.Parameter], options: RecoveryOptions,
+                     free: list[int] | None) -> dict[str, int]:
+    """Parameters that can move, per tensor: under ``rows`` only the free rows of each matrix, not all of it."""
+    if options.train == "rows" and free is not None:
+        return {name: len(free) * p.shape[1] for name, p in trainable.items()}
+    return {name: p.numel() for name, p in trainable.items()}
 
 
 def _rows(texts: dict[str, str], before: list[float], after: list[float]) -> list[dict[str, Any]]:
@@ -428,7 +420,8 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
     if teacher_dir is not None:
         teacher_checkpoint = open_checkpoint(teacher_dir, trust_remote_code=trust_remote_code)
         teacher_tokenizer = load_tokenizer(teacher_dir, trust_remote_code=trust_remote_code)
-        undertrained = undertrained_base_rows(teacher_checkpoint, build_vocabulary(teacher_tokenizer).byte_fallback)
+        undertrained = undertrained_rows(read_embeddings(teacher_checkpoint)[0],
+                                         build_vocabulary(teacher_tokenizer).byte_fallback)
         if options.objective == "distill":  # the teacher's rows (or model) are needed only to distil
             teacher_model = load_teacher(teacher_dir, model, device=target, trust_remote_code=trust_remote_code)
     model, result = fit(model, tokenizer, train_texts, held_out, options,
