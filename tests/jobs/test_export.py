@@ -266,3 +266,27 @@ def test_bf16_matrices_give_the_rows_of_the_float32_path():
     rows = piece_means(matrix, pieces, fallback, block=97)
     assert rows.dtype == torch.bfloat16
     assert torch.equal(rows, piece_means(matrix.float(), pieces, fallback).to(torch.bfloat16))
+
+
+def test_dtype_reaches_a_multimodal_text_config(tmp_path):
+    """Gemma 3 with vision: the text tower's sub-config carries its own dtype (torch_dtype, as older transformers
+    wrote it); a full export and an applied embeddings-only patch both set it, and the model loads in that dtype."""
+    from transformers import AutoModelForImageTextToText
+    from tiny_archs import ARCHS, build_arch
+
+    source = build_arch(ARCHS["gemma3_vision"], tmp_path / "source", TOKENIZERS)
+    config_file = source / "config.json"
+    config_file.write_text(json.dumps(json.loads(config_file.read_text()) | {"text_config": json.loads(
+        config_file.read_text())["text_config"] | {"torch_dtype": "float32"}}))
+    full = tmp_path / "full"
+    run(source, full, dtype="bf16")
+    patch = tmp_path / "patch"
+    run(source, patch, embeddings_only=True)
+    applied = tmp_path / "applied"
+    run(patch, applied, apply_to=source, dtype="bf16")
+    for out in (full, applied):
+        config = json.loads((out / "config.json").read_text())
+        assert config["dtype"] == config["text_config"]["torch_dtype"] == "bfloat16", out.name
+        model = AutoModelForImageTextToText.from_pretrained(out)
+        assert model.get_input_embeddings().weight.dtype == torch.bfloat16
+        assert model.get_input_embeddings().weight.shape[0] == config["text_config"]["vocab_size"] == 32_003

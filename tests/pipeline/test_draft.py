@@ -70,3 +70,23 @@ def test_target_must_be_the_donor_and_a_model(tiny_models, tmp_path):
                                     draft_for=TOKENIZERS / "llama2"))
     result = CliRunner().invoke(app, ["transplant", str(tiny_models["tied"]), "-o", str(tmp_path / "x")])
     assert result.exit_code == 2 and "missing DONOR" in result.output
+
+
+def test_a_draft_for_a_multimodal_target_takes_the_ids_under_its_text_config(tmp_path):
+    """Gemma 3 with vision keeps vocab_size and special ids in text_config: the draft must read them there."""
+    from tiny_archs import ARCHS, build_arch
+
+    target = build_arch(ARCHS["gemma3_vision"], tmp_path / "target", TOKENIZERS)  # llama2 + 3 image tokens
+    base = build_arch(ARCHS["mistral"], tmp_path / "base", TOKENIZERS)
+    target_text = json.loads((target / "config.json").read_text())["text_config"]
+    assert "vocab_size" not in json.loads((target / "config.json").read_text())  # only text_config says it
+    out = tmp_path / "draft"
+    result = CliRunner().invoke(app, ["transplant", str(base), "--as-draft-for", str(target), "-o", str(out),
+                                      "--method", "subword-mean"])
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["vocab_size"] == target_text["vocab_size"] == 32_003
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id"):
+        assert config[key] == target_text[key], key
+    assert open_checkpoint(out).vocab_rows == 32_003
+    assert check_draft_compatible(target, out) == []
