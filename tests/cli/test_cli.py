@@ -162,3 +162,34 @@ def test_usage_names_the_arguments_in_capitals():
     assert "Usage: tokensurgeon inspect [OPTIONS] BASE DONOR" in usage("inspect")
     assert "Usage: tokensurgeon transplant [OPTIONS] BASE [DONOR]" in usage("transplant")
     assert "Usage: tokensurgeon evaluate [OPTIONS] MODELS..." in usage("evaluate")
+
+
+def test_without_a_terminal_long_phases_get_one_line_naming_the_output(tiny_models, tmp_path, monkeypatch):
+    """A pipe or a log gets one stderr line per phase that runs long (every phase here: threshold 0); the
+    evaluation's labels name the output folder, never the staging folder it is written in."""
+    import tokensurgeon.cli.common as common
+
+    monkeypatch.setattr(common, "PHASE_LINE_AFTER_S", 0.0)
+    text = tmp_path / "news.txt"
+    text.write_text("The council met on Tuesday to discuss the new budget. " * 40)
+    result = runner.invoke(app, ["transplant", str(tiny_models["tied"]), str(TOKENIZERS / "gpt2"), "-o",
+                                 str(tmp_path / "patched"), "--method", "mean", "--eval-text", str(text)])
+    assert result.exit_code == 0, result.output
+    phases = [line.split(": ")[1] for line in result.stderr.splitlines() if line.startswith("tokensurgeon: ")]
+    assert {"tied/news.txt", "patched/news.txt"} <= set(phases) and len(phases) == len(set(phases))
+    assert ".partial" not in result.stderr
+
+
+def test_quick_phases_print_nothing():
+    import io
+
+    from tokensurgeon.cli.common import phase_lines
+
+    stream = io.StringIO()
+    update = phase_lines(stream, after=60)
+    for done in range(5):
+        update("write", done, 4)
+    assert stream.getvalue() == ""
+    update = phase_lines(stream, after=0)
+    update("write", 1, 4), update("write", 2, 4), update("evaluate x", 1, 9)
+    assert stream.getvalue().splitlines() == ["tokensurgeon: write: 1/4 after 0 s", "tokensurgeon: evaluate x: 1/9 after 0 s"]

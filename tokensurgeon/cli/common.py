@@ -6,6 +6,7 @@ import contextlib
 import json
 import math
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -22,6 +23,7 @@ from ..runtime.progress import Progress
 
 console = Console()
 errors = Console(stderr=True)
+PHASE_LINE_AFTER_S = 5.0  # without a terminal, a phase that runs this long gets one line on stderr (phase_lines)
 SEVERAL_VALUES = ("--text", "--eval-text", "--corpus")  # options that take every file after them (shell globs)
 FILES = "one or more files after the flag (a shell glob), a folder (its .txt and .md files) or a quoted glob; repeatable"
 
@@ -44,11 +46,28 @@ def user_errors(ctx: typer.Context) -> Iterator[None]:
         raise typer.Exit(code=2)
 
 
+def phase_lines(stream: Any = None, *, after: float | None = None) -> Progress:
+    """A progress callback for logs and pipes, where bars cannot draw: one stderr line for each phase once it
+    has run ``after`` seconds (PHASE_LINE_AFTER_S), so long steps say what they do and quick ones stay quiet."""
+    wait = PHASE_LINE_AFTER_S if after is None else after
+    started: dict[str, float | None] = {}
+
+    def update(phase: str, done: int, total: int) -> None:
+        now = time.monotonic()
+        start = started.setdefault(phase, now)
+        if start is not None and now - start >= wait:
+            started[phase] = None  # said once
+            print(f"tokensurgeon: {phase}: {done:,}/{total:,} after {now - start:.0f} s", file=stream or sys.stderr,
+                  flush=True)
+
+    return update
+
+
 @contextlib.contextmanager
-def progress_bars(enabled: bool) -> Iterator[Progress | None]:
-    """A rich progress callback (phase, done, total), or None when output is JSON or not a terminal."""
+def progress_bars(enabled: bool) -> Iterator[Progress]:
+    """A rich progress callback (phase, done, total); phase lines on stderr when output is JSON or not a terminal."""
     if not enabled:
-        yield None
+        yield phase_lines()
         return
     columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Bars(*columns, console=Console(stderr=True), transient=True) as bars:
@@ -63,7 +82,7 @@ def progress_bars(enabled: bool) -> Iterator[Progress | None]:
 
 
 def run_job(job: Callable[[Any, Any], Any], config: Any, *, as_json: bool, view: str) -> None:
-    """Run ``job(config, progress)`` under progress bars (none for JSON or a pipe) and print its result."""
+    """Run ``job(config, progress)`` under progress bars (phase lines for JSON or a pipe) and print its result."""
     with progress_bars(not as_json and sys.stderr.isatty()) as progress:
         result = job(config, progress)
     show(result, as_json=as_json, view=view)

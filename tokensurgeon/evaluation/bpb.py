@@ -232,21 +232,22 @@ def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torc
 def evaluate_models(model_paths: list[Path], texts: dict[str, str], *, device: str = "auto",
                     context: int = 512, stride: int | None = None, batch_size: int = 8,
                     max_bytes: int | None = None, dtype: torch.dtype = torch.float32,
-                    progress: Progress | None = None,
+                    progress: Progress | None = None, names: list[str] | None = None,
                     trust_remote_code: bool = False, allow_pickle: bool = False) -> list[ModelScores]:
     """Score every model on every text (label -> text), holding one model in memory at a time.
 
-    progress, when given, is called with ("<model dir name>/<label>", tokens scored, total).
-    trust_remote_code and allow_pickle: see load_for_eval.
+    progress, when given, is called with ("<name>/<label>", tokens scored, total); names default to the model
+    directories' names (a transplant names its staging folder by its output's). trust_remote_code and
+    allow_pickle: see load_for_eval.
     """
     target = resolve_device(device)
     results = []
-    for path in model_paths:
+    for path, name in zip(model_paths, names or [Path(p).name for p in model_paths]):
         model, tokenizer = load_for_eval(path, device=target, dtype=dtype, trust_remote_code=trust_remote_code,
                                          allow_pickle=allow_pickle)
         scores = [score_text(model, tokenizer, text, label=label, context=context, stride=stride,
                              batch_size=batch_size, max_bytes=max_bytes,
-                             progress=_labelled(progress, f"{path.name}/{label}"))
+                             progress=_labelled(progress, f"{name}/{label}"))
                   for label, text in texts.items()]
         results.append(ModelScores(path, scores))
         del model

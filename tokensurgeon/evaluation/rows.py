@@ -121,5 +121,6 @@ def evaluate_pair(config: TransplantConfig, pair: TokenizerPair, patched: Path,
         return []
     texts = read_eval_texts(config.eval_texts, config.eval_max_bytes)
     before, after = evaluate_models([config.base, patched], texts, device=config.device, progress=progress,
+                                    names=[Path(config.base).name, Path(config.out).name],
                                     trust_remote_code=config.trust_remote_code, allow_pickle=config.allow_pickle)
     return evaluation_rows(pair, texts, before, after)

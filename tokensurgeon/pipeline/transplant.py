@@ -29,6 +29,7 @@ from ..runtime.devices import resolve_device
 from ..runtime.memory import tensor_sha256
 from ..runtime.outdir import atomic_directory, check_free_space, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
+from ..vocab.bytes import spell_bytes
 from ..vocab.pair import TokenizerPair
 from .assemble import AssembledMatrix, extra_vocab_tensors, new_row_departures, provenance_rows, row_norm_histograms
 from .draft import check_draft_request, finish_draft
@@ -153,8 +154,9 @@ def output_bytes(session: Session) -> int:
 
 def build_warnings(pair: TokenizerPair, result: InitResult) -> list[ReportWarning]:
     warnings = [ReportWarning(pair.number_warning, "number-scheme")] if pair.number_warning else []
-    fallbacks = [pair.donor_vocab.tokens[i] for i, prov in zip(pair.alignment.new_ids, result.provenance)
-                 if prov.path == FALLBACK_PATH]
+    donor = pair.donor_vocab
+    fallbacks = [donor.tokens[i] if donor.canonical[i] is None else spell_bytes(donor.canonical[i])
+                 for i, prov in zip(pair.alignment.new_ids, result.provenance) if prov.path == FALLBACK_PATH]
     if fallbacks:
         warnings.append(ReportWarning(f"{len(fallbacks)} new tokens could not be decomposed into base tokens and got the mean "
                         f"row (e.g. {', '.join(repr(t) for t in fallbacks[:5])})", "fallback"))

@@ -64,6 +64,24 @@ def detect_scheme(spec: dict) -> tuple[str, str]:
     return "plain", model_type
 
 
+def spell_bytes(raw: bytes) -> str:
+    """Bytes as text where they are UTF-8, every other byte as ``<0xNN>`` (one spelling for raw bytes everywhere):
+    the lone byte 0xF1 reads ``<0xF1>``, never as the ``ñ`` GPT-2's byte map draws for it.
+
+    >>> spell_bytes(b" ni\xc3\xb1o"), spell_bytes(b"\xf1"), spell_bytes(b"a\xc0b")
+    (' niño', '<0xF1>', 'a<0xC0>b')
+    """
+    parts = []
+    while raw:
+        try:
+            parts.append(raw.decode("utf-8"))
+            break
+        except UnicodeDecodeError as exc:
+            parts.append(raw[:exc.start].decode("utf-8") + "".join(f"<0x{b:02X}>" for b in raw[exc.start:exc.end]))
+            raw = raw[exc.end:]
+    return "".join(parts)
+
+
 def is_byte_token(token: str) -> bool:
     """Whether a SentencePiece token is a byte-fallback token (``<0xNN>``)."""
     return _BYTE_TOKEN.match(token) is not None

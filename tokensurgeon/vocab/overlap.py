@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .alignment import Alignment, COMPUTED, decompose
+from .bytes import spell_bytes
 from .tokenizer import Vocabulary
 
 DIGIT_PROBES = ("1234567", " 2024")
@@ -83,13 +84,10 @@ def sample_new_tokens(alignment: Alignment, base: Vocabulary, donor: Vocabulary,
     new = [i for i in alignment.new_ids if alignment.match[i] == "new"]
     picked = [new[j * len(new) // n] for j in range(n)] if len(new) > n else new
     pieces = decompose([donor.canonical[i] for i in picked], base, base_tokenizer)
-    return [{"donor_id": i, "token": donor.tokens[i], "text": _show(donor.canonical[i]),
-             "base_pieces": [_show(base.canonical[p]) for p in group]} for i, group in zip(picked, pieces)]
+    return [{"donor_id": i, "token": donor.tokens[i], "text": spell_bytes(donor.canonical[i]),
+             "base_pieces": [spell_bytes(base.canonical[p]) for p in group]} for i, group in zip(picked, pieces)]
 
 
-def _show(raw: bytes) -> str:
-    """Bytes as text, with partial UTF-8 shown as escapes rather than replacement characters."""
-    return raw.decode("utf-8", "backslashreplace")
 
 
 def _digit_lengths(tokenizer: Any, probe: str) -> list[int]:
