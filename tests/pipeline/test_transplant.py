@@ -211,3 +211,24 @@ def test_recompute_undertrained_changes_only_copies_of_barely_trained_rows(tiny_
         assert changed and changed <= expected
     computed = {row["id"]: row["path"] for row in provenance(tmp_path / "computed")}
     assert all(computed[i] != "copy" for i in expected)
+
+
+def test_a_tied_head_saved_twice_gets_the_new_rows_too(tiny_models, fresh_copy, tmp_path):
+    """Some tied checkpoints also store lm_head.weight (a copy of the embedding): it was copied on the old
+    vocabulary and the run refused; both copies must take the new rows and stay equal."""
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM
+
+    base = fresh_copy(tiny_models["tied"], "base")
+    tensors = load_file(base / "model.safetensors")
+    tensors["lm_head.weight"] = tensors["model.embed_tokens.weight"].clone()
+    save_file(tensors, base / "model.safetensors", metadata={"format": "pt"})
+    checkpoint = open_checkpoint(base)
+    assert checkpoint.tied and checkpoint.output_name == "lm_head.weight"
+    out = tmp_path / "out"
+    transplant(TransplantConfig(base=base, donor=TOKENIZERS / "mistral-v1", out=out))
+    written = load_file(out / "model.safetensors")
+    assert written["lm_head.weight"].shape == (32_000, 32) and torch.equal(written["lm_head.weight"],
+                                                                            written["model.embed_tokens.weight"])
+    model = AutoModelForCausalLM.from_pretrained(out)
+    assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()

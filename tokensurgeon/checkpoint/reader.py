@@ -11,19 +11,18 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 
 from ..errors import CheckpointError, NoWeightsError
 from ..runtime.memory import row_blocks
 from ..runtime.progress import first_line
-from ..runtime.quiet import quiet_transformers
 from .formats import weight_format
 from .formats.layout import SAFETENSORS_TO_TORCH, TensorInfo
 from .formats.pickle import PICKLE_INDEX, PICKLE_NAMES, PICKLE_SINGLE
 from .formats.safetensors import INDEX_NAME, SINGLE_NAME
 from .model_config import check_config_shapes, read_json
+from .model_layout import embedding_layout
 
 
 @dataclass(frozen=True)
@@ -94,18 +93,6 @@ SUPPORTED_KINDS = ("decoder-only causal language models and image-text-to-text m
                    "(encoder-decoder and encoder-only models are not)")
 
 
-@dataclass(frozen=True)
-class EmbeddingLayout:
-    """What the model class says about the tensors that follow the vocabulary, in module names."""
-
-    input_names: list[str]  # every alias of the input embedding weight
-    output_names: list[str]  # every alias of the output head weight (the input's when tied)
-    tied: bool
-    hidden: int
-    extras: dict[str, str]  # module name -> role of every other vocabulary-sized parameter or buffer
-    to_module: Callable[[str], tuple[str, bool]]  # saved key -> (module name, renamed by a converter)
-
-
 def check_model_kind(config: dict, where: Path) -> None:
     """Refuse, in one line and before anything is built, model kinds a transplant does not handle."""
     from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -125,94 +112,6 @@ def check_model_kind(config: dict, where: Path) -> None:
             kind = "an encoder-decoder"
         raise CheckpointError(f"{where}: {kind} model (model_type {model_type!r}, {arch or 'no architectures'}) is "
                               f"not supported; supported: {SUPPORTED_KINDS}")
-
-
-def _model_class(config: Any, trust_remote_code: bool) -> Any:
-    """The class the checkpoint names (config.architectures[0]) when transformers has it, else the Auto class."""
-    import transformers
-    from transformers import AutoModelForCausalLM, AutoModelForImageTextToText
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES)
-
-    names = getattr(config, "architectures", None) or []
-    known = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
-    if names and names[0] in known and hasattr(transformers, names[0]):
-        cls = getattr(transformers, names[0])
-        return lambda: cls(config)
-    if (config.model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
-            and config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES):
-        return lambda: AutoModelForImageTextToText.from_config(config, trust_remote_code=trust_remote_code)
-    return lambda: AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
-
-
-def _vocab_sizes(config: Any) -> set[int]:
-    sizes = set()
-    for part in (config, getattr(config, "text_config", None)):
-        for key in ("vocab_size", "vocab_size_per_layer_input"):
-            value = getattr(part, key, None) if part is not None else None
-            if isinstance(value, int) and value > 0:
-                sizes.add(value)
-    return sizes
-
-
-def _key_mapper(model: Any) -> Callable[[str], tuple[str, bool]]:
-    """saved key -> (module name, whether a converter, not a plain renaming, produced it): transformers'
-    own checkpoint conversion mapping (GPT-NeoX's embed_out, LLaVA's language_model.*), so saved names
-    need not equal module names."""
-    try:
-        from transformers.conversion_mapping import get_model_conversion_mapping
-        from transformers.core_model_loading import WeightConverter, WeightRenaming, rename_source_key
-    except ImportError:  # an older transformers: saved names are module names
-        return lambda key: (key, False)
-    transforms = get_model_conversion_mapping(model)
-    renamings = [t for t in transforms if isinstance(t, WeightRenaming)]
-    converters = [t for t in transforms if isinstance(t, WeightConverter)]
-    meta_state = dict(model.state_dict())
-    prefix = getattr(model, "base_model_prefix", None)
-
-    def mapped(key: str) -> tuple[str, bool]:
-        name, converter = rename_source_key(key, renamings, converters, prefix, meta_state)
-        return name, converter is not None
-    return mapped
-
-
-def _embedding_layout(path: Path, trust_remote_code: bool) -> EmbeddingLayout:
-    """The model class's vocabulary-sized tensors (input and output embedding names, every alias of each,
-    output bias, per-layer tables), whether input and output are tied, the embedding width the config
-    implies, and how saved keys map to module names; asked on the meta device."""
-    from transformers import AutoConfig
-
-    try:
-        with quiet_transformers():
-            model_config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-            build = _model_class(model_config, trust_remote_code)
-            with torch.device("meta"):
-                model = build()
-    except Exception as exc:  # config.json drives transformers' code, which fails in many types: a bad config
-        raise CheckpointError(f"{path / 'config.json'}: transformers cannot build this architecture "
-                              f"({first_line(exc)})") from exc
-    names: dict[int, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        names.setdefault(id(param), []).append(name)
-    embed = model.get_input_embeddings().weight
-    head_module = model.get_output_embeddings()
-    head = head_module.weight if head_module is not None else embed
-    bias = getattr(head_module, "bias", None) if head_module is not None else None
-    sizes = _vocab_sizes(model_config) | {int(embed.shape[0])}
-    known = set(names[id(embed)]) | set(names.get(id(head), []))
-    extras: dict[str, str] = {}
-    tensors = list(model.named_parameters(remove_duplicate=False)) + list(model.named_buffers(remove_duplicate=False))
-    for name, tensor in tensors:
-        if name in known or not any(dim in sizes for dim in tensor.shape):
-            continue
-        if bias is not None and tensor is bias:
-            extras[name] = "bias"
-        elif tensor.dim() == 2 and tensor.shape[0] in sizes and tensor.shape[1] not in sizes:
-            extras[name] = "per_layer"
-        else:
-            extras[name] = "unknown"
-    return EmbeddingLayout(names[id(embed)], names.get(id(head), names[id(embed)]), head is embed,
-                           int(embed.shape[-1]), extras, _key_mapper(model))
 
 
 def _resolve(candidates: list[str], tensors: dict[str, TensorInfo], saved: dict[str, str] | None = None) -> str | None:
@@ -273,18 +172,22 @@ def open_checkpoint(path: Path, *, trust_remote_code: bool = False, allow_pickle
         file_tensors, metadata[file] = weight_format(fmt).layout(file)
         tensors.update(file_tensors)
     check_model_kind(config, path)
-    layout = _embedding_layout(path, trust_remote_code)
+    layout = embedding_layout(path, config, list(tensors), trust_remote_code)
     saved: dict[str, str] = {}  # module name -> saved key
     converted: set[str] = set()
     for key in tensors:
-        module, by_converter = layout.to_module(key)
+        module, by_converter = layout.modules[key]
         saved.setdefault(module, key)
         if by_converter:
             converted.add(module)
     input_name = _resolve(layout.input_names, tensors, saved)
     if input_name is None:
         raise CheckpointError(f"{path}: input embedding tensor ({layout.input_names[0]}) not found in the weights")
-    output_name = _resolve([n for n in layout.output_names if n not in layout.input_names], tensors, saved)
+    if layout.tied:  # the head is the embedding; another stored alias of it is a copy (tied but saved twice)
+        copies = [saved[name] for name in layout.output_names if saved.get(name, input_name) != input_name]
+        output_name = copies[0] if copies else None
+    else:
+        output_name = _resolve([n for n in layout.output_names if n not in layout.input_names], tensors, saved)
     if not layout.tied and output_name is None:
         raise CheckpointError(f"{path}: untied model but output head ({layout.output_names[0]}) not found in the "
                               "weights")
