@@ -23,7 +23,8 @@ from ...runtime.progress import Tick
 _GRAM_SHARE = 0.5  # the (N, N) Gram may take at most this share of free memory
 _GRAM_CAP = 1 << 30  # ...and at most 1 GiB (N <= 16k anchors)
 _BATCH_SHARE = 0.25  # one batch's working set may take this share of the memory left after it
-_BATCH_CAP = 64 << 20  # ...and at most 64 MiB: larger batches are no faster, and memory should follow the embeddings
+_BATCH_CAP = 256 << 20  # ...and at most 256 MiB: ~300 targets over 46k anchors feed the GEMMs (1.4x faster than
+# ~75 on P1), and the working set stays small beside the embeddings themselves
 _JITTER = 1e-6  # floor on Cholesky pivots, relative to the mean squared atom norm
 
 
