@@ -167,6 +167,46 @@ def test_wechsel_mixes_nearest_base_words_and_falls_back(make_ctx, pair, tmp_pat
         get_init_method("wechsel")
 
 
+def _rotated_spaces(tmp_path, dim: int = 4):
+    """Base-language words with random vectors, their donor-language translations in a space turned by a known
+    random rotation, and a dictionary of every pair but mundo-world (which only the rotation can align)."""
+    generator = torch.Generator().manual_seed(0)
+    translations = {"hola": "hello", "mundo": "world", "el": "the", "casa": "house", "gato": "cat"}
+    source = {word: torch.randn(dim, generator=generator) for word in translations.values()}
+    rotation, _ = torch.linalg.qr(torch.randn(dim, dim, generator=generator))
+    target = {word: source[english] @ rotation.T for word, english in translations.items()}
+    files = {}
+    for name, space in (("source", source), ("target", target)):
+        files[name] = tmp_path / f"{name}.vec"
+        files[name].write_text("".join(f"{w} {' '.join(f'{x:.8f}' for x in v.tolist())}\n" for w, v in space.items()))
+    files["dictionary"] = tmp_path / "dictionary.txt"
+    files["dictionary"].write_text("".join(f"{t} {s}\n" for t, s in translations.items() if t != "mundo"))
+    return source, target, translations, files
+
+
+def test_wechsel_procrustes_undoes_a_known_rotation(tmp_path):
+    from tokensurgeon.methods.wechsel import procrustes
+
+    source, target, translations, files = _rotated_spaces(tmp_path)
+    aligned = procrustes(target, source, files["dictionary"])
+    for word, english in translations.items():  # mundo included: it is not in the dictionary
+        assert torch.allclose(aligned[word], source[english], atol=1e-5), word
+
+
+def test_wechsel_through_source_and_target_vectors_and_a_dictionary(make_ctx, tmp_path):
+    ctx = make_ctx(with_corpus=False)
+    _, _, _, files = _rotated_spaces(tmp_path)
+    result = get_init_method("wechsel", source_vectors=str(files["source"]), target_vectors=str(files["target"]),
+                             dictionary=str(files["dictionary"]), top_k=2).initialise(ctx)
+    mundo = {ctx.donor_vocab.tokens[i]: prov for i, prov in zip(ctx.new_ids, result.provenance)}["▁mundo"]
+    assert mundo.path == "wechsel"
+    nearest_source = mundo.sources[max(range(len(mundo.weights)), key=mundo.weights.__getitem__)]
+    assert ctx.base_vocab.tokens[nearest_source].lstrip("Ġ").lower() == "world"
+    unaligned = get_init_method("wechsel", source_vectors=str(files["source"]), target_vectors=str(files["target"]),
+                                top_k=2).initialise(ctx)  # no dictionary: the spaces stay apart
+    assert unaligned.provenance != result.provenance
+
+
 def test_most_similar_finds_float32_top_k_from_a_bf16_ranking():
     generator = torch.Generator().manual_seed(3)
     unit = lambda m: m / m.norm(dim=1, keepdim=True)  # noqa: E731
