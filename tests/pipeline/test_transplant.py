@@ -232,3 +232,21 @@ def test_a_tied_head_saved_twice_gets_the_new_rows_too(tiny_models, fresh_copy, 
                                                                             written["model.embed_tokens.weight"])
     model = AutoModelForCausalLM.from_pretrained(out)
     assert model.lm_head.weight.data_ptr() == model.model.embed_tokens.weight.data_ptr()
+
+
+@pytest.mark.parametrize("donor", ["phi3", "qwen2"])
+def test_the_donors_chat_template_is_copied(tiny_models, tmp_path, donor):
+    """The output renders a conversation exactly as the donor tokenizer itself does (transformers as referee)."""
+    from transformers import AutoTokenizer
+
+    out = tmp_path / "out"
+    transplant(TransplantConfig(base=tiny_models["tied"], donor=TOKENIZERS / donor, out=out, method="subword-mean"))
+    turns = [{"role": "user", "content": "Capital of France?"}, {"role": "assistant", "content": "Paris."},
+             {"role": "user", "content": "And of Spain?"}]
+    expected = AutoTokenizer.from_pretrained(TOKENIZERS / donor).apply_chat_template(
+        turns, tokenize=False, add_generation_prompt=True)
+    base = AutoTokenizer.from_pretrained(tiny_models["tied"]).apply_chat_template(
+        turns, tokenize=False, add_generation_prompt=True)
+    assert expected != base  # the base has a template of its own (SmolLM2's ChatML with a system prompt)
+    patched = AutoTokenizer.from_pretrained(out)
+    assert patched.apply_chat_template(turns, tokenize=False, add_generation_prompt=True) == expected
