@@ -221,6 +221,17 @@ def _solve(chol: Tensor, rhs: Tensor) -> Tensor:
     return torch.cholesky_solve(rhs.unsqueeze(-1), chol[:, :size, :size]).squeeze(-1)
 
 
+def _exclude(scores: Tensor, chosen: Tensor) -> Tensor:
+    """``scores`` (B, N) with each row's ``chosen`` (B, t) entries set to -1, in place.
+
+    Indexed assignment, not ``scatter_``: torch's CPU scatter of a value walks the whole (B, N) tensor
+    (~95 ms for 256 x 46k, against 0.2 ms here), which was a sixth of the solve at 200k targets.
+    """
+    rows = torch.arange(scores.shape[0], device=scores.device)[:, None]
+    scores[rows, chosen] = -1.0
+    return scores
+
+
 def _top_atoms(magnitude: Tensor, size: int) -> Tensor:
     """Ids (B, M) of each row's ``size`` largest entries, ascending, ties going to the lowest ids.
 
@@ -252,7 +263,7 @@ def _pursue_gram(x: Tensor, atoms: Tensor, k: int, floor: float, gram: Tensor | 
     picked = torch.zeros(batch, k, dtype=torch.long, device=x.device)  # (B, k): positions among the searched
     scores = alpha0.abs().unsqueeze(1)  # (B, 1, M), then the output buffer of every update
     for step in range(k):
-        position = scores.squeeze(1).scatter_(1, picked[:, :step], -1.0).argmax(dim=1)  # (B,)
+        position = _exclude(scores.squeeze(1), picked[:, :step]).argmax(dim=1)  # (B,)
         picked[:, step] = position
         chosen = position if pool is None else pool.gather(1, position[:, None]).squeeze(1)  # (B,) atom ids
         if gram is None:
@@ -291,7 +302,7 @@ def _pursue_residual(x: Tensor, atoms: Tensor, k: int, floor: float) -> tuple[Te
     ids = torch.zeros(batch, k, dtype=torch.long, device=x.device)
     residual = x
     for step in range(k):
-        scores = (residual @ atoms.T).abs_().scatter_(1, ids[:, :step], -1.0)  # (B, N)
+        scores = _exclude((residual @ atoms.T).abs_(), ids[:, :step])  # (B, N)
         chosen = scores.argmax(dim=1)  # (B,)
         gamma, _ = _accept(x, atoms, chosen, step, ids, chosen_atoms, rhs, chol, floor)
         residual = x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :step + 1]).squeeze(1)  # (B, D)
@@ -324,7 +335,7 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
     gram_rows = x.new_empty(batch, k, size)  # (B, k, M): G[I, P], filled up to t
     for start in range(0, k, refresh):
         residual = x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :start]).squeeze(1)  # (B, D)
-        torch.mm(residual.to(selection.dtype), selection.T, out=scores).abs_().scatter_(1, ids[:, :start], -1.0)
+        _exclude(torch.mm(residual.to(selection.dtype), selection.T, out=scores).abs_(), ids[:, :start])
         pool = scores.topk(min(size, atoms.shape[0] - start), dim=1).indices  # (B, m)
         width = pool.shape[1]
         pooled = torch.index_select(atoms, 0, pool.flatten(), out=pool_atoms[:batch * width]).view(batch, width, dim)
