@@ -38,10 +38,13 @@ def private_cache(tmp_path, monkeypatch):
 @pytest.fixture(scope="module")
 def required_options(tmp_path_factory):
     """Options a method cannot run without (wechsel: aligned word vectors, here a tiny file), or would run long
-    without (hypernet: a short warm-up instead of the default)."""
+    without: the shape test needs rows, not good rows (hypernet: a short, narrow warm-up; omp: 4 atoms, a
+    refresh each step)."""
     vectors = tmp_path_factory.mktemp("wechsel") / "aligned.vec"
     vectors.write_text("mundo 0 1 0\nworld 0 1 0.1\nthe 0 0 1\n")
-    return lambda name: {"wechsel": {"vectors": str(vectors)}, "hypernet": {"steps": 20}}.get(name, {})
+    return lambda name: {"wechsel": {"vectors": str(vectors)}, "hypernet": {"steps": 5, "width": 32, "layers": 1,
+                                                                             "batch_size": 64},
+                         "omp": {"k": 4}}.get(name, {})
 
 
 @pytest.mark.parametrize("name", list_init_methods())
