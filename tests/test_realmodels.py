@@ -52,10 +52,19 @@ def test_smollm2_llama3_subword_mean_loads_and_generates(smollm2, tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert len(tokenizer) == model.get_input_embeddings().weight.shape[0] == 128_257
-    ids = tokenizer("The capital of France is", return_tensors="pt")
-    text = tokenizer.decode(model.generate(**ids, max_new_tokens=8, do_sample=False)[0])
-    assert text.startswith("<|begin_of_text|>The capital of France is") or text.startswith("The capital")
-    assert len(text) > len("The capital of France is") + 5
+    # the prompt is spelled in shared tokens, whose rows are the base's bit for bit: the greedy continuation is
+    # the base model's own (which knows the answer), computed here with the untouched base and its tokenizer
+    base_tokenizer, base_model = AutoTokenizer.from_pretrained(smollm2), AutoModelForCausalLM.from_pretrained(smollm2)
+    expected = continuation(base_model, base_tokenizer, "The capital of France is")
+    assert "Paris" in expected
+    assert continuation(model, tokenizer, "The capital of France is") == expected
+
+
+def continuation(model, tokenizer, prompt: str) -> str:
+    """The text greedy decoding adds after the prompt (special tokens left out)."""
+    ids = tokenizer(prompt, return_tensors="pt")
+    new = model.generate(**ids, max_new_tokens=8, do_sample=False)[0, ids["input_ids"].shape[1]:]
+    return tokenizer.decode(new, skip_special_tokens=True)
 
 
 def test_gemma3_from_smollm2_model_counts_match_inspect(gemma3, smollm2, tmp_path):
