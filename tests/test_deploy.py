@@ -214,3 +214,23 @@ def test_a_tokenizer_the_converter_does_not_know_still_fails(tiny_models, fresh_
     report = check_deploy(model, llama_cpp=llama_cpp)
     assert not report.ok and report.conversion.reason.startswith("NotImplementedError: BPE pre-tokenizer")
     assert "FAIL" in render_text(report) and report.conversion.adapted
+
+
+def test_export_check_deploy_json_is_one_document(tiny_models, tmp_path):
+    from typer.testing import CliRunner
+
+    from tokensurgeon.cli import app
+
+    llama_cpp = _fake_llama_cpp(tmp_path / "llama.cpp", "open(out, 'wb').write(b'GGUF' + bytes(60))\n")
+    result = CliRunner().invoke(app, ["export", str(tiny_models["tied"]), "-o", str(tmp_path / "out"),
+                                      "--check-deploy", str(llama_cpp), "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)  # raises on two documents
+    assert data["export"]["mode"] == "full" and data["deploy"]["ok"] and data["deploy"]["conversion"]["ok"]
+    text = CliRunner().invoke(app, ["export", str(tiny_models["tied"]), "-o", str(tmp_path / "out2"),
+                                    "--check-deploy", str(llama_cpp)])
+    assert text.exit_code == 0 and "check passed" in text.output and "deploy check of" in text.output
+    wrong = CliRunner().invoke(app, ["export", str(tiny_models["tied"]), "-o", str(tmp_path / "out3"),
+                                     "--check-deploy", str(tmp_path / "nowhere")])
+    assert wrong.exit_code == 2 and "no convert_hf_to_gguf.py" in wrong.stderr
+    assert not (tmp_path / "out3").exists()  # refused before the export

@@ -93,6 +93,16 @@ def test_small_shards_give_an_index_transformers_loads(patched, tmp_path):
             assert param.dtype == torch.float32 and torch.equal(param, reference[name].float())
 
 
+def test_a_tensor_over_max_shard_size_is_warned_and_the_report_kept(patched, tmp_path):
+    """Tensors are never split: one larger than --max-shard-size gets a shard past the limit, said in a warning."""
+    result = run(patched, tmp_path / "small", max_shard_size="1MB")
+    big = [w for w in result.warnings if "more than --max-shard-size (1.0 MB)" in w]
+    assert any(w.startswith("model.embed_tokens.weight is ") for w in big) and len(big) == 2  # embed and head
+    assert run(patched, tmp_path / "large", max_shard_size="5GB").warnings == []
+    for out in (tmp_path / "small", tmp_path / "large"):
+        assert (out / "report.html").read_bytes() == (patched / "report.html").read_bytes()
+
+
 def test_unchanged_shards_are_copied_byte_for_byte(tiny_models, tmp_path):
     source = tiny_models["untied"]
     result = run(source, tmp_path / "copy")

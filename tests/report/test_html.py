@@ -99,3 +99,18 @@ def test_renders_in_headless_chromium(patched, tmp_path):
     assert len(counts) > 50  # text and charts, not a blank or single-colour page
     for color in (BASE_COLOR, PATCHED_COLOR):  # the bar chart's two series are on screen
         assert counts.get(bytes.fromhex(color[1:]), 0) > 100, color
+
+
+def test_headline_ratio_is_the_geometric_mean_compare_ranks_by(patched):
+    """x2 on one text and x0.5 on another: compare calls that 1.000; so must the page (arithmetic: 1.250)."""
+    import json
+
+    from tokensurgeon.evaluation.rows import EvalRow
+    from tokensurgeon.report.html import render_html
+    from tokensurgeon.report.models import TransplantReport
+
+    report = TransplantReport(**json.loads((patched / "report.json").read_text()))
+    report.evaluation = [EvalRow(name, 100, 1.0, ratio, ratio, 3.0, 3.0, 0.1, 0.9)
+                         for name, ratio in (("a", 2.0), ("b", 0.5))]
+    page = render_html(report)
+    assert "<b>1.000</b><span>bpb ratio, patched / base (geometric mean" in page and "1.250" not in page

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
@@ -30,13 +30,20 @@ def check(
     Example: `tokensurgeon check ./smollm2-llama3 --llama-cpp ~/llama.cpp`
     """
     with user_errors(ctx):
-        from ..deploy import check_deploy, render_text
+        from ..deploy import check_deploy
 
         report = check_deploy(model, llama_cpp=llama_cpp, draft_for=draft_for, outfile=gguf, outtype=outtype,
                               vocab_only=vocab_only)
+    show_deploy(report, as_json=as_json)
+    if not report.ok:
+        raise typer.Exit(code=1)
+
+
+def show_deploy(report: Any, *, as_json: bool) -> None:
+    """A deploy report (deploy.DeployReport) as JSON or as its plain lines."""
+    from ..deploy import render_text
+
     if as_json:
         print_json(report.to_dict())
     else:
         console.print(render_text(report), end="", markup=False, highlight=False, soft_wrap=True)
-    if not report.ok:
-        raise typer.Exit(code=1)

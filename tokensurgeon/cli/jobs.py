@@ -10,8 +10,9 @@ import typer
 
 from ..config import (DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, ExportConfig, HealConfig, HypernetConfig,
                       TransplantConfig)
-from .common import (FILES, Command, Group, method_options, progress_bars, run_job, show, text_paths,
+from .common import (FILES, Command, Group, method_options, print_json, progress_bars, run_job, show, text_paths,
                      trust_remote_code_option, user_errors)
+from .deploy import show_deploy
 
 
 def export(
@@ -26,7 +27,8 @@ def export(
                                             help="Rebuild a full checkpoint from the patch SOURCE on this base."),
     link: bool = typer.Option(ExportConfig.link, "--link", help="Hard-link unchanged shards instead of copying."),
     force: bool = typer.Option(ExportConfig.force, "--force", help="Replace a non-empty output directory."),
-    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON (with --check-deploy one document: "
+                                                       "export and deploy)."),
     check_deploy: Optional[Path] = typer.Option(None, "--check-deploy",
                                                 help="Then run `check` on OUT with this llama.cpp checkout (GGUF "
                                                      "conversion and the engines' static checks)."),
@@ -40,12 +42,22 @@ def export(
 
         config = ExportConfig(source=source, out=out, dtype=dtype, max_shard_size=max_shard_size,
                               embeddings_only=embeddings_only, apply_to=apply_to, link=link, force=force)
-        run_job(run_export, config, as_json=as_json, view="print_export")
-    if check_deploy is not None:
-        from .deploy import check
+        if check_deploy is None:
+            run_job(run_export, config, as_json=as_json, view="print_export")
+            return
+        from ..deploy import check_deploy as run_check, find_converter
 
-        check(out, llama_cpp=check_deploy, draft_for=None, gguf=None, outtype="f16", vocab_only=False,
-              as_json=as_json)
+        find_converter(check_deploy)  # a wrong --check-deploy fails now, not after the export
+        with progress_bars(not as_json and sys.stderr.isatty()) as progress:
+            result = run_export(config, progress)
+        report = run_check(out, llama_cpp=check_deploy)
+    if as_json:  # one JSON document for scripts
+        print_json({"export": result.to_dict(), "deploy": report.to_dict()})
+    else:
+        show(result, as_json=False, view="print_export")
+        show_deploy(report, as_json=False)
+    if not report.ok:
+        raise typer.Exit(code=1)
 
 
 def heal(

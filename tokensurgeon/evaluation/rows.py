@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import glob
+import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,11 @@ class EvalRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def geometric_mean(values: list[float]) -> float:
+    """The mean of ratios (patched / base bits per byte): x2 on one text and x0.5 on another average to x1."""
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def text_labels(paths: list[Path] | tuple[Path, ...]) -> list[str]:

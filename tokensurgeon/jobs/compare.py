@@ -13,7 +13,6 @@ a geometric mean weighs a 10% loss on one text the same whatever that text's bpb
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import shutil
 import tempfile
@@ -26,7 +25,7 @@ from ..config import CompareConfig
 from ..errors import MethodError, TokenSurgeonError
 from ..evaluation import evaluate_models
 from ..evaluation.resources import measure_step
-from ..evaluation.rows import EvalRow, evaluation_rows, read_eval_texts
+from ..evaluation.rows import EvalRow, evaluation_rows, geometric_mean, read_eval_texts
 from ..methods import INIT_METHODS
 from ..pipeline.run_method import run_method
 from ..pipeline.session import open_session
@@ -78,10 +77,6 @@ NOT_BY_DEFAULT = {"hypernet": "not run by default: it trains a network on the sp
 def default_methods() -> tuple[str, ...]:
     """Every registered method but NOT_BY_DEFAULT, zero included as the floor a real method must clear."""
     return tuple(sorted(set(INIT_METHODS) - set(NOT_BY_DEFAULT)))
-
-
-def geometric_mean(values: list[float]) -> float:
-    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def compare(config: CompareConfig, progress: Progress | None = None) -> CompareReport:

@@ -27,8 +27,8 @@ from ..config import ExportConfig
 from ..errors import CheckpointError, TokenSurgeonError
 from ..runtime.outdir import atomic_directory, check_output_path
 from ..runtime.progress import Progress, Stopwatch
-from .shards import (Planned, Shard, check_written, plan_shards, planned_dtype, shard_names, write_index,
-                     write_shards)
+from .shards import (Planned, Shard, check_written, oversized, plan_shards, planned_dtype, shard_names,
+                     write_index, write_shards)
 
 PATCH_MANIFEST = "tokensurgeon_patch.json"
 PATCH_FORMAT = "tokensurgeon-embedding-patch"
@@ -124,6 +124,7 @@ def _finish(mode: str, config: ExportConfig, records: list[dict[str, Any]], shar
         cast=sum(1 for s in shards for t in s.tensors if not t.unchanged),
         total_size=sum(s.nbytes for s in shards), out_bytes=out_bytes, bytes_written=out_bytes - linked,
         vocab_size=rows, hidden_size=hidden, checked=checked, base=str(base) if base else None, timings=timings,
+        warnings=oversized(shards, config.max_shard_bytes),
     )
 
 

@@ -55,6 +55,13 @@ def planned_dtype(info: TensorInfo, dtype: str | None) -> str:
     return dtype if dtype and info.dtype in SAFETENSORS_TO_TORCH else info.dtype
 
 
+def oversized(shards: list[Shard], max_bytes: int) -> list[str]:
+    """A warning for each tensor larger than max_bytes: it got a shard of its own, past the limit."""
+    return [f"{item.name} is {item.nbytes / 1e6:,.1f} MB, more than --max-shard-size ({max_bytes / 1e6:,.1f} MB): "
+            "it got a shard of its own, past the limit (a tensor is never split)"
+            for shard in shards for item in shard.tensors if item.nbytes > max_bytes]
+
+
 def plan_shards(planned: list[Planned], max_bytes: int) -> list[Shard]:
     """Group output tensors into shards.
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import html
 from typing import Any
 
+from ..evaluation.rows import geometric_mean
 from .models import TransplantReport
 
 BASE_COLOR, PATCHED_COLOR = "#4c78a8", "#f58518"
@@ -226,7 +227,7 @@ def render_html(report: TransplantReport, comparison: Any = None) -> str:
              (f"{report.counts.get('computed', 0):,}", "new tokens (computed)"),
              (f"{report.output['rows']:,}", "embedding rows")]
     if ratios:
-        cards.append((f"{sum(ratios) / len(ratios):.3f}", "mean bpb ratio (patched / base)"))
+        cards.append((f"{geometric_mean(ratios):.3f}", "bpb ratio, patched / base (geometric mean, as compare ranks)"))
     cards_html = "".join(f'<div class="card"><b>{value}</b><span>{_e(label)}</span></div>' for value, label in cards)
     body = "".join([_overlap(report), _comparison(comparison) if comparison is not None else "",
                     _bits_per_byte(report), _norms(report), _residuals(report), _warnings(report)])
