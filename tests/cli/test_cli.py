@@ -193,3 +193,19 @@ def test_quick_phases_print_nothing():
     update = phase_lines(stream, after=0)
     update("write", 1, 4), update("write", 2, 4), update("evaluate x", 1, 9)
     assert stream.getvalue().splitlines() == ["tokensurgeon: write: 1/4 after 0 s", "tokensurgeon: evaluate x: 1/9 after 0 s"]
+
+
+def test_long_phases_get_a_line_each_interval(monkeypatch):
+    import io
+
+    import tokensurgeon.cli.common as common
+
+    clock = iter([0.0, 4.0, 5.0, 30.0, 64.0, 66.0, 127.0])
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    update = common.phase_lines(stream, after=5, every=60)
+    for done in range(7):
+        update("method", done, 6)
+    assert stream.getvalue().splitlines() == ["tokensurgeon: method: 2/6 after 5 s",
+                                              "tokensurgeon: method: 5/6 after 66 s",
+                                              "tokensurgeon: method: 6/6 after 127 s"]

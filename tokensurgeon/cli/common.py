@@ -23,7 +23,8 @@ from ..runtime.progress import Progress
 
 console = Console()
 errors = Console(stderr=True)
-PHASE_LINE_AFTER_S = 5.0  # without a terminal, a phase that runs this long gets one line on stderr (phase_lines)
+PHASE_LINE_AFTER_S = 5.0  # without a terminal, a phase that runs this long gets a line on stderr (phase_lines)
+PHASE_LINE_EVERY_S = 60.0  # ...and another one each time this much more has passed
 SEVERAL_VALUES = ("--text", "--eval-text", "--corpus")  # options that take every file after them (shell globs)
 FILES = "one or more files after the flag (a shell glob), a folder (its .txt and .md files) or a quoted glob; repeatable"
 
@@ -46,17 +47,20 @@ def user_errors(ctx: typer.Context) -> Iterator[None]:
         raise typer.Exit(code=2)
 
 
-def phase_lines(stream: Any = None, *, after: float | None = None) -> Progress:
-    """A progress callback for logs and pipes, where bars cannot draw: one stderr line for each phase once it
-    has run ``after`` seconds (PHASE_LINE_AFTER_S), so long steps say what they do and quick ones stay quiet."""
+def phase_lines(stream: Any = None, *, after: float | None = None, every: float | None = None) -> Progress:
+    """A progress callback for logs and pipes, where bars cannot draw: a stderr line for each phase once it
+    has run ``after`` seconds (PHASE_LINE_AFTER_S), then one each ``every`` seconds (PHASE_LINE_EVERY_S), so
+    long steps say what they do and how far they are, and quick ones stay quiet."""
     wait = PHASE_LINE_AFTER_S if after is None else after
-    started: dict[str, float | None] = {}
+    interval = PHASE_LINE_EVERY_S if every is None else every
+    started: dict[str, float] = {}
+    said: dict[str, float] = {}
 
     def update(phase: str, done: int, total: int) -> None:
         now = time.monotonic()
         start = started.setdefault(phase, now)
-        if start is not None and now - start >= wait:
-            started[phase] = None  # said once
+        if now - start >= wait and (phase not in said or now - said[phase] >= interval):
+            said[phase] = now
             print(f"tokensurgeon: {phase}: {done:,}/{total:,} after {now - start:.0f} s", file=stream or sys.stderr,
                   flush=True)
 
