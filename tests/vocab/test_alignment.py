@@ -1,11 +1,11 @@
 from __future__ import annotations
 
-import json
 from functools import lru_cache
 
 from hypothesis import given, settings, strategies as st
 
 from conftest import SMOLLM2_TOKENIZER, TOKENIZERS
+from reference_tokens import reference_overlap
 from tokensurgeon.vocab.alignment import align_vocabularies, decompose, fewest_pieces, with_decompositions
 from tokensurgeon.vocab import build_vocabulary, load_tokenizer
 
@@ -16,45 +16,11 @@ def loaded(path):
     return tokenizer, build_vocabulary(tokenizer)
 
 
-def _gpt2_byte_table() -> dict[str, int]:
-    """GPT-2's printable stand-in character -> byte (the published bytes_to_unicode table, inverted)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("\u00a1"), ord("\u00ac") + 1),
-                 *range(ord("\u00ae"), ord("\u00ff") + 1)]
-    others = [b for b in range(256) if b not in printable]
-    return {chr(b): b for b in printable} | {chr(256 + n): b for n, b in enumerate(others)}
-
-
-def reference_token_bytes(path) -> dict[int, bytes]:
-    """Id -> bytes of every non-special token, read from tokenizer.json by hand: byte-level BPE through
-    GPT-2's table; SentencePiece through its conventions (\u2581 a space, <0xNN> one byte)."""
-    spec = json.loads((path / "tokenizer.json").read_text())
-    special = {token["content"] for token in spec.get("added_tokens", []) if token.get("special")}
-    byte_level = "ByteLevel" in json.dumps([spec.get("pre_tokenizer"), spec.get("decoder")])
-    table = _gpt2_byte_table()
-    spelled = {}
-    for token, token_id in spec["model"]["vocab"].items():
-        if token in special:
-            continue
-        if byte_level:
-            spelled[token_id] = bytes(table[char] for char in token)
-        elif len(token) == 6 and token.startswith("<0x") and token.endswith(">"):
-            spelled[token_id] = bytes([int(token[3:5], 16)])
-        else:
-            spelled[token_id] = token.replace("\u2581", " ").encode()
-    return spelled
-
-
-def reference_shared_tokens(base_path, donor_path) -> int:
-    """Donor tokens (specials aside) whose bytes some base token spells too."""
-    known = set(reference_token_bytes(base_path).values())
-    return sum(spelled in known for spelled in reference_token_bytes(donor_path).values())
-
-
 def test_gpt2_mistral_overlap_figures():
     (_, base), (_, donor) = loaded(TOKENIZERS / "gpt2"), loaded(TOKENIZERS / "mistral-v1")
     alignment = align_vocabularies(base, donor)
     raw_equal = len({t for t in base.tokens if t} & {t for t in donor.tokens if t})
-    assert alignment.shared_tokens == reference_shared_tokens(TOKENIZERS / "gpt2", TOKENIZERS / "mistral-v1")
+    assert alignment.shared_tokens == reference_overlap(TOKENIZERS / "gpt2", TOKENIZERS / "mistral-v1").shared
     assert raw_equal < 9_000  # raw string equality finds far fewer
     assert alignment.counts()["bytes"] > 10_000  # Ġthe / ▁the spellings meet
 
@@ -62,7 +28,7 @@ def test_gpt2_mistral_overlap_figures():
 def test_smollm2_llama3_overlap_figure():
     (_, base), (_, donor) = loaded(SMOLLM2_TOKENIZER), loaded(TOKENIZERS / "llama3")
     alignment = align_vocabularies(base, donor)
-    assert alignment.shared_tokens == reference_shared_tokens(SMOLLM2_TOKENIZER, TOKENIZERS / "llama3")
+    assert alignment.shared_tokens == reference_overlap(SMOLLM2_TOKENIZER, TOKENIZERS / "llama3").shared
     assert alignment.n_rows == donor.size == 128_257
 
 
