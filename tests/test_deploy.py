@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tokensurgeon.deploy import check_deploy, check_draft, check_model, convert, find_converter, render_text
-from tokensurgeon.deploy.gguf import bos_template, failure_reason
+from tokensurgeon.deploy.gguf import bos_template, explain, failure_reason
 from tokensurgeon.errors import TokenSurgeonError
 
 LLAMA_CPP = os.environ.get("TOKENSURGEON_LLAMA_CPP")
@@ -114,6 +114,10 @@ def test_failure_reason_falls_back_to_the_last_line():
     assert failure_reason([], 1) == "exit status 1 and no output"
     assert failure_reason(["Traceback", "  File x", "ValueError: Unexpected tensor", "  during handling"], 1) \
         == "ValueError: Unexpected tensor"
+    vocab_assert = ["Traceback", '  File "base.py", line 1586', "    assert max(tokenizer.vocab.values()) < vocab_size",
+                    "           ^^^^^", "AssertionError"]
+    assert failure_reason(vocab_assert, 1) == "AssertionError: assert max(tokenizer.vocab.values()) < vocab_size"
+    assert "vocab_size" in explain(failure_reason(vocab_assert, 1), Path("."))
 
 
 @pytest.mark.skipif(not LLAMA_CPP, reason="set TOKENSURGEON_LLAMA_CPP to a llama.cpp checkout to run its converter")

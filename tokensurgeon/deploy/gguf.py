@@ -114,11 +114,17 @@ def _lines(text: str | bytes | None) -> list[str]:
 
 
 def failure_reason(lines: list[str], returncode: int | None) -> str:
-    """The exception line the converter died with (the last one), else its last line."""
-    errors = [line.strip() for line in lines if _ERROR_LINE.match(line.strip())]
-    if errors:
-        return errors[-1]
-    return lines[-1] if lines else f"exit status {returncode} and no output"
+    """The exception line the converter died with (the last one), else its last line; a bare AssertionError
+    gets the assert statement the traceback shows above it (the converter's checks carry no message)."""
+    stripped = [line.strip() for line in lines]
+    errors = [i for i, line in enumerate(stripped) if _ERROR_LINE.match(line)]
+    if not errors:
+        return lines[-1] if lines else f"exit status {returncode} and no output"
+    last = errors[-1]
+    if stripped[last] == "AssertionError":
+        statement = next((line for line in reversed(stripped[:last]) if line.startswith("assert ")), None)
+        return f"AssertionError: {statement}" if statement else stripped[last]
+    return stripped[last]
 
 
 def bos_template(model: Path) -> bool:
