@@ -1,14 +1,25 @@
-"""Recovery benchmark (issue 21): lm+rows (yesterday's heal), lm+lora and distill+lora at equal steps on P2 and P1.
+"""Recovery benchmark (issue 21): lm+rows (the old heal), lm+lora and distill+lora at equal steps on P2 and P1,
+and a SmolLM2 draft for Gemma3 before and after `heal DRAFT --teacher GEMMA3`.
 
-P2 = SmolLM2-135M <- Llama-3 tokenizer (subword-mean); P1 = Gemma3-270M <- SmolLM2-135M (omp). Training text:
-enwiki_head plus four UDHR languages (the last 10% of each held out for the guard); evaluation on files never
-trained on at all: lee_news and other UDHR languages. Printed per config: bits-per-byte ratio (patched / base
-with its own tokenizer) per unseen text and their geometric mean, behaviour retention (greedy continuations
-of 50 prompts vs the base model's own: mean share of identical leading bytes), seconds per step, peak RSS.
+Pairs, built with transplant() into WORK/models when missing: P2 = SmolLM2-135M <- Llama-3 tokenizer
+(subword-mean); P1 = Gemma3-270M <- SmolLM2-135M (omp, k = --omp-k);
+draft = SmolLM2-135M made a draft for Gemma3-270M (--as-draft-for, subword-mean).
 
-Each config runs in its own process so its peak RSS is its own. Usage:
+Training text: the first 60 KB of enwiki_head plus four UDHR languages (spa, ukr, jpn, ben); the last 10% of
+each is the in-file held-out split the guard reads. Files never trained on at all (UNSEEN) give the
+bits-per-byte ratios (patched / base with its own tokenizer) and their geometric mean. Per config: behaviour
+retention (greedy continuations of --prompts prompts, chat-formatted with each model's own template when base
+and patched both carry one, vs the base model's own: mean share of the base continuation's first 16 bytes
+repeated exactly from the start), `evaluate --task arithmetic` accuracy (1-3 digit add/sub/mul, --per-group
+problems each), seconds per step, peak RSS. Draft: acceptance rate and tokens/s of `evaluate --speculative`
+(target Gemma3-270M) for the draft before and after healing and for universal assisted generation with the
+untransplanted SmolLM2.
 
-    python bench/bench_recovery.py --patched P2_DIR --base SMOLLM2_DIR --steps 20 [--out results.json]
+Every measurement runs in its own child process, one at a time (a shared 2-core machine; each peak RSS is
+its own), and leaves WORK/results/NAME.json, so a rerun resumes. One thread: on the loaded 2-core machine two
+threads ran a matrix product more than 5x slower than one. Usage:
+
+    OMP_NUM_THREADS=1 python bench/bench_recovery.py --work /work/bench_out --steps 20 --batch-size 2
 """
 
 from __future__ import annotations
@@ -25,17 +36,54 @@ from pathlib import Path
 import torch
 
 CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+MODELS = Path.home() / ".cache" / "tokensurgeon" / "models"
+SMOLLM2, GEMMA3 = MODELS / "smollm2-135m", MODELS / "gemma3-270m"
 TRAIN = ("enwiki_head.txt", "udhr/spa.txt", "udhr/ukr.txt", "udhr/jpn.txt", "udhr/ben.txt")
 UNSEEN = ("lee_news.txt", "udhr/ita.txt", "udhr/pol.txt", "udhr/tur.txt", "udhr/vie.txt", "udhr/kor.txt",
           "udhr/heb.txt", "udhr/tha.txt", "udhr/cmn_hant.txt", "udhr/fin.txt")
+PAIRS = {"p2": SMOLLM2, "p1": GEMMA3}  # patched model -> its base (the teacher)
 CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora")}
 TRAIN_BYTES = 60_000  # of enwiki_head: the UDHR files are ~12-26 KB each
 PROMPT_BYTES, COMPARE_BYTES = 80, 16
 
 
-def read(name: str, limit: int | None = None) -> str:
-    text = (CORPORA / name).read_text(encoding="utf-8")
-    return text[:limit] if limit else text
+def read(name: str) -> str:
+    return (CORPORA / name).read_text(encoding="utf-8")
+
+
+def cut(text: str, max_bytes: int) -> str:
+    return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
+
+
+def training_files(work: Path) -> list[Path]:
+    """The training texts as files (heal reads files): enwiki cut to TRAIN_BYTES, the UDHR files whole."""
+    folder = work / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name in TRAIN:
+        path = folder / Path(name).name
+        if not path.exists():
+            path.write_text(cut(read(name), TRAIN_BYTES) if name == "enwiki_head.txt" else read(name), encoding="utf-8")
+        paths.append(path)
+    return paths
+
+
+def build(work: Path, omp_k: int) -> dict[str, Path]:
+    """The patched models, made once with transplant() (the CLI's function)."""
+    from tokensurgeon.config import TransplantConfig
+    from tokensurgeon.pipeline.transplant import transplant
+
+    models = work / "models"
+    specs = {
+        "p2": dict(base=SMOLLM2, donor=Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "llama3",
+                   method="subword-mean"),
+        "p1": dict(base=GEMMA3, donor=SMOLLM2, method="omp", method_options={"k": omp_k}),
+        "draft": dict(base=SMOLLM2, donor=GEMMA3, draft_for=GEMMA3, method="subword-mean"),
+    }
+    for name, spec in specs.items():
+        if not (models / name / "report.json").is_file():
+            transplant(TransplantConfig(out=models / name, device="cpu", **spec))
+    return {name: models / name for name in specs}
 
 
 def prompts(n: int) -> list[str]:
@@ -44,27 +92,34 @@ def prompts(n: int) -> list[str]:
     udhr = [line.strip() for name in ("udhr/ita.txt", "udhr/tur.txt")
             for line in read(name).split("\n") if len(line.strip()) > PROMPT_BYTES]
     chosen = news[:n - n // 5] + udhr[:n // 5]
-    return [p.encode("utf-8")[:PROMPT_BYTES].decode("utf-8", errors="ignore").rsplit(" ", 1)[0] for p in chosen]
+    return [cut(p, PROMPT_BYTES).rsplit(" ", 1)[0] for p in chosen]
 
 
-def continuations(model, tokenizer, texts: list[str], new_tokens: int) -> list[str]:
-    """Greedy continuations, BOS-prefixed as in evaluation, one prompt at a time with a KV cache.
-
-    A hand-written loop rather than model.generate: no padding to get wrong, and nothing looked up online.
-    """
+def prompt_ids(tokenizer, text: str, chat: bool) -> list[int]:
+    """The model's chat template around the prompt (chat), else BOS + the text (as evaluate does)."""
     from tokensurgeon.evaluation.bpb import context_prefix
 
-    prefix, device, out = context_prefix(tokenizer), next(model.parameters()).device, []
+    if chat:
+        rendered = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
+                                                 add_generation_prompt=True)
+        return tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    return context_prefix(tokenizer) + tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def continuations(model, tokenizer, texts: list[str], new_tokens: int, chat: bool, batch: int = 10) -> list[str]:
+    """Greedy continuations in left-padded batches (one prompt at a time is 10x slower on a loaded CPU)."""
+    device, out = next(model.parameters()).device, []
+    pad = next(i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0) if i is not None)
     model.eval()
-    for text in texts:
-        ids = torch.tensor([prefix + tokenizer(text, add_special_tokens=False)["input_ids"]], device=device)
-        past, generated = None, []
-        with torch.no_grad():
-            for _ in range(new_tokens):
-                output = model(input_ids=ids, past_key_values=past, use_cache=True)
-                past, ids = output.past_key_values, output.logits[:, -1:].argmax(-1)
-                generated.append(int(ids))
-        out.append(tokenizer.decode(generated, skip_special_tokens=True))
+    for begin in range(0, len(texts), batch):
+        encoded = [prompt_ids(tokenizer, text, chat) for text in texts[begin:begin + batch]]
+        width = max(map(len, encoded))
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded], device=device)
+        with torch.inference_mode():
+            generated = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=new_tokens, do_sample=False,
+                                       num_beams=1, temperature=None, top_p=None, top_k=None, pad_token_id=pad)
+        out += [tokenizer.decode(row[width:].tolist(), skip_special_tokens=True) for row in generated]
     return out
 
 
@@ -78,118 +133,183 @@ def retention(ours: list[str], base: list[str]) -> float:
     return sum(shares) / len(shares)
 
 
-def split(text: str, fraction: float) -> tuple[str, str]:
-    """(training part, held-out part): the last fraction of the UTF-8 bytes, cut between characters."""
-    data = text.encode("utf-8")
-    train = data[:int(len(data) * (1 - fraction))].decode("utf-8", errors="ignore")
-    return train, text[len(train):]
-
-
 def unseen_texts(max_bytes: int) -> dict[str, str]:
-    return {Path(n).stem: read(n).encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore") for n in UNSEEN}
+    return {Path(n).stem: cut(read(n), max_bytes) for n in UNSEEN}
 
 
-def run_base(args) -> dict:
-    from tokensurgeon.evaluation import load_for_eval, score_text
+def behaviour(args, model, tokenizer, chat: bool) -> dict:
+    """Unseen bits per byte, continuations (chat-formatted when chat) and arithmetic accuracy of one model."""
+    from tokensurgeon.evaluation import score_text
+    from tokensurgeon.evaluation.tasks.arithmetic import Arithmetic
 
-    model, tokenizer = load_for_eval(args.base, device=torch.device("cpu"))
-    scores = {label: score_text(model, tokenizer, text, label=label, batch_size=4).bits_per_byte
-              for label, text in unseen_texts(args.eval_max_bytes).items()}
-    return {"bpb": scores, "continuations": continuations(model, tokenizer, prompts(args.prompts), args.new_tokens)}
+    model.eval()
+    clock = time.perf_counter()
+    with torch.no_grad():
+        bpb = {label: score_text(model, tokenizer, text, label=label, batch_size=4).bits_per_byte
+               for label, text in unseen_texts(args.eval_max_bytes).items()}
+    seconds = {"bpb": time.perf_counter() - clock}
+    task = Arithmetic(per_group=args.per_group, digits=(1, 2, 3)).run(model, tokenizer)
+    seconds["arithmetic"] = time.perf_counter() - clock - seconds["bpb"]
+    ours = continuations(model, tokenizer, prompts(args.prompts), args.new_tokens, chat)
+    seconds["continuations"] = time.perf_counter() - clock - seconds["bpb"] - seconds["arithmetic"]
+    print(f"[measured in {seconds}]", file=sys.stderr, flush=True)
+    return {"bpb": bpb, "continuations": ours, "arithmetic": task.summary["accuracy"], "task": task.summary,
+            "chat": chat, "measure_seconds": seconds}
 
 
-def run_config(args, name: str, base: dict) -> dict:
+def child_model(args, pair: str, name: str) -> dict:
+    """One row: the base, the untrained transplant, or one trained config. Prompts are chat-formatted when
+    both base and patched carry a chat template (each model its own)."""
+    from transformers import AutoTokenizer
+
+    from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.recovery.train import RecoveryOptions, recover
 
+    patched = Path(args.work) / "models" / pair
+    chat = all(AutoTokenizer.from_pretrained(path).chat_template for path in (PAIRS[pair], patched))
+    if name in ("base", "untrained"):
+        model, tokenizer = load_for_eval(PAIRS[pair] if name == "base" else patched, device=torch.device("cpu"))
+        return {"config": name} | behaviour(args, model, tokenizer, chat)
+    from tokensurgeon.jobs.heal import split_held_out
+
     objective, train = CONFIGS[name]
-    texts = {Path(n).stem: read(n, TRAIN_BYTES if n == "enwiki_head.txt" else None) for n in TRAIN}
-    splits = {label: split(text, 0.1) for label, text in texts.items()}
+    splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1) for p in training_files(Path(args.work))}
     options = RecoveryOptions(objective=objective, train=train, steps=args.steps, eval_every=args.eval_every,
                               patience=args.steps, batch_size=args.batch_size, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix)
     clock = time.perf_counter()
-    model, result = recover(Path(args.patched), {k: v[0] for k, v in splits.items()},
-                            {k: v[1] for k, v in splits.items()}, options, teacher=Path(args.base),
-                            unseen=unseen_texts(args.eval_max_bytes), device="cpu")
+    model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
+                            options, teacher=PAIRS[pair], device="cpu")  # unseen texts scored in behaviour()
     wall = time.perf_counter() - clock
-    from transformers import AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(args.patched)
-    ours = continuations(model, tokenizer, prompts(args.prompts), args.new_tokens)
-    return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "improved": result.improved,
-            "before": {r["text"]: r["before_bpb"] for r in result.unseen},
-            "after": {r["text"]: r["after_bpb"] for r in result.unseen},
-            "held_out": result.held_out, "history": result.history,
-            "retention": retention(ours, base["continuations"]),
+    return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "wall_seconds": wall,
+            "held_out": result.held_out, "history": result.history, "trainable": result.trainable,
             "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
-            "wall_seconds": wall, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
+            } | behaviour(args, model, AutoTokenizer.from_pretrained(patched), chat)
 
 
-def untrained(args, base: dict) -> dict:
-    from tokensurgeon.evaluation import load_for_eval, score_text
+def child_draft(args, name: str) -> dict:
+    """draft-heal: heal DRAFT --teacher GEMMA3 (distill: token KL); draft-before/after: evaluate --speculative."""
+    work = Path(args.work)
+    models = work / "models"
+    if name == "draft-heal":
+        from tokensurgeon.config import HealConfig
+        from tokensurgeon.jobs.heal import heal
 
-    model, tokenizer = load_for_eval(Path(args.patched), device=torch.device("cpu"))
-    scores = {label: score_text(model, tokenizer, text, label=label, batch_size=4).bits_per_byte
-              for label, text in unseen_texts(args.eval_max_bytes).items()}
-    ours = continuations(model, tokenizer, prompts(args.prompts), args.new_tokens)
-    return {"config": "untrained", "after": scores, "retention": retention(ours, base["continuations"])}
+        report = heal(HealConfig(patched=models / "draft", texts=tuple(training_files(work)),
+                                 out=models / "draft-healed", teacher=GEMMA3, objective="distill", train="lora",
+                                 steps=args.steps, eval_every=args.eval_every, patience=args.steps,
+                                 batch_size=args.batch_size, context=args.context,
+                                 eval_max_bytes=args.eval_max_bytes, device="cpu", force=True))
+        return {"config": name, "steps": report.steps_run, "best_step": report.best_step,
+                "seconds_per_step": report.seconds_per_step, "tokens_per_second": report.tokens_per_second,
+                "texts": report.texts}
+    from tokensurgeon.config import SpeculativeConfig
+    from tokensurgeon.evaluation.speculative import speculative_benchmark
+
+    drafts = [models / "draft", SMOLLM2] if name == "draft-before" else [models / "draft-healed"]
+    config = SpeculativeConfig(prompts=args.spec_prompts, max_new_tokens=args.spec_tokens, device="cpu")
+    report = speculative_benchmark(GEMMA3, drafts, {"lee_news": cut(read("lee_news.txt"), 200_000)[100_000:]},
+                                   config)
+    return {"config": name} | report.to_dict()
 
 
-def table(base: dict, rows: list[dict]) -> str:
-    labels = list(base["bpb"])
-    lines = ["| config | " + " | ".join(labels) + " | geomean | retention | s/step | tok/s | peak RSS GB | best step |",
-             "|---" * (len(labels) + 7) + "|"]
-    for row in rows:
-        ratios = [row["after"][label] / base["bpb"][label] for label in labels]
-        geo = math.exp(sum(map(math.log, ratios)) / len(ratios))
-        speed = (f"{row['seconds_per_step']:.1f} | {row['tokens_per_second']:.0f} | {row['peak_rss_gb']:.1f} | "
-                 f"{row['best_step']}/{row['steps']}") if "steps" in row else "- | - | - | -"
-        lines.append(f"| {row['config']} | " + " | ".join(f"{r:.3f}" for r in ratios)
-                     + f" | {geo:.3f} | {row['retention']:.3f} | {speed} |")
+def geomean(values: list[float]) -> float:
+    return math.exp(sum(map(math.log, values)) / len(values))
+
+
+def pair_table(rows: dict[str, dict]) -> str:
+    base, labels = rows["base"], list(rows["base"]["bpb"])
+    head = ["config", *labels, "geomean", "retention", "arith", "s/step", "tok/s", "peak RSS GB", "best step"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines.append(f"| base | " + " | ".join("1" for _ in labels) + f" | 1 | 1 | {base['arithmetic']:.3f} | - | - | "
+                 f"{base['peak_rss_gb']:.1f} | - |")
+    for name, row in rows.items():
+        if name == "base":
+            continue
+        ratios = [row["bpb"][label] / base["bpb"][label] for label in labels]
+        speed = (f"{row['seconds_per_step']:.2f} | {row['tokens_per_second']:.0f} | {row['peak_rss_gb']:.1f} | "
+                 f"{row['best_step']}/{row['steps']}") if "steps" in row else f"- | - | {row['peak_rss_gb']:.1f} | -"
+        lines.append(f"| {name} | " + " | ".join(f"{r:.3f}" for r in ratios)
+                     + f" | {geomean(ratios):.3f} | {retention(row['continuations'], base['continuations']):.3f} | "
+                     f"{row['arithmetic']:.3f} | {speed} |")
     return "\n".join(lines)
+
+
+def draft_table(before: dict, heal: dict, after: dict) -> str:
+    lines = ["| draft | mode | acceptance | mean accepted/round | tok/s | speedup | identical |", "|---" * 7 + "|",
+             f"| (target alone) | - | - | - | {before['baseline_tokens_per_second']:.1f} | 1 | - |"]
+    for label, report in (("before heal", before), ("after heal", after)):
+        for run in report["runs"]:
+            name = "untransplanted SmolLM2" if run["mode"].startswith("universal") else f"transplanted, {label}"
+            rate = "-" if run["acceptance_rate"] is None else f"{run['acceptance_rate']:.3f}"
+            mean = "-" if run["mean_accepted"] is None else f"{run['mean_accepted']:.2f}"
+            speed = "-" if run["tokens_per_second"] is None else f"{run['tokens_per_second']:.1f}"
+            ratio = "-" if run["speedup"] is None else f"{run['speedup']:.2f}"
+            lines.append(f"| {name} | {run['mode']} | {rate} | {mean} | {speed} | {ratio} | "
+                         f"{run['identical']}/{report['prompts']} |"
+                         + (f" error: {run['error']}" if run["error"] else ""))
+    lines.append(f"\nheal: {heal['steps']} steps (best {heal['best_step']}), {heal['seconds_per_step']:.2f} s/step, "
+                 f"held-out bits per byte: " + ", ".join(f"{t['text']} {t['before_bpb']:.3f} -> {t['after_bpb']:.3f}"
+                                                        for t in heal["texts"]))
+    return "\n".join(lines)
+
+
+def run_child(args, name: str) -> dict:
+    """Run one measurement in a fresh process (its own peak RSS) unless its result file exists."""
+    out = Path(args.work) / "results" / f"{name}.json"
+    if not out.is_file():
+        clock = time.perf_counter()
+        argv = [sys.executable, __file__, *sys.argv[1:], "--one", name]
+        if subprocess.run(argv).returncode:
+            raise SystemExit(f"{name} failed")
+        print(f"[{name} done in {time.perf_counter() - clock:.0f} s]", file=sys.stderr, flush=True)
+    return json.loads(out.read_text())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--patched", required=True)
-    parser.add_argument("--base", required=True)
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--eval-every", type=int, default=10)
+    parser.add_argument("--work", default="/work/bench_out")
+    parser.add_argument("--steps", type=int, default=60)
+    parser.add_argument("--eval-every", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
+    parser.add_argument("--omp-k", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=12)
-    parser.add_argument("--configs", default=",".join(CONFIGS))
-    parser.add_argument("--out", default=None)
-    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one config, JSON out
+    parser.add_argument("--per-group", type=int, default=5)
+    parser.add_argument("--spec-prompts", type=int, default=8)
+    parser.add_argument("--spec-tokens", type=int, default=32)
+    parser.add_argument("--pairs", default="p2,p1")
+    parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args()
     torch.manual_seed(0)
-    work = Path(args.out or "bench_recovery.json")
+    work = Path(args.work)
     if args.one:
-        base = json.loads(work.with_suffix(".base.json").read_text())
-        result = untrained(args, base) if args.one == "untrained" else run_config(args, args.one, base)
-        print(json.dumps(result))
+        pair, _, name = args.one.partition(":")
+        result = child_draft(args, pair) if pair.startswith("draft") else child_model(args, pair, name)
+        result["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+        (work / "results").mkdir(parents=True, exist_ok=True)
+        (work / "results" / f"{args.one}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
         return
     clock = time.perf_counter()
-    base = run_base(args)
-    work.with_suffix(".base.json").write_text(json.dumps(base))
-    names = ["untrained", *args.configs.split(",")]  # children in parallel: one process (and peak RSS) each
-    children = [subprocess.Popen([sys.executable, __file__, *sys.argv[1:], "--one", name, "--out", str(work)],
-                                 stdout=subprocess.PIPE, text=True) for name in names]
-    rows = []
-    for name, child in zip(names, children):
-        stdout, _ = child.communicate()
-        if child.returncode:
-            raise SystemExit(f"{name} failed (exit {child.returncode})")
-        rows.append(json.loads(stdout.strip().splitlines()[-1]))
-        print(f"[{name} done, {time.perf_counter() - clock:.0f} s]", file=sys.stderr, flush=True)
-    work.write_text(json.dumps({"base": base, "rows": rows}, indent=1))
-    print(f"patched {args.patched}; base {args.base}; {args.steps} steps of {args.batch_size} x {args.context} "
-          f"tokens, eval every {args.eval_every}; unseen texts: first {args.eval_max_bytes} bytes; "
-          f"{args.prompts} prompts x {args.new_tokens} greedy tokens, first {COMPARE_BYTES} bytes compared")
-    print(table(base, rows))
+    build(work, args.omp_k)
+    print(f"{args.steps} steps of {args.batch_size} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
+          f"{args.eval_every}; unseen "
+          f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
+          f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
+          f"P1 omp k={args.omp_k}", flush=True)
+    for pair in filter(None, args.pairs.split(",")):
+        rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained", *CONFIGS)}
+        print(f"\n{pair.upper()}: {work / 'models' / pair} (chat-formatted prompts: {rows['base']['chat']})")
+        print(pair_table(rows), flush=True)
+    if args.draft:
+        before, heal_row, after = (run_child(args, name) for name in ("draft-before", "draft-heal", "draft-after"))
+        print(f"\nDRAFT: {work / 'models' / 'draft'} for {GEMMA3}, {args.spec_prompts} lee_news prompts x "
+              f"{args.spec_tokens} new tokens, k=5")
+        print(draft_table(before, heal_row, after))
     print(f"total wall {time.perf_counter() - clock:.0f} s")
 
 
