@@ -23,8 +23,9 @@ from ...runtime.progress import Tick
 _GRAM_SHARE = 0.5  # the (N, N) Gram may take at most this share of free memory
 _GRAM_CAP = 1 << 30  # ...and at most 1 GiB (N <= 16k anchors)
 _BATCH_SHARE = 0.25  # one batch's working set may take this share of the memory left after it
-_BATCH_CAP = 256 << 20  # ...and at most 256 MiB: ~300 targets over 46k anchors feed the GEMMs (1.4x faster than
-# ~75 on P1), and the working set stays small beside the embeddings themselves
+_BATCH_CAP = 256 << 20  # ...and at most 256 MiB on CPU: ~300 targets over 46k anchors feed the GEMMs (1.4x faster
+# than ~75 on P1), and the working set stays small beside the embeddings themselves
+_BATCH_CAP_CUDA = 4 << 30  # on a GPU each step is ~20 kernel launches whatever the batch: fewer, larger batches
 _JITTER = 1e-6  # floor on Cholesky pivots, relative to the mean squared atom norm
 
 
@@ -177,7 +178,8 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     searched = min(candidates or n_atoms, n_atoms)
     exact_without_gram = gram is None and searched == n_atoms
     floats = 3 * n_atoms + k * dim + (refresh_pool * (dim + k + refresh_pool) if exact_without_gram else k * searched)
-    budget = min(_BATCH_SHARE * free_memory_bytes(run_on), _BATCH_CAP)
+    cap = _BATCH_CAP_CUDA if run_on.type == "cuda" else _BATCH_CAP
+    budget = min(_BATCH_SHARE * free_memory_bytes(run_on), cap)
     size = batch_size or max(1, int(budget) // (4 * floats))
     parts: list[tuple[Tensor, ...]] = []
     for start in range(0, max(total, 1), size):  # one (empty) batch when there are no targets
