@@ -195,12 +195,27 @@ def test_quick_phases_print_nothing():
     assert stream.getvalue().splitlines() == ["tokensurgeon: write: 1/4 after 0 s", "tokensurgeon: evaluate x: 1/9 after 0 s"]
 
 
+def test_a_phase_that_reports_only_at_its_end_still_gets_its_line(monkeypatch):
+    """A method that ticks once, when done, after a long silence: the phase is timed from the last report."""
+    import io
+
+    import tokensurgeon.cli.common as common
+
+    clock = iter([100.0, 101.0, 160.0])
+    monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
+    stream = io.StringIO()
+    update = common.phase_lines(stream, after=5)  # 100: the job starts
+    update("evaluate base", 3, 3)  # 101: a quick phase
+    update("omp method", 1, 1)  # 160: its only tick
+    assert stream.getvalue() == "tokensurgeon: omp method: 1/1 after 59 s\n"
+
+
 def test_long_phases_get_a_line_each_interval(monkeypatch):
     import io
 
     import tokensurgeon.cli.common as common
 
-    clock = iter([0.0, 4.0, 5.0, 30.0, 64.0, 66.0, 127.0])
+    clock = iter([0.0, 0.0, 4.0, 5.0, 30.0, 64.0, 66.0, 127.0])  # phase_lines reads the clock once when made
     monkeypatch.setattr(common.time, "monotonic", lambda: next(clock))
     stream = io.StringIO()
     update = common.phase_lines(stream, after=5, every=60)

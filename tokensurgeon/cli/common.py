@@ -55,10 +55,12 @@ def phase_lines(stream: Any = None, *, after: float | None = None, every: float 
     interval = PHASE_LINE_EVERY_S if every is None else every
     started: dict[str, float] = {}
     said: dict[str, float] = {}
+    last_report = [time.monotonic()]  # a phase began about when the one before it last reported
 
     def update(phase: str, done: int, total: int) -> None:
         now = time.monotonic()
-        start = started.setdefault(phase, now)
+        start = started.setdefault(phase, last_report[0])
+        last_report[0] = now
         if now - start >= wait and (phase not in said or now - said[phase] >= interval):
             said[phase] = now
             print(f"tokensurgeon: {phase}: {done:,}/{total:,} after {now - start:.0f} s", file=stream or sys.stderr,
