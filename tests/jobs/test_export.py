@@ -259,9 +259,18 @@ def test_patched_smollm2_exported_to_small_bf16_shards_generates(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(out)
     tokenizer = AutoTokenizer.from_pretrained(out)
     assert model.dtype == torch.bfloat16 and model.get_input_embeddings().weight.shape[0] == len(tokenizer)
+    # plain transformers reading the transplant output as bf16 holds the same numbers: the same greedy tokens
+    # (8 new, no early stop), and so does the applied patch; logits stay within bf16 rounding of float32's
+    reference = AutoModelForCausalLM.from_pretrained(patched, dtype=torch.bfloat16)
     ids = tokenizer("The capital of France is", return_tensors="pt")
-    text = tokenizer.decode(model.generate(**ids, max_new_tokens=8, do_sample=False)[0])
-    assert "The capital of France is" in text and len(text) > len("The capital of France is") + 5
+    generated = [m.generate(**ids, max_new_tokens=8, min_new_tokens=8, do_sample=False)[0]
+                 for m in (model, reference, AutoModelForCausalLM.from_pretrained(tmp_path / "applied"))]
+    assert generated[0].shape[0] == ids["input_ids"].shape[1] + 8
+    assert torch.equal(generated[0], generated[1]) and torch.equal(generated[0], generated[2])
+    with torch.no_grad():
+        wide = AutoModelForCausalLM.from_pretrained(patched, dtype=torch.float32)(**ids).logits[0]
+        narrow = model(**ids).logits[0].float()
+    assert torch.nn.functional.cosine_similarity(narrow, wide, dim=-1).min() > 0.99
 
 
 def test_bf16_matrices_give_the_rows_of_the_float32_path():
