@@ -93,25 +93,31 @@ def gather_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return out
 
 
-def weighted_rows(matrix: torch.Tensor, sources: list[list[int]], weights: list[list[float]],
-                  block: int = 1024) -> torch.Tensor:
+def weighted_rows(matrix: torch.Tensor, sources: list[list[int]] | torch.Tensor,
+                  weights: list[list[float]] | torch.Tensor, block: int = 1024) -> torch.Tensor:
     """Per row, the weighted sum of ``matrix`` rows (float32): (len(sources), d).
 
     A block of rows at a time, as a sparse (block, used rows) matrix times the rows it uses (read in row
     order, upcast only those): no (entries, d) gathered copy, which mixes of many rows (focus's sparsemax,
-    omp's k=64 codes) would make huge.
+    omp's k=64 codes) would make huge. ``sources``/``weights`` are ragged lists, or (n, k) tensors for
+    fixed-size codes: 200k OMP codes as Python lists would take ~1 GB.
     """
     rows = torch.zeros(len(sources), matrix.shape[1], dtype=torch.float32, device=matrix.device)
     for start in range(0, len(sources), block):
         groups, scales = sources[start:start + block], weights[start:start + block]
-        flat = torch.tensor([i for group in groups for i in group], dtype=torch.long)
+        if isinstance(groups, torch.Tensor):
+            flat, values = groups.flatten().long().cpu(), scales.flatten().float().cpu()
+            counts = torch.full((len(groups),), groups.shape[1], dtype=torch.long)
+        else:
+            flat = torch.tensor([i for group in groups for i in group], dtype=torch.long)
+            values = torch.tensor([w for group in scales for w in group], dtype=torch.float32)
+            counts = torch.tensor([len(group) for group in groups], dtype=torch.long)
         if not len(flat):
             continue
         used, column = flat.unique(return_inverse=True)
-        owner = torch.repeat_interleave(torch.tensor([len(group) for group in groups], dtype=torch.long))
-        mix = torch.sparse_coo_tensor(torch.stack([owner, column]),
-                                      torch.tensor([w for group in scales for w in group], dtype=torch.float32),
-                                      size=(len(groups), len(used)), check_invariants=True).coalesce()  # repeats add up
+        owner = torch.repeat_interleave(counts)
+        mix = torch.sparse_coo_tensor(torch.stack([owner, column]), values, size=(len(groups), len(used)),
+                                      check_invariants=True).coalesce()  # repeats add up
         used_rows = gather_rows(matrix, used.tolist()).float()
         rows[start:start + len(groups)] = torch.sparse.mm(mix.to(matrix.device), used_rows)
     return rows

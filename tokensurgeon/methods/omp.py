@@ -84,8 +84,8 @@ class OMPMethod(InitMethod):
         """Apply the codes to the anchors' base rows; rows on a subword-mean path get their pieces' mean."""
         rows = torch.empty(len(paths), base_matrix.shape[1], device=base_matrix.device)
         if solve:
-            sources = [[anchor_base[a] for a in code] for code in codes.indices.tolist()]
-            rows[solve] = weighted_rows(base_matrix, sources, codes.coefficients.tolist())
+            sources = torch.tensor(anchor_base, dtype=torch.long)[codes.indices]  # (S, k) base ids
+            rows[solve] = weighted_rows(base_matrix, sources, codes.coefficients)
         picked = [row for row, path in enumerate(paths) if path != "omp"]
         if picked:
             pieces = [ctx.alignment.decompositions[ctx.new_ids[row]] for row in picked]
