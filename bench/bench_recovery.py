@@ -163,7 +163,8 @@ def child_model(args, pair: str, name: str) -> dict:
     from transformers import AutoTokenizer
 
     from tokensurgeon.evaluation import load_for_eval
-    from tokensurgeon.recovery.train import RecoveryOptions, recover
+    from tokensurgeon.recovery.options import RecoveryOptions
+    from tokensurgeon.recovery.train import recover
 
     patched = Path(args.work) / "models" / pair
     chat = all(AutoTokenizer.from_pretrained(path).chat_template for path in (PAIRS[pair], patched))

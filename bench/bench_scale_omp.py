@@ -57,7 +57,7 @@ def ensure_mergekit() -> Path:
     return tool
 
 
-def measured(run: Run, command: list[str], cap_s: float | None = None, env: dict | None = None) -> Run:
+def measured(run: Run, command: list[str], env: dict | None = None, cap_s: float | None = None) -> Run:
     """Run ``command`` to completion or until ``cap_s``; fill in wall and peak RSS of its process tree."""
     shutil.rmtree(run.out, ignore_errors=True)
     start = time.perf_counter()

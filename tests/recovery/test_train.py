@@ -15,7 +15,8 @@ from tokensurgeon.checkpoint import open_checkpoint
 from tokensurgeon.evaluation import load_for_eval
 from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
-from tokensurgeon.recovery.train import Objective, RecoveryOptions, merged_tensors, prepare, recover
+from tokensurgeon.recovery.options import RecoveryOptions
+from tokensurgeon.recovery.train import Objective, merged_tensors, prepare, recover
 
 TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
 

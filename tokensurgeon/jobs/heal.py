@@ -38,7 +38,8 @@ from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
 from ..evaluation.rows import text_labels
-from ..recovery.train import RecoveryOptions, base_of, recover
+from ..recovery.options import RecoveryOptions
+from ..recovery.train import base_of, recover
 from ..runtime.outdir import atomic_directory, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
 

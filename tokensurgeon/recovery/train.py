@@ -24,65 +24,17 @@ from typing import Any, Callable
 import torch
 
 from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
-from tokensurgeon.config import DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN
 from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
-from tokensurgeon.recovery.student import LORA_TARGETS, Teacher, add_lora, head_weight, hidden_states, \
+from tokensurgeon.recovery.student import Teacher, add_lora, head_weight, hidden_states, \
     load_teacher, softcap, unwrap
 from tokensurgeon.vocab.undertrained import undertrained_rows
 
 Progress = Callable[[int, int], None]
-OBJECTIVES = ("distill", "lm")
-TRAIN = ("rows", "embeddings", "lora")
 UNTRAINED_PATHS = ("copy", "padding-mean")  # provenance paths of rows a transplant did not compute
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
-
-
-@dataclass(frozen=True)
-class RecoveryOptions:
-    """How to recover one patched model; see the module docstring for train and the guard.
-
-    Attributes:
-        objective: "distill" (ALM chunk divergence toward the teacher; token-level KL when the tokenizers
-            are one) or "lm" (next-token loss on the text).
-        lm_mix: weight of the LM loss added to the distillation loss (objective "distill").
-        temperature: ALM temperature (the paper's default 100); the loss is scaled by it (objectives.py).
-        lora_lr: learning rate of the LoRA adapters (lr is the embeddings').
-        max_minutes: stop training after this many minutes (None: no budget).
-        block: positions per block of float32 logits.
-    """
-
-    objective: str = DEFAULT_HEAL_OBJECTIVE
-    lm_mix: float = 0.0
-    temperature: float = 100.0
-    train: str = DEFAULT_HEAL_TRAIN
-    steps: int = 200
-    lr: float = 1e-3
-    lora_lr: float = 5e-4
-    lora_rank: int = 16
-    lora_targets: tuple[str, ...] = LORA_TARGETS
-    anchor_weight: float = 1.0
-    batch_size: int = 4
-    context: int = 128
-    eval_every: int = 20
-    patience: int = 3
-    eval_max_bytes: int | None = 8000
-    eval_context: int = 512
-    max_minutes: float | None = None
-    gradient_checkpointing: bool = False
-    block: int = 1024
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise TokenSurgeonError(f"--objective {self.objective}: choose one of {', '.join(OBJECTIVES)}")
-        if self.train not in TRAIN:
-            raise TokenSurgeonError(f"--train {self.train}: choose one of {', '.join(TRAIN)}")
-        if self.steps < 1 or self.batch_size < 1 or self.context < 4 or self.eval_every < 1 or self.patience < 1:
-            raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
-        if self.temperature <= 0 or self.lm_mix < 0 or self.lr <= 0 or self.lora_lr <= 0:
-            raise TokenSurgeonError("temperature and learning rates must be > 0 and lm-mix >= 0")
 
 
 @dataclass

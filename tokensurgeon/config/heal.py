@@ -1,0 +1,113 @@
+"""Options of heal (recovery training of a patched checkpoint), with their defaults; re-exported by
+tokensurgeon.config. The recovery engine's own options (recovery/options.py) take theirs from here."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import TokenSurgeonError
+
+HEAL_OBJECTIVES = ("distill", "lm")
+HEAL_TRAIN = ("rows", "embeddings", "lora")
+HEAL_ROWS = {"new": "rows", "all": "embeddings"}  # the old --rows values, kept as aliases of --train
+DEFAULT_HEAL_OBJECTIVE = "distill"  # P2 bench (docs/heal.md): more behaviour than lm at +0.019 in ratio
+DEFAULT_HEAL_TRAIN = "lora"
+
+
+@dataclass(frozen=True)
+class HealConfig:
+    """Options of one heal: recovery training of a patched checkpoint (jobs/heal.py on tokensurgeon.recovery).
+
+    Attributes:
+        texts: text files; the last ``held_out`` fraction of each (by bytes) is held out, the rest trained on.
+        objective: "lm" (next-token loss on the text) or "distill" (ALM chunk divergence toward the teacher;
+            token-level KL when teacher and student share a tokenizer, as for drafts); ``lm_mix`` adds the LM
+            loss to distill with that weight.
+        train: "rows" (rows the transplant computed plus copies of barely trained base rows), "embeddings"
+            (every row, ``anchor_weight`` pulling the others back) or "lora" (embeddings plus LoRA adapters of
+            rank ``lora_rank`` on the attention and MLP projections, merged into the output).
+        rows: deprecated alias of the previous heal: objective "lm" with train "rows" ("new") or "embeddings"
+            ("all"); an objective or train given beside it must agree with it.
+        teacher: the distillation teacher; None = the base recorded in PATCHED/report.json.
+        eval_texts: held-out files never trained on, scored before and after beside the in-file held-out split.
+        max_minutes: training time budget (None = steps only).
+        save_adapter: also write the PEFT adapter (LoRA + embeddings) to OUT/adapter (--train lora).
+        anchor_weight: L2 penalty weight (summed squared distance) keeping anchored rows near their start.
+        context: tokens per training sequence, BOS included.
+        eval_every: steps between held-out evaluations; the best one is kept.
+        patience: stop after this many evaluations in a row without a better held-out score.
+        eval_max_bytes: score at most this many bytes of each held-out part (quick, bounded evaluations).
+        compare_base: also score the transplant's base model on the held-out text (for ratios).
+    """
+
+    patched: Path
+    texts: tuple[Path, ...]
+    out: Path
+    objective: str | None = None
+    lm_mix: float = 0.0
+    temperature: float = 100.0
+    train: str | None = None
+    rows: str | None = None
+    teacher: Path | None = None
+    eval_texts: tuple[Path, ...] = ()
+    steps: int = 100
+    lr: float = 1e-3
+    lora_lr: float = 5e-4
+    lora_rank: int = 16
+    anchor_weight: float = 1.0
+    batch_size: int = 4
+    context: int = 128
+    held_out: float = 0.1
+    eval_every: int = 20
+    patience: int = 3
+    eval_max_bytes: int | None = 8000
+    max_minutes: float | None = None
+    save_adapter: bool = False
+    gradient_checkpointing: bool = False
+    compare_base: bool = True
+    seed: int = 0
+    device: str = "auto"
+    force: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.texts:
+            raise TokenSurgeonError("heal needs text to train on: pass --text FILE (repeatable)")
+        for text in (*self.texts, *self.eval_texts):
+            if not Path(text).is_file():
+                raise TokenSurgeonError(f"text file {text} does not exist")
+        if self.rows is not None:
+            if self.rows not in HEAL_ROWS:
+                raise TokenSurgeonError(f"--rows must be 'new' or 'all' (aliases of --train rows|embeddings), "
+                                        f"not {self.rows!r}")
+            alias = {"objective": "lm", "train": HEAL_ROWS[self.rows]}
+            for name, value in alias.items():
+                if getattr(self, name) not in (None, value):
+                    raise TokenSurgeonError(f"--rows {self.rows} means --objective lm --train {alias['train']}; it "
+                                            f"conflicts with --{name} {getattr(self, name)}: drop --rows")
+                object.__setattr__(self, name, value)
+        object.__setattr__(self, "objective", self.objective or DEFAULT_HEAL_OBJECTIVE)
+        object.__setattr__(self, "train", self.train or DEFAULT_HEAL_TRAIN)
+        if self.objective not in HEAL_OBJECTIVES:
+            raise TokenSurgeonError(f"--objective must be one of {', '.join(HEAL_OBJECTIVES)}, not {self.objective!r}")
+        if self.train not in HEAL_TRAIN:
+            raise TokenSurgeonError(f"--train must be one of {', '.join(HEAL_TRAIN)}, not {self.train!r}")
+        if self.teacher is not None and not (Path(self.teacher) / "config.json").is_file():
+            raise TokenSurgeonError(f"--teacher {self.teacher}: not a model directory (no config.json)")
+        if self.save_adapter and self.train != "lora":
+            raise TokenSurgeonError("--save-adapter needs --train lora (only LoRA training makes an adapter)")
+        if min(self.steps, self.eval_every, self.patience, self.batch_size, self.lora_rank) < 1:
+            raise TokenSurgeonError("--steps, --eval-every, --patience, --batch-size and --lora-rank must be at "
+                                    "least 1")
+        if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:
+            raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight and "
+                                    "--lm-mix at least 0")
+        if self.context < 4:
+            raise TokenSurgeonError("--context must be at least 4 tokens")
+        if not 0 < self.held_out < 1:
+            raise TokenSurgeonError(f"--held-out must be a fraction between 0 and 1, not {self.held_out}")
+        if self.eval_max_bytes is not None and self.eval_max_bytes < 1:
+            raise TokenSurgeonError("--eval-max-bytes must be positive")
+        if self.max_minutes is not None and not self.max_minutes > 0:
+            raise TokenSurgeonError("--max-minutes must be positive")

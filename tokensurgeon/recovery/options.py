@@ -1,0 +1,56 @@
+"""The options of one recovery run. Defaults shared with heal come from config.HealConfig (one place);
+``lora_targets``, ``eval_context`` and ``block`` are the engine's own."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tokensurgeon.config import DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, HEAL_OBJECTIVES, HEAL_TRAIN, HealConfig
+from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.recovery.student import LORA_TARGETS
+
+
+@dataclass(frozen=True)
+class RecoveryOptions:
+    """How to recover one patched model; see the module docstring for train and the guard.
+
+    Attributes:
+        objective: "distill" (ALM chunk divergence toward the teacher; token-level KL when the tokenizers
+            are one) or "lm" (next-token loss on the text).
+        lm_mix: weight of the LM loss added to the distillation loss (objective "distill").
+        temperature: ALM temperature (the paper's default 100); the loss is scaled by it (objectives.py).
+        lora_lr: learning rate of the LoRA adapters (lr is the embeddings').
+        max_minutes: stop training after this many minutes (None: no budget).
+        block: positions per block of float32 logits.
+    """
+
+    objective: str = DEFAULT_HEAL_OBJECTIVE
+    lm_mix: float = HealConfig.lm_mix
+    temperature: float = HealConfig.temperature
+    train: str = DEFAULT_HEAL_TRAIN
+    steps: int = HealConfig.steps
+    lr: float = HealConfig.lr
+    lora_lr: float = HealConfig.lora_lr
+    lora_rank: int = HealConfig.lora_rank
+    lora_targets: tuple[str, ...] = LORA_TARGETS
+    anchor_weight: float = HealConfig.anchor_weight
+    batch_size: int = HealConfig.batch_size
+    context: int = HealConfig.context
+    eval_every: int = HealConfig.eval_every
+    patience: int = HealConfig.patience
+    eval_max_bytes: int | None = HealConfig.eval_max_bytes
+    eval_context: int = 512
+    max_minutes: float | None = HealConfig.max_minutes
+    gradient_checkpointing: bool = HealConfig.gradient_checkpointing
+    block: int = 1024
+    seed: int = HealConfig.seed
+
+    def __post_init__(self) -> None:
+        if self.objective not in HEAL_OBJECTIVES:
+            raise TokenSurgeonError(f"--objective {self.objective}: choose one of {', '.join(HEAL_OBJECTIVES)}")
+        if self.train not in HEAL_TRAIN:
+            raise TokenSurgeonError(f"--train {self.train}: choose one of {', '.join(HEAL_TRAIN)}")
+        if self.steps < 1 or self.batch_size < 1 or self.context < 4 or self.eval_every < 1 or self.patience < 1:
+            raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
+        if self.temperature <= 0 or self.lm_mix < 0 or self.lr <= 0 or self.lora_lr <= 0:
+            raise TokenSurgeonError("temperature and learning rates must be > 0 and lm-mix >= 0")
