@@ -31,6 +31,7 @@ import resource
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -183,7 +184,8 @@ def child_model(args, pair: str, name: str) -> dict:
                             options, teacher=PAIRS[pair], device="cpu")  # unseen texts scored in behaviour()
     wall = time.perf_counter() - clock
     return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "wall_seconds": wall,
-            "held_out": result.held_out, "history": result.history, "trainable": result.trainable,
+            "held_out": [asdict(row) for row in result.held_out], "history": [asdict(h) for h in result.history],
+            "trainable": result.trainable,
             "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
             } | behaviour(args, model, AutoTokenizer.from_pretrained(patched), chat)
 

@@ -44,7 +44,7 @@ def test_compare_keeps_the_best_and_reads_everything_once(tiny_models, text, tmp
     assert list(skipped) == ["omp"] and "tokenizer only" in skipped["omp"]
     for entry in ok:
         assert entry.score == pytest.approx(geometric_mean([row.ratio for row in entry.evaluation]))
-        assert entry.evaluation[0].base_bpb == report.texts[0]["base_bpb"]
+        assert entry.evaluation[0].base_bpb == report.texts[0].base_bpb
         assert entry.seconds > 0 and entry.peak_rss_increase is not None and entry.peak_rss_increase >= 0
     # subword-mean and mean write different rows, so they score differently
     assert len({e.evaluation[0].patched_bpb for e in ok}) == 3

@@ -82,7 +82,7 @@ def test_only_new_rows_change(patched, text, tmp_path):
     source, out = open_checkpoint(patched["untied"]), tmp_path / "out"
     report = heal(HealConfig(patched=source.path, texts=(text,), out=out, lr=1e-2, **LM_ROWS, **QUICK))
     assert report.improved and report.best_step > 0 and (report.objective, report.train) == ("lm", "rows")
-    assert all(row["after_bpb"] < row["before_bpb"] for row in report.texts)
+    assert all(row.after_bpb < row.before_bpb for row in report.texts)
     before, after = weights(source.path), weights(out)
     changed = changed_tensors(before, after)
     assert changed == {source.input_name, source.output_name}
@@ -100,8 +100,8 @@ def test_never_worse_than_input(patched, text, tmp_path):
     source = patched["tied"]
     report = heal(HealConfig(patched=source, texts=(text,), out=tmp_path / "out", lr=100.0, **LM_ROWS, **QUICK))
     assert not report.improved and report.best_step == 0 and len(report.history) > 1
-    assert max(report.history[-1]["held_out_bpb"]) > report.texts[0]["before_bpb"]  # training did hurt
-    assert report.texts[0]["after_bpb"] == report.texts[0]["before_bpb"]
+    assert max(report.history[-1].held_out_bpb) > report.texts[0].before_bpb  # training did hurt
+    assert report.texts[0].after_bpb == report.texts[0].before_bpb
     assert (tmp_path / "out" / "model.safetensors").read_bytes() == (source / "model.safetensors").read_bytes()
 
 
@@ -138,7 +138,7 @@ def test_lora_output_is_a_plain_merged_checkpoint(patched, text, unseen, tmp_pat
                              train="lora", lora_rank=4, lr=1e-2, lora_lr=1e-2, save_adapter=True, **QUICK))
     assert report.improved and report.train == "lora" and report.options["lora_rank"] == 4
     assert any("lora_A" in name for name in report.trainable)
-    assert [row["text"] for row in report.unseen] == ["ita.txt"] and report.tokens_per_second > 0
+    assert [row.text for row in report.unseen] == ["ita.txt"] and report.tokens_per_second > 0
     before, after = weights(source.path), weights(out)
     changed = changed_tensors(before, after)
     allowed = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -167,7 +167,7 @@ def test_draft_distils_toward_its_target_by_token_kl(tiny_models, text, tmp_path
     report = heal(HealConfig(patched=draft, texts=(text,), out=tmp_path / "out", objective="distill",
                              train="embeddings", teacher=tiny_models["tied"], lr=1e-2, **QUICK))
     assert report.teacher == str(tiny_models["tied"]) and report.steps_run >= 1
-    assert len(report.history) > 1 and all(h["loss"] is None or h["loss"] >= 0 for h in report.history)
+    assert len(report.history) > 1 and all(h.loss is None or h.loss >= 0 for h in report.history)
 
 
 def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):

@@ -100,7 +100,7 @@ def test_guard_returns_the_input_when_nothing_improves(tiny, tmp_path):
     model, result = recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
                             _options(objective="lm", train="lora", lr=50.0, lora_lr=50.0), device="cpu")
     assert not result.improved and result.replacements == {}
-    assert result.held_out[0]["after_bpb"] == result.held_out[0]["before_bpb"]
+    assert result.held_out[0].after_bpb == result.held_out[0].before_bpb
     merged = model.merge_and_unload().state_dict()
     assert all(torch.equal(merged[name], tensor) for name, tensor in start.items())
 

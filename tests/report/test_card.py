@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tokensurgeon.report.card import (BASE_CARD, append_section, export_lines, heal_lines, split_front_matter,
-                                      write_transplant_card)
+from tokensurgeon.evaluation.rows import EvalRow, HealRow
+from tokensurgeon.jobs.heal import HealReport, card_lines
+from tokensurgeon.report.card import BASE_CARD, append_section, split_front_matter, write_transplant_card
+from tokensurgeon.report.models import TransplantReport
 
 BASE_README = "---\nlicense: apache-2.0\nlanguage:\n- en\n---\n\n# SmolLM2\n\nThe original card: keep me.\n"
 
@@ -33,16 +35,19 @@ def _front(card: Path) -> dict:
     return yaml.safe_load(front)
 
 
-def _report(out: Path, base: Path) -> dict:
-    return {"version": "0.1.0",
-            "base": {"path": str(base), "kind": "byte-level BPE", "vocab_size": 49152, "hidden_size": 576, "tied": True},
-            "donor": {"path": "/tokenizers/llama3", "kind": "byte-level BPE", "vocab_size": 128257, "is_model": False},
-            "output": {"path": str(out), "rows": 128257},
-            "method": {"name": "omp", "options": {"k": 8}, "seed": 0, "device": "cpu", "chat_template": "donor"},
-            "counts": {"exact": 39310, "new": 88690, "computed": 88944},
-            "warnings": ["number schemes differ: '1234567' splits into [1, 1] (base) vs [3, 3, 1]; arithmetic may suffer",
-                         "21 new tokens could not be decomposed (e.g. '<0xC0>', 'ñ')"],
-            "evaluation": [{"text": "lee_news.txt", "bytes": 4000, "base_bpb": 1.0046, "patched_bpb": 1.2505, "ratio": 1.2448}]}
+def _report(out: Path, base: Path) -> TransplantReport:
+    return TransplantReport(
+        version="0.1.0",
+        base={"path": str(base), "kind": "byte-level BPE", "vocab_size": 49152, "hidden_size": 576, "tied": True},
+        donor={"path": "/tokenizers/llama3", "kind": "byte-level BPE", "vocab_size": 128257, "is_model": False},
+        output={"path": str(out), "rows": 128257},
+        method={"name": "omp", "options": {"k": 8}, "seed": 0, "device": "cpu", "chat_template": "donor"},
+        counts={"exact": 39310, "new": 88690, "computed": 88944}, timings={},
+        warnings=["number schemes differ: '1234567' splits into [1, 1] (base) vs [3, 3, 1]; arithmetic may suffer",
+                  "21 new tokens could not be decomposed (e.g. '<0xC0>', 'ñ')"],
+        evaluation=[EvalRow(text="lee_news.txt", bytes=4000, base_bpb=1.0046, patched_bpb=1.2505, ratio=1.2448,
+                            base_bytes_per_token=4.1, donor_bytes_per_token=4.3, new_token_share=0.01,
+                            boundary_agreement=0.9)])
 
 
 @pytest.fixture()
@@ -79,7 +84,8 @@ def test_without_a_base_card_or_hub_id(tmp_path):
     (base / "config.json").write_text(json.dumps({"_name_or_path": str(tmp_path)}))
     out = tmp_path / "out"
     out.mkdir()
-    report = _report(out, base) | {"evaluation": []}
+    report = _report(out, base)
+    report.evaluation = []
     card = write_transplant_card(report, out, base_dir=base, command="tokensurgeon transplant x y -o out")
     front = _front(card)
     assert front["base_model"] == "my: model #1" and "license" not in front
@@ -94,10 +100,12 @@ def test_heal_and_export_append_to_their_sources_card(tmp_path, base_dir):
     before = (patched / "README.md").read_text()
     healed = tmp_path / "healed"
     healed.mkdir()
-    heal = {"objective": "lm", "train": "rows", "teacher": None, "tokens_per_second": 900.0, "steps_run": 200,
-            "best_step": 150, "improved": True,
-            "texts": [{"text": "news.txt", "held_out_bytes": 9000, "before_bpb": 1.25, "after_bpb": 1.10, "base_bpb": 1.0}]}
-    card = append_section(patched, healed, "Healing", heal_lines(heal), command="tokensurgeon heal patched -o healed",
+    heal = HealReport(version="0.1.0", patched=str(patched), out=str(healed), teacher=None, objective="lm",
+                      train="rows", trainable={}, steps_run=200, best_step=150, improved=True, stopped_by="steps",
+                      tokens_per_second=900.0, seconds_per_step=0.5, options={}, device="cpu",
+                      texts=[HealRow("news.txt", 81000, 9000, 1.25, 1.10, base_bpb=1.0, before_ratio=1.25,
+                                     after_ratio=1.10)])
+    card = append_section(patched, healed, "Healing", card_lines(heal), command="tokensurgeon heal patched -o healed",
                           tags=("healed",))
     text = card.read_text()
     assert (patched / "README.md").read_text() == before
@@ -109,10 +117,8 @@ def test_heal_and_export_append_to_their_sources_card(tmp_path, base_dir):
 
     exported = tmp_path / "exported"
     exported.mkdir()
-    lines = export_lines({"mode": "full", "source": str(healed), "dtype": "bf16", "shards": 2, "tensors": 30,
-                          "vocab_size": 128257})
-    card = append_section(healed, exported, "Export", lines, command="tokensurgeon export healed -o exported")
-    assert card.read_text().count("## Healing") == 1 and "dtype bf16, 2 shard(s)" in card.read_text()
+    card = append_section(healed, exported, "Export", ["Re-written."], command="tokensurgeon export healed -o exported")
+    assert card.read_text().count("## Healing") == 1 and "Re-written." in card.read_text()
     assert _front(card)["library_name"] == "transformers"
 
 
@@ -147,6 +153,7 @@ def test_every_output_gets_a_card(tiny_models, tmp_path):
     exported = tmp_path / "exported"
     export(ExportConfig(source=out, out=exported, dtype="fp32"))
     assert "## Export" in (exported / "README.md").read_text() and (exported / BASE_CARD).is_file()
+    assert f"Re-written from `{out}`: dtype fp32, 1 shard(s)" in (exported / "README.md").read_text()
     healed = tmp_path / "healed"
     heal(HealConfig(patched=out, texts=(CORPORA / "udhr" / "spa.txt",), out=healed, steps=2, eval_every=1,
                     eval_max_bytes=400, compare_base=False, context=32, batch_size=2))

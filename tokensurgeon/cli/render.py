@@ -82,11 +82,11 @@ def print_transplant(console: Console, report: TransplantReport) -> None:
 
 def print_compare(console: Console, report) -> None:
     """The ranked methods of a bake-off (report: compare.CompareReport)."""
-    table = Table("rank", "method", *(f"{row['text']}\nbpb" for row in report.texts), "ratio", "time (s)",
+    table = Table("rank", "method", *(f"{row.text}\nbpb" for row in report.texts), "ratio", "time (s)",
                   "peak RSS +", title=f"Methods ranked: {report.base} <- {report.donor}",
                   caption=f"ratio: {report.ranking}; time: method + writing the checkpoint; peak RSS +: highest "
                           "resident memory sampled during that, above what was resident before")
-    table.add_row("", "base", *(f"{row['base_bpb']:.4f}" for row in report.texts), "1.000", "", "")
+    table.add_row("", "base", *(f"{row.base_bpb:.4f}" for row in report.texts), "1.000", "", "")
     for rank, entry in enumerate(report.entries, 1):
         if entry.status != "ok":
             continue
@@ -154,10 +154,10 @@ def print_heal(console: Console, report) -> None:
         table = Table("text", "bytes", "base bpb", "before bpb", "after bpb", "ratio before", "ratio after",
                       title=title)
         for row in rows:
-            base = row["base_bpb"] is not None
-            table.add_row(row["text"], f"{row['held_out_bytes']:,}", f"{row['base_bpb']:.4f}" if base else "-",
-                          f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}",
-                          f"{row['before_ratio']:.3f}" if base else "-", f"{row['after_ratio']:.3f}" if base else "-")
+            base = row.base_bpb is not None
+            table.add_row(row.text, f"{row.held_out_bytes:,}", f"{row.base_bpb:.4f}" if base else "-",
+                          f"{row.before_bpb:.4f}", f"{row.after_bpb:.4f}",
+                          f"{row.before_ratio:.3f}" if base else "-", f"{row.after_ratio:.3f}" if base else "-")
         console.print(table)
     if report.adapter:
         console.print(f"PEFT adapter: {report.adapter}")
@@ -210,3 +210,19 @@ def print_tasks(console: Console, results: list) -> None:
     for row in rows:
         table.add_row(*row, end_section=row[0] == "all")
     console.print(table)
+
+
+def print_audit(console: Console, report) -> None:
+    """The audit (evaluation.audit.AuditReport): counts per reason, then the worst flagged rows."""
+    console.print(f"audited {report.checked:,} computed rows ({', '.join(report.checks)}): "
+                  f"{report.flagged:,} flagged", highlight=False)
+    counts = Table("reason", "rows", "flags beyond", title="Audit")
+    for reason, count in report.counts.items():
+        counts.add_row(reason, f"{count:,}", str(report.limits.get(reason, "")))
+    console.print(counts)
+    if report.tokens:
+        worst = Table("id", "token", "reasons", "scores", title="Worst flagged rows")
+        for token in report.tokens[:20]:
+            worst.add_row(str(token.id), repr(token.token), ", ".join(token.reasons),
+                          ", ".join(f"{name} {value:g}" for name, value in token.scores.items()))
+        console.print(worst)

@@ -1,4 +1,5 @@
-"""Before/after rows of a transplant's evaluation: one typed row per text, as report.json lists them."""
+"""Per-text rows of every evaluation a job reports (transplant, compare, heal): one typed row per text, field
+names as the job's JSON lists them, so a new metric is one field here and its renderers."""
 
 from __future__ import annotations
 
@@ -35,6 +36,31 @@ class EvalRow:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class BaseRow:
+    """One text scored by the base model alone, with its own tokenizer (compare's reference row)."""
+
+    text: str
+    bytes: int
+    base_bpb: float
+
+
+@dataclass(frozen=True)
+class HealRow:
+    """One text before and after recovery training. held_out_bytes: the bytes scored (the in-file held-out end of
+    a training text, or an unseen file, cut to eval_max_bytes); train_bytes: the part trained on (None for an
+    unseen file); base and ratios: None when the base model was not scored."""
+
+    text: str
+    train_bytes: int | None
+    held_out_bytes: int
+    before_bpb: float
+    after_bpb: float
+    base_bpb: float | None = None
+    before_ratio: float | None = None
+    after_ratio: float | None = None
 
 
 def geometric_mean(values: list[float]) -> float:

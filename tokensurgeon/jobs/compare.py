@@ -25,7 +25,7 @@ from ..config import CompareConfig
 from ..errors import MethodError, TokenSurgeonError
 from ..evaluation import evaluate_models
 from ..evaluation.resources import measure_step
-from ..evaluation.rows import EvalRow, evaluation_rows, geometric_mean, read_eval_texts
+from ..evaluation.rows import BaseRow, EvalRow, evaluation_rows, geometric_mean, read_eval_texts
 from ..methods import INIT_METHODS
 from ..pipeline.run_method import run_method
 from ..pipeline.session import open_session
@@ -59,7 +59,7 @@ class CompareReport:
     version: str
     base: str
     donor: str
-    texts: list[dict[str, Any]]  # text, bytes, base_bpb
+    texts: list[BaseRow]
     entries: list[MethodEntry]  # ranked: best first, skipped last
     ranking: str = RANKING
     best: str | None = None
@@ -141,7 +141,7 @@ def compare(config: CompareConfig, progress: Progress | None = None) -> CompareR
         ranked = sorted((e for e in entries if e.status == "ok"), key=lambda e: e.score)
         result = CompareReport(
             version=__version__, base=str(config.base), donor=str(config.donor),
-            texts=[{"text": s.label, "bytes": s.n_bytes, "base_bpb": s.bits_per_byte} for s in base_scores.scores],
+            texts=[BaseRow(s.label, s.n_bytes, s.bits_per_byte) for s in base_scores.scores],
             entries=ranked + [e for e in entries if e.status != "ok"],
             best=best[0].method if best else None, out=str(config.out) if config.out and best else None)
         if config.out is not None:

@@ -130,10 +130,11 @@ def _finish(mode: str, config: ExportConfig, records: list[dict[str, Any]], shar
 
 def _write_card(config: ExportConfig, source: Path, staging: Path, mode: str, shards: int, rows: int) -> None:
     """README.md: the source's card (kept as it was) with an Export section."""
-    from ..report.card import append_section, export_lines, invoked_command
+    from ..report.card import append_section, invoked_command
 
-    lines = export_lines({"mode": mode, "source": str(config.source), "dtype": config.dtype, "shards": shards,
-                          "vocab_size": rows})
+    what = {"full": "Re-written", "embeddings-only": "Cut to an embeddings-only patch", "apply": "Rebuilt from a patch"}
+    lines = [f"{what[mode]} from `{config.source}`: dtype {config.dtype or 'kept'}, {shards} shard(s), "
+             f"vocab_size {rows:,}."]
     fallback = f"tokensurgeon export {config.source} -o {config.out}"
     fallback += f" --dtype {config.dtype}" if config.dtype else ""
     append_section(source, staging, "Export", lines, command=invoked_command(fallback))

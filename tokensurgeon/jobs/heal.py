@@ -37,9 +37,9 @@ from ..config import EvalConfig, HealConfig
 from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
-from ..evaluation.rows import text_labels
+from ..evaluation.rows import HealRow, text_labels
 from ..recovery.options import RecoveryOptions
-from ..recovery.train import base_of, recover
+from ..recovery.train import EvalPoint, TextChange, base_of, recover
 from ..runtime.outdir import atomic_directory, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
 
@@ -66,9 +66,9 @@ class HealReport:
     options: dict[str, Any]
     device: str
     adapter: str | None = None
-    texts: list[dict[str, Any]] = field(default_factory=list)
-    unseen: list[dict[str, Any]] = field(default_factory=list)
-    history: list[dict[str, Any]] = field(default_factory=list)
+    texts: list[HealRow] = field(default_factory=list)
+    unseen: list[HealRow] = field(default_factory=list)
+    history: list[EvalPoint] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -167,7 +167,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
                      "max_minutes": config.max_minutes, "seed": config.seed},
             device=result.device, adapter=str(config.out / ADAPTER_DIR) if adapter is not None else None,
             texts=[_text_row(row, held_out, config, base_held[i] if base_held else None,
-                             train_bytes=len(splits[row["text"]][0].encode("utf-8")))
+                             train_bytes=len(splits[row.text][0].encode("utf-8")))
                    for i, row in enumerate(result.held_out)],
             unseen=[_text_row(row, unseen, config, base_unseen[i] if base_unseen else None)
                     for i, row in enumerate(result.unseen)],
@@ -179,23 +179,45 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
 
 def _write_card(config: HealConfig, report: HealReport, staging: Path) -> None:
     """README.md: the patched model's card (kept as it was in PATCHED) with a Healing section."""
-    from ..report.card import append_section, heal_lines, invoked_command
+    from ..report.card import append_section, invoked_command
 
     fallback = (f"tokensurgeon heal {config.patched} -o {config.out} --objective {config.objective} "
                 f"--train {config.train} --steps {config.steps}")
-    append_section(Path(config.patched), staging, "Healing", heal_lines(report.to_dict()),
-                   command=invoked_command(fallback), tags=("healed",))
+    append_section(Path(config.patched), staging, "Healing", card_lines(report), command=invoked_command(fallback),
+                   tags=("healed",))
 
 
-def _text_row(row: dict[str, Any], texts: dict[str, str], config: HealConfig, base: TextScore | None,
-              train_bytes: int | None = None) -> dict[str, Any]:
+def card_lines(report: HealReport) -> list[str]:
+    """The model card's Healing section: objective, what trained, bits per byte before and after."""
+    from ..report.card import markdown_table
+
+    objective = {"lm": "next-token loss on text", "distill": f"distillation toward `{report.teacher}`"}
+    trained = {"rows": "the transplant's computed embedding rows", "embeddings": "every embedding row",
+               "lora": "the embeddings and LoRA adapters (merged)"}
+    lines = [f"Recovery training of {trained.get(report.train, report.train)} by "
+             f"{objective.get(report.objective, report.objective)} for {report.steps_run} steps "
+             f"({report.tokens_per_second:,.0f} tokens/s); the best held-out state (step {report.best_step}) is kept"
+             + ("." if report.improved else ", which is the unhealed one: no step improved it.")]
+    for title, rows in (("Bits per byte on the held-out end of each training text:", report.texts),
+                        ("Bits per byte on files never trained on:", report.unseen)):
+        if not rows:
+            continue
+        with_base = any(row.base_bpb is not None for row in rows)
+        header = ["text", "bytes"] + (["base"] if with_base else []) + ["before heal", "after heal"]
+        cells = [[row.text, f"{row.held_out_bytes:,}"]
+                 + ([f"{row.base_bpb:.4f}" if row.base_bpb is not None else ""] if with_base else [])
+                 + [f"{row.before_bpb:.4f}", f"{row.after_bpb:.4f}"] for row in rows]
+        lines += ["", title, ""] + markdown_table(header, cells, "lr" + "r" * (len(header) - 2))
+    return lines
+
+
+def _text_row(row: TextChange, texts: dict[str, str], config: HealConfig, base: TextScore | None,
+              train_bytes: int | None = None) -> HealRow:
     """One text's bits per byte before and after, with the base's and the ratios when the base was scored."""
-    scored = len(texts[row["text"]].encode("utf-8"))
+    scored = len(texts[row.text].encode("utf-8"))
     if config.eval_max_bytes is not None:
         scored = min(scored, config.eval_max_bytes)
-    out = {"text": row["text"], "train_bytes": train_bytes, "held_out_bytes": scored, "before_bpb": row["before_bpb"],
-           "after_bpb": row["after_bpb"], "base_bpb": None, "before_ratio": None, "after_ratio": None}
-    if base is not None:
-        out |= {"base_bpb": base.bits_per_byte, "before_ratio": row["before_bpb"] / base.bits_per_byte,
-                "after_ratio": row["after_bpb"] / base.bits_per_byte}
-    return out
+    if base is None:
+        return HealRow(row.text, train_bytes, scored, row.before_bpb, row.after_bpb)
+    return HealRow(row.text, train_bytes, scored, row.before_bpb, row.after_bpb, base_bpb=base.bits_per_byte,
+                   before_ratio=row.before_bpb / base.bits_per_byte, after_ratio=row.after_bpb / base.bits_per_byte)

@@ -31,6 +31,7 @@ from ..runtime.outdir import atomic_directory, check_free_space, check_output_pa
 from ..runtime.progress import Progress, Stopwatch, phase
 from ..vocab.bytes import spell_bytes
 from ..vocab.pair import TokenizerPair
+from .audit import audit_transplant
 from .assemble import AssembledMatrix, extra_vocab_tensors, new_row_departures, provenance_rows, row_norm_histograms
 from .draft import check_draft_request, finish_draft
 from .run_method import run_method
@@ -47,6 +48,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
     base_embed, base_head = session.base_embed, session.base_head
     n_rows = pair.alignment.n_rows
     residuals = new_row_departures(session, result)
+    audit = audit_transplant(session, result)  # before the float32 rows are handed over below
     defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
     new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
     result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
@@ -97,6 +99,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
         norms=row_norm_histograms(new_embed),
         residuals=residuals,
         chat=chat.to_dict(),
+        audit=audit.to_dict(),
     )
     return report, provenance_rows(pair, result)
 
@@ -138,7 +141,7 @@ def write_card(config: TransplantConfig, report: TransplantReport, staging: Path
 
     fallback = shlex.join(["tokensurgeon", "transplant", str(config.base), str(config.donor), "-o", str(config.out),
                            "--method", config.method] + [f"--option={k}={v}" for k, v in config.method_options.items()])
-    write_transplant_card(report.to_dict(), staging, base_dir=Path(config.base), command=invoked_command(fallback))
+    write_transplant_card(report, staging, base_dir=Path(config.base), command=invoked_command(fallback))
 
 
 def output_bytes(session: Session) -> int:

@@ -37,6 +37,22 @@ UNTRAINED_PATHS = ("copy", "padding-mean")  # provenance paths of rows a transpl
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
+@dataclass(frozen=True)
+class TextChange:
+    """One text's bits per byte before training and in the kept state."""
+    text: str
+    before_bpb: float
+    after_bpb: float
+
+
+@dataclass(frozen=True)
+class EvalPoint:
+    """A held-out evaluation: the step, the mean loss since the last (None at step 0), each text's bits per byte."""
+    step: int
+    loss: float | None
+    held_out_bpb: list[float]
+
+
 @dataclass
 class RecoveryResult:
     """What training did: scores before/after (bits per byte), the evaluation history, speed and the best state.
@@ -49,9 +65,9 @@ class RecoveryResult:
     best_step: int
     steps_run: int
     trainable: dict[str, int]
-    held_out: list[dict[str, Any]]
-    unseen: list[dict[str, Any]]
-    history: list[dict[str, Any]]
+    held_out: list[TextChange]
+    unseen: list[TextChange]
+    history: list[EvalPoint]
     tokens_per_second: float
     seconds_per_step: float
     stopped_by: str
@@ -248,7 +264,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     before = best = score_texts(model, tokenizer, held_out, options)
     unseen_before = score_texts(model, tokenizer, unseen, options)
     best_state, best_step, stale, step, losses, tokens, train_seconds = snapshot(), 0, 0, 0, [], 0, 0.0
-    history = [{"step": 0, "loss": None, "held_out_bpb": before}]
+    history = [EvalPoint(step=0, loss=None, held_out_bpb=before)]
     deadline = None if options.max_minutes is None else time.monotonic() + 60 * options.max_minutes
     stopped_by = "steps"
     model.train()
@@ -277,7 +293,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         if step % options.eval_every and step != options.steps:
             continue
         scores = score_texts(model, tokenizer, held_out, options)
-        history.append({"step": step, "loss": sum(losses) / len(losses), "held_out_bpb": scores})
+        history.append(EvalPoint(step=step, loss=sum(losses) / len(losses), held_out_bpb=scores))
         losses = []
         if _better(scores, best, before):
             best, best_state, best_step, stale = scores, snapshot(), step, 0
@@ -304,8 +320,8 @@ def trainable_counts(trainable: dict[str, torch.nn.Parameter], options: Recovery
     return {name: p.numel() for name, p in trainable.items()}
 
 
-def _rows(texts: dict[str, str], before: list[float], after: list[float]) -> list[dict[str, Any]]:
-    return [{"text": label, "before_bpb": b, "after_bpb": a} for label, b, a in zip(texts, before, after)]
+def _rows(texts: dict[str, str], before: list[float], after: list[float]) -> list[TextChange]:
+    return [TextChange(label, b, a) for label, b, a in zip(texts, before, after)]
 
 
 def merged_tensors(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .models import TransplantReport
+
 CARD = "README.md"
 BASE_CARD = "BASE_MODEL_CARD.md"
 TAGS = ("tokensurgeon", "tokenizer-transplant")
@@ -89,18 +91,18 @@ def front_matter(base_model: str, *, guessed: bool, tags: list[str], license: st
     return "\n".join(lines + ["---", ""])
 
 
-def _table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
+def markdown_table(header: list[str], rows: list[list[str]], align: str) -> list[str]:
     return ["| " + " | ".join(header) + " |", "|" + "|".join("---:" if a == "r" else "---" for a in align) + "|"] + \
         ["| " + " | ".join(row) + " |" for row in rows]
 
 
-def transplant_body(report: dict[str, Any], command: str, *, base_card: bool) -> str:
-    """The card's markdown after the front matter, from report.json's content."""
-    base, donor, method, output = report["base"], report["donor"], report["method"], report["output"]
+def transplant_body(report: TransplantReport, command: str, *, base_card: bool) -> str:
+    """The card's markdown after the front matter."""
+    base, donor, method, output = report.base, report.donor, report.method, report.output
     name = Path(output["path"]).name
     lines = [f"# {name}", "",
              f"`{Path(base['path']).name}` with the tokenizer of `{Path(donor['path']).name}`, transplanted by "
-             f"tokensurgeon {report.get('version', '')}: the transformer is the base model's, unchanged; the "
+             f"tokensurgeon {report.version}: the transformer is the base model's, unchanged; the "
              f"embedding rows of tokens the two vocabularies share are copied, the others computed by "
              f"`{method['name']}`.", "",
              "## How it was made", "",
@@ -113,16 +115,16 @@ def transplant_body(report: dict[str, Any], command: str, *, base_card: bool) ->
              f"- Output: {output['rows']:,} embedding rows", "",
              "Made with:", "", "```sh", command, "```", "",
              "## Vocabulary overlap", ""]
-    lines += _table(["rows", "count"], [[kind, f"{count:,}"] for kind, count in report["counts"].items()], "lr")
-    if report.get("evaluation"):
+    lines += markdown_table(["rows", "count"], [[kind, f"{count:,}"] for kind, count in report.counts.items()], "lr")
+    if report.evaluation:
         lines += ["", "## Bits per byte (lower is better; the same text for both models)", ""]
-        lines += _table(["text", "bytes", "base", "patched", "patched / base"],
-                        [[row["text"], f"{row['bytes']:,}", f"{row['base_bpb']:.4f}", f"{row['patched_bpb']:.4f}",
-                          f"{row['ratio']:.3f}"] for row in report["evaluation"]], "lrrrr")
+        lines += markdown_table(["text", "bytes", "base", "patched", "patched / base"],
+                               [[row.text, f"{row.bytes:,}", f"{row.base_bpb:.4f}", f"{row.patched_bpb:.4f}",
+                                 f"{row.ratio:.3f}"] for row in report.evaluation], "lrrrr")
     else:
         lines += ["", "No bits-per-byte evaluation was run (`--eval-text`)."]
-    if report.get("warnings"):
-        lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in report["warnings"]]
+    if report.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in report.warnings]
     lines += ["", "## Use", "", "```python", "from transformers import AutoModelForCausalLM, AutoTokenizer", "",
               f'tokenizer = AutoTokenizer.from_pretrained("{name}")',
               f'model = AutoModelForCausalLM.from_pretrained("{name}")', "```", "",
@@ -135,7 +137,8 @@ def transplant_body(report: dict[str, Any], command: str, *, base_card: bool) ->
     return "\n".join(lines) + "\n"
 
 
-def write_transplant_card(report: dict[str, Any], out_dir: Path, *, base_dir: Path, command: str | None = None) -> Path:
+def write_transplant_card(report: TransplantReport, out_dir: Path, *, base_dir: Path,
+                          command: str | None = None) -> Path:
     """README.md for a transplant output (and BASE_MODEL_CARD.md when the base had a card). Returns the card path."""
     out_dir, base_dir = Path(out_dir), Path(base_dir)
     base_readme = base_dir / CARD
@@ -144,7 +147,7 @@ def write_transplant_card(report: dict[str, Any], out_dir: Path, *, base_dir: Pa
         shutil.copyfile(base_readme, out_dir / BASE_CARD)
         license = _scalar(split_front_matter(base_readme.read_text(encoding="utf-8", errors="replace"))[0], "license")
     found = hub_id(base_dir)
-    text = front_matter(found or base_dir.name, guessed=found is None, tags=[report["method"]["name"]], license=license)
+    text = front_matter(found or base_dir.name, guessed=found is None, tags=[report.method["name"]], license=license)
     text += "\n" + transplant_body(report, command or invoked_command(), base_card=base_readme.is_file())
     (out_dir / CARD).write_text(text, encoding="utf-8")
     return out_dir / CARD
@@ -173,35 +176,3 @@ def append_section(source_dir: Path, out_dir: Path, title: str, lines: list[str]
     Path(out_dir, CARD).write_text(head + ("\n" if not body.startswith("\n") else "") + body.rstrip("\n") + "\n"
                                    + "\n".join(section), encoding="utf-8")
     return Path(out_dir) / CARD
-
-
-def heal_lines(report: dict[str, Any]) -> list[str]:
-    """The heal section (heal.json's content): objective, what trained, bits per byte before and after."""
-    objective = {"lm": "next-token loss on text", "distill": f"distillation toward `{report.get('teacher')}`"}
-    trained = {"rows": "the transplant's computed embedding rows", "embeddings": "every embedding row",
-               "lora": "the embeddings and LoRA adapters (merged)"}
-    lines = [f"Recovery training of {trained.get(report['train'], report['train'])} by "
-             f"{objective.get(report['objective'], report['objective'])} for {report['steps_run']} steps "
-             f"({report.get('tokens_per_second', 0):,.0f} tokens/s); the best held-out state "
-             f"(step {report['best_step']}) is kept"
-             + ("." if report["improved"] else ", which is the unhealed one: no step improved it.")]
-    for title, texts in (("Bits per byte on the held-out end of each training text:", report.get("texts") or []),
-                         ("Bits per byte on files never trained on:", report.get("unseen") or [])):
-        if not texts:
-            continue
-        with_base = any(row.get("base_bpb") is not None for row in texts)
-        header = ["text", "bytes"] + (["base"] if with_base else []) + ["before heal", "after heal"]
-        rows = [[row["text"], f"{row['held_out_bytes']:,}"]
-                + ([f"{row['base_bpb']:.4f}" if row.get("base_bpb") is not None else ""] if with_base else [])
-                + [f"{row['before_bpb']:.4f}", f"{row['after_bpb']:.4f}"] for row in texts]
-        lines += ["", title, ""]
-        lines += _table(header, rows, "lr" + "r" * (len(header) - 2))
-    return lines
-
-
-def export_lines(result: dict[str, Any]) -> list[str]:
-    """The export section (ExportResult's content)."""
-    what = {"full": "Re-written", "embeddings-only": "Cut to an embeddings-only patch", "apply": "Rebuilt from a patch"}
-    return [f"{what.get(result['mode'], result['mode'])} from `{result['source']}`: "
-            f"dtype {result.get('dtype') or 'kept'}, "
-            f"{result['shards']} shard(s), vocab_size {result['vocab_size']:,}."]

@@ -144,8 +144,8 @@ def _comparison(comparison: Any) -> str:
     ok = [entry for entry in comparison.entries if entry.status == "ok"]
     svg = horizontal_bars([e.method for e in ok], [e.score for e in ok],
                           [BEST_COLOR if e.method == comparison.best else PATCHED_COLOR for e in ok], reference=1.0)
-    head = "".join(f"<th>{_e(row['text'])}</th>" for row in comparison.texts)
-    rows = ['<tr><td></td><td>base</td>' + "".join(f'<td class="n">{row["base_bpb"]:.4f}</td>'
+    head = "".join(f"<th>{_e(row.text)}</th>" for row in comparison.texts)
+    rows = ['<tr><td></td><td>base</td>' + "".join(f'<td class="n">{row.base_bpb:.4f}</td>'
                                                    for row in comparison.texts) + '<td class="n">1.000</td><td></td><td></td></tr>']
     for rank, e in enumerate(ok, 1):
         memory = f"{e.peak_rss_increase / 1e6:,.0f} MB" if e.peak_rss_increase is not None else "n/a"

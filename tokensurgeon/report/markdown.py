@@ -42,6 +42,7 @@ def render_markdown(report: TransplantReport) -> str:
             lines.append(f"- worst by {report.residuals['measure']}: " + ", ".join(
                 f"`{t['token']!r}` {t['value']:.3f}" for t in report.residuals["tokens"][:5]))
     lines += chat_markdown(report.chat)
+    lines += audit_markdown(report.audit)
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {warning}" for warning in report.warnings]
     lines += ["", "## Timings (s)", ""] + [f"- {phase}: {seconds:.2f}" for phase, seconds in report.timings.items()]
@@ -66,13 +67,26 @@ def chat_markdown(chat: dict[str, Any]) -> list[str]:
     return lines
 
 
+def audit_markdown(audit: dict[str, Any], listed: int = 10) -> list[str]:
+    """The audit section: flagged computed rows per reason (docs/audit.md) and the worst of them."""
+    if not audit:
+        return []
+    counts = ", ".join(f"{reason} {count:,}" for reason, count in audit["counts"].items())
+    lines = ["", "## Audit", "", f"- {audit['flagged']:,} of {audit['checked']:,} computed rows flagged ({counts}); "
+             f"checks: {', '.join(audit['checks'])}"]
+    lines += [f"- `{token['token']!r}` (id {token['id']}): {', '.join(token['reasons'])}; "
+              + ", ".join(f"{name} {value:g}" for name, value in token["scores"].items())
+              for token in audit["tokens"][:listed]]
+    return lines
+
+
 def comparison_markdown(comparison: Any) -> str:
     """The ranked methods of a compare run (compare.CompareReport), as a markdown section."""
-    texts = [row["text"] for row in comparison.texts]
+    texts = [row.text for row in comparison.texts]
     lines = ["## Method comparison", "", f"Ranked by {comparison.ranking}; this checkpoint is `{comparison.best}`.",
              "", "| rank | method | " + " | ".join(f"{t} bpb" for t in texts) + " | ratio | time (s) | peak RSS increase |",
              "|---:|---|" + "---:|" * (len(texts) + 3),
-             "| | base | " + " | ".join(f"{row['base_bpb']:.4f}" for row in comparison.texts) + " | 1.000 | | |"]
+             "| | base | " + " | ".join(f"{row.base_bpb:.4f}" for row in comparison.texts) + " | 1.000 | | |"]
     for rank, entry in enumerate(comparison.entries, 1):
         if entry.status != "ok":
             continue
