@@ -38,8 +38,8 @@ def test_inspect_samples_spell_raw_bytes(tmp_path):
 
     pair = load_pair(SMOLLM2_TOKENIZER, TOKENIZERS / "llama3")
     samples = sample_new_tokens(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer, 4000)
-    partial = [row for row in samples if not _is_utf8(pair.donor_vocab.canonical[row["donor_id"]])]
-    assert partial and all("<0x" in row["text"] and "\\x" not in row["text"] for row in partial)
+    partial = [row for row in samples if not _is_utf8(pair.donor_vocab.canonical[row.donor_id])]
+    assert partial and all("<0x" in row.text and "\\x" not in row.text for row in partial)
 
 
 def _is_utf8(raw: bytes) -> bool:

@@ -29,10 +29,10 @@ def print_overlap(console: Console, report: OverlapReport) -> None:
     console.print(counts)
 
     specials = Table("donor id", "donor token", "role", "match", "base id", "base token", title="Special tokens")
-    shown = [row for row in report.special_tokens if row["match"] != "new-special"][:20]
+    shown = [row for row in report.special_tokens if row.match != "new-special"][:20]
     for row in shown:
-        specials.add_row(str(row["donor_id"]), row["content"], row["role"] or "", row["match"],
-                         str(row["base_id"]), row["base_content"] or "")
+        specials.add_row(str(row.donor_id), row.content, row.role or "", row.match, str(row.base_id),
+                         row.base_content or "")
     hidden = len(report.special_tokens) - len(shown)
     if hidden:
         specials.caption = f"{hidden} more donor specials without a base counterpart (see --json)"
@@ -40,8 +40,8 @@ def print_overlap(console: Console, report: OverlapReport) -> None:
 
     samples = Table("donor id", "token", "base pieces", title="Sample of new tokens")
     for row in report.samples:
-        pieces = " | ".join(repr(piece) for piece in row["base_pieces"]) or "[red](no base spelling)[/]"
-        samples.add_row(str(row["donor_id"]), repr(row["text"]), pieces)
+        pieces = " | ".join(repr(piece) for piece in row.base_pieces) or "[red](no base spelling)[/]"
+        samples.add_row(str(row.donor_id), repr(row.text), pieces)
     console.print(samples)
 
     digits = Table("probe", "base", "donor", title="Number splitting")

@@ -43,6 +43,28 @@ class TextStats:
 
 
 @dataclass(frozen=True)
+class SpecialToken:
+    """A donor special token and the base token it takes its row from (None: computed as new)."""
+
+    donor_id: int
+    content: str
+    role: str | None
+    match: str
+    base_id: int | None
+    base_content: str | None
+
+
+@dataclass(frozen=True)
+class NewTokenSample:
+    """A new donor token (text: its bytes spelled) and the base pieces it decomposes into."""
+
+    donor_id: int
+    token: str
+    text: str
+    base_pieces: list[str]
+
+
+@dataclass(frozen=True)
 class OverlapReport:
     base: dict[str, Any]
     donor: dict[str, Any]
@@ -50,8 +72,8 @@ class OverlapReport:
     shared_tokens: int
     new_tokens: int
     base_only: int
-    special_tokens: list[dict[str, Any]]
-    samples: list[dict[str, Any]]
+    special_tokens: list[SpecialToken]
+    samples: list[NewTokenSample]
     digits: dict[str, list[list[str]]]
     warnings: list[str] = field(default_factory=list)
     texts: list[TextStats] = field(default_factory=list)
@@ -67,25 +89,24 @@ def describe(vocab: Vocabulary, path: str) -> dict[str, Any]:
             "roles": {role: vocab.tokens[i] for role, i in vocab.roles.items()}}
 
 
-def special_table(alignment: Alignment, base: Vocabulary, donor: Vocabulary) -> list[dict[str, Any]]:
+def special_table(alignment: Alignment, base: Vocabulary, donor: Vocabulary) -> list[SpecialToken]:
     role_of = {i: role for role, i in donor.roles.items()}
     rows = []
     for donor_id, content in sorted(donor.specials.items()):
         base_id = alignment.source[donor_id]
-        rows.append({"donor_id": donor_id, "content": content, "role": role_of.get(donor_id),
-                     "match": alignment.match[donor_id], "base_id": base_id if base_id >= 0 else None,
-                     "base_content": base.tokens[base_id] if base_id >= 0 else None})
+        rows.append(SpecialToken(donor_id, content, role_of.get(donor_id), alignment.match[donor_id],
+                                 base_id if base_id >= 0 else None, base.tokens[base_id] if base_id >= 0 else None))
     return rows
 
 
 def sample_new_tokens(alignment: Alignment, base: Vocabulary, donor: Vocabulary, base_tokenizer: Any,
-                      n: int) -> list[dict[str, Any]]:
+                      n: int) -> list[NewTokenSample]:
     """An evenly spaced, deterministic sample of new ordinary tokens with their base pieces."""
     new = [i for i in alignment.new_ids if alignment.match[i] == "new"]
     picked = [new[j * len(new) // n] for j in range(n)] if len(new) > n else new
     pieces = decompose([donor.canonical[i] for i in picked], base, base_tokenizer)
-    return [{"donor_id": i, "token": donor.tokens[i], "text": spell_bytes(donor.canonical[i]),
-             "base_pieces": [spell_bytes(base.canonical[p]) for p in group]} for i, group in zip(picked, pieces)]
+    return [NewTokenSample(i, donor.tokens[i], spell_bytes(donor.canonical[i]),
+                           [spell_bytes(base.canonical[p]) for p in group]) for i, group in zip(picked, pieces)]
 
 
 
