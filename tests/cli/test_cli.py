@@ -159,7 +159,7 @@ def test_usage_names_the_arguments_in_capitals():
     def usage(command):
         return runner.invoke(app, [command, "--help"], prog_name="tokensurgeon").output
 
-    assert "Usage: tokensurgeon inspect [OPTIONS] BASE DONOR" in usage("inspect")
+    assert "Usage: tokensurgeon inspect [OPTIONS] BASE [DONOR]" in usage("inspect")
     assert "Usage: tokensurgeon transplant [OPTIONS] BASE [DONOR]" in usage("transplant")
     assert "Usage: tokensurgeon evaluate [OPTIONS] MODELS..." in usage("evaluate")
 

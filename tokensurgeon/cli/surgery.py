@@ -14,9 +14,11 @@ from .common import FILES, parse_options, read_texts, run_job, show, text_paths,
 
 def inspect(
     ctx: typer.Context,
-    base: Path = typer.Argument(..., help="Base model or tokenizer directory."),
-    donor: Path = typer.Argument(..., help="Donor model or tokenizer directory."),
+    base: Path = typer.Argument(..., help="Base model or tokenizer directory (with --audit: a transplant output)."),
+    donor: Optional[Path] = typer.Argument(None, help="Donor model or tokenizer directory (not with --audit)."),
     text: Optional[List[Path]] = typer.Option(None, "--text", help=f"Text to measure splits on: {FILES}."),
+    audit: bool = typer.Option(False, "--audit", help="Audit the computed rows of the transplant output BASE against "
+                                                      "the base and donor its report.json names (docs/audit.md)."),
     samples: int = typer.Option(12, help="How many new tokens to show with their base decomposition."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
     trust_remote_code: bool = trust_remote_code_option(),
@@ -24,17 +26,31 @@ def inspect(
     """Show how the donor vocabulary overlaps the base vocabulary.
 
     Example: `tokensurgeon inspect ./SmolLM2-135M ./llama3 --text news.txt --json`
+
+    Audit an existing output: `tokensurgeon inspect ./smollm2-llama3 --audit`
     """
     with user_errors(ctx):
-        from ..vocab.overlap import compare_tokenizers
-        from ..vocab.pair import load_pair
+        if audit:  # inspect, not a command of its own: it looks at an output and changes nothing
+            from ..pipeline.audit import audit_output
 
-        texts = read_texts(text)
-        pair = load_pair(base, donor, trust_remote_code=trust_remote_code)
-        report = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
-                                    pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
-                                    n_samples=samples)
-    show(report, as_json=as_json, view="print_overlap")
+            if donor is not None or text:
+                raise TokenSurgeonError("--audit reads base and donor from OUT/report.json: pass only the output "
+                                        "directory (tokensurgeon inspect OUT --audit)")
+            result, view = audit_output(base, trust_remote_code=trust_remote_code), "print_audit"
+        else:
+            from ..vocab.overlap import compare_tokenizers
+            from ..vocab.pair import load_pair
+
+            if donor is None:
+                raise TokenSurgeonError("missing DONOR: pass a donor tokenizer or model directory (or an output "
+                                        "directory with --audit)")
+            texts = read_texts(text)
+            pair = load_pair(base, donor, trust_remote_code=trust_remote_code)
+            result = compare_tokenizers(pair.alignment, pair.base_vocab, pair.donor_vocab, pair.base_tokenizer,
+                                        pair.donor_tokenizer, paths=(str(base), str(donor)), texts=texts,
+                                        n_samples=samples)
+            view = "print_overlap"
+    show(result, as_json=as_json, view=view)
 
 
 def transplant(

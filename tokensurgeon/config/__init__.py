@@ -29,6 +29,30 @@ def check_seed(seed: int) -> None:
 
 
 @dataclass(frozen=True)
+class AuditConfig:
+    """Defaults of the transplant audit (evaluation/audit.py).
+
+    Attributes:
+        z: robust z (in MADs from the median) beyond which a score flags a row.
+        min_spread: the least spread a z divides by (log units for ratios): near-equal rows flag nothing.
+        neighbours: nearest shared tokens compared in the donor and the base space.
+        neighbour_z: the robust z below the median at which neighbourhood agreement (a cosine) flags:
+            cosines spread wide (MAD 0.11 on P1), so 6 MADs would lie below -0.2 and flag nothing.
+        anchors: shared tokens searched for neighbours (the lowest donor ids): bounds the cost at 200k rows.
+        block: rows scored at a time (memory: block x anchors floats).
+        listed: flagged tokens listed in the report, worst first.
+    """
+
+    z: float = 6.0
+    min_spread: float = 0.05
+    neighbours: int = 10
+    neighbour_z: float = 4.0
+    anchors: int = 8192
+    block: int = 4096
+    listed: int = 50
+
+
+@dataclass(frozen=True)
 class OMPConfig:
     """Defaults of the OMP method (methods/omp.py) and of its solver (methods/_shared/sparse_coding.py).
 

@@ -45,6 +45,7 @@ class TransplantReport:
     norms: dict[str, Any] = field(default_factory=dict)  # pipeline.assemble.row_norm_histograms
     residuals: dict[str, Any] = field(default_factory=dict)  # pipeline.assemble.new_row_departures
     chat: dict[str, Any] = field(default_factory=dict)  # pipeline.chat.ChatTurn: template, end of turn, one turn
+    audit: dict[str, Any] = field(default_factory=dict)  # evaluation.audit.AuditReport: flagged computed rows
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

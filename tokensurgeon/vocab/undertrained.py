@@ -24,7 +24,7 @@ COPIED_BY_BYTES = ("exact", "bytes")  # ordinary shared tokens; special tokens k
 def undertrained_rows(embed: torch.Tensor, byte_fallback: Iterable[int], *,
                       low_norm: float = UNDERTRAINED_NORM) -> set[int]:
     """Rows of embed (n, d) the base barely trained: the byte-fallback ids and rows under low_norm x median norm."""
-    norms = embed.float().norm(dim=1)
+    norms = torch.cat([block.float().norm(dim=1) for block in embed.split(65536)])  # no float32 copy of it all
     return set(byte_fallback) | set((norms < low_norm * norms.median()).nonzero().flatten().tolist())
 
 
