@@ -100,3 +100,14 @@ def test_robust_z_and_weight_sums_by_hand():
     assert robust_z(torch.ones(4), min_spread=0.5)[2] == 0.5  # equal values: the floor, no division by zero
     sums = weight_sums([Provenance("omp", [1, 2], [0.5, -2.0]), Provenance("mean"), Provenance("x", [3], [1.5])])
     assert sums[0].item() == 2.5 and sums[1].isnan() and sums[2].item() == 1.5
+
+
+def test_rows_without_residuals_keep_the_report_valid_json(world):
+    """A method that fits nothing (subword-mean) records no residual: no NaN limit in report.json."""
+    import json
+
+    inputs, _ = world
+    plain = [Provenance("subword-mean", p.sources, p.weights) for p in inputs.provenance]
+    report = audit_rows(AuditInputs(**{**inputs.__dict__, "provenance": plain, "donor_embed": None}))
+    assert "residual" not in report.limits and report.counts["residual"] == 0
+    json.dumps(report.to_dict(), allow_nan=False)

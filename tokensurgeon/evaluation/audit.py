@@ -195,7 +195,8 @@ def audit_rows(inputs: AuditInputs, options: AuditConfig = AuditConfig()) -> Aud
             values, against = values.clamp(min=1e-12).log(), None if against is None else against.clamp(min=1e-12).log()
         z[reason], median, spread = robust_z(values, against, min_spread=options.min_spread)
         limit = median + options.z * spread
-        limits[reason] = round(float(np.exp(limit)) if reason in log_scale else limit, 4)
+        if limit == limit:  # NaN when no row has the score (no residuals): report.json stays valid JSON
+            limits[reason] = round(float(np.exp(limit)) if reason in log_scale else limit, 4)
     if inputs.donor_embed is not None:  # cosines are bounded: their own z, on the low side, in options.z's scale
         low, median, spread = robust_z(scores["neighbours"], min_spread=options.min_spread)
         z["neighbours"] = -low * options.z / options.neighbour_z
