@@ -8,9 +8,11 @@ Gemma3-270M <- that donor; the output's report.json carries the audit. Two kinds
   lowest-variance directions, where no other anchor reaches; the planted token's donor row is their
   difference scaled to an ordinary norm. OMP fits it exactly with two large coefficients of opposite sign,
   which cancel in the donor space and do not in the base space.
-- ``repoint``: an anchor's donor row is set to a benign anchor's row (x1.02, so OMP picks it first) and
-  the planted token's donor row to that: an ordinary donor row, fitted by one coefficient of 1, whose
-  base row is the repointed anchor's own ordinary base row: right norm, wrong meaning.
+- ``repoint``: a rare anchor's donor row is set to the mean of four frequent anchors' rows, and the planted
+  token's donor row to that: a plausible donor row, fitted by one coefficient of 1, whose base row is
+  the repointed anchor's own ordinary base row: right norm, wrong meaning.
+- ``duplicate``: as repoint, but the anchor's donor row is one frequent anchor's row x1.02 (so OMP picks it
+  first): two nearly collinear anchors.
 
 Usage: OMP_NUM_THREADS=1 python bench/bench_audit.py --work /tmp/bench_audit [--method omp] [--per-kind 10]
 Prints one JSON object: planted ids per kind, caught per kind, the clean rows flagged.
@@ -50,15 +52,15 @@ def plant(donor_dir: Path, out_dir: Path, per_kind: int) -> dict[str, list[int]]
     for i in anchors:
         sources.setdefault(alignment.source[i], []).append(i)
     single = [i for i in anchors if len(sources[alignment.source[i]]) == 1 and i < embed.shape[0]]
-    rare = sorted(single)[-4 * per_kind:]  # the highest donor ids: rare tokens
+    rare = sorted(single)[-4 * per_kind:]  # the highest donor ids: rare tokens (cancel 2, repoint 1, duplicate 1)
     ordinary = [i for i in alignment.new_ids if alignment.match[i] == "new" and vocab.canonical[i]
                 and not is_partial_utf8(vocab.canonical[i]) and alignment.decompositions.get(i)]
-    targets = ordinary[:: len(ordinary) // (2 * per_kind)][: 2 * per_kind]
+    targets = ordinary[:: len(ordinary) // (3 * per_kind)][: 3 * per_kind]
     norm = embed[anchors].norm(dim=1).median()
     centred = embed[anchors] - embed[anchors].mean(dim=0)
     directions = torch.linalg.svd(centred, full_matrices=False).Vh.flip(0)  # lowest variance first
     angle = torch.tensor(5.0).deg2rad()
-    planted: dict[str, list[int]] = {"cancel": [], "repoint": []}
+    planted: dict[str, list[int]] = {"cancel": [], "repoint": [], "duplicate": []}
     for j in range(per_kind):
         token, p, q = targets[j], rare[2 * j], rare[2 * j + 1]
         v, w = directions[2 * j], directions[2 * j + 1]
@@ -66,12 +68,16 @@ def plant(donor_dir: Path, out_dir: Path, per_kind: int) -> dict[str, list[int]]
         embed[q] = 2 * norm * (v * angle.cos() + w * angle.sin())
         embed[token] = norm * (embed[q] - embed[p]) / (embed[q] - embed[p]).norm()
         planted["cancel"].append(token)
-    benign = sorted(single)[100:100 + per_kind]  # frequent tokens: ordinary donor rows
+    benign = sorted(single)[100:100 + 4 * per_kind]  # frequent tokens: ordinary donor rows
     for j in range(per_kind):
         token, p = targets[per_kind + j], rare[2 * per_kind + j]
-        embed[p] = 1.02 * embed[benign[j]]
+        embed[p] = embed[benign[4 * j:4 * j + 4]].mean(dim=0)
         embed[token] = embed[p]
         planted["repoint"].append(token)
+        token, p = targets[2 * per_kind + j], rare[3 * per_kind + j]
+        embed[p] = 1.02 * embed[benign[j]]
+        embed[token] = embed[p]
+        planted["duplicate"].append(token)
     tensors[EMBED] = embed.to(tensors[EMBED].dtype)
     save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     return planted

@@ -72,14 +72,14 @@ def test_audit_flags_every_planted_row_and_few_clean_ones(world):
     for token in planted:
         assert {"norm", "coefficients", "gain"} <= set(by_id[token].reasons)
     assert report.counts["norm"] >= len(planted) and report.flagged == len(flagged)
-    assert report.checks == ["residual", "norm", "coefficients", "gain", "neighbours", "undertrained"]
+    assert report.checks == ["nonfinite", "residual", "norm", "coefficients", "gain", "neighbours", "undertrained"]
 
 
 def test_without_a_donor_model_only_base_checks_run_and_still_catch_the_blow_up(world):
     inputs, planted = world
     base_only = AuditInputs(**{**inputs.__dict__, "donor_embed": None})
     report = audit_rows(base_only, AuditConfig(listed=10_000))
-    assert report.checks == ["residual", "norm", "coefficients"]
+    assert report.checks == ["nonfinite", "residual", "norm", "coefficients"]
     assert planted <= {token.id for token in report.tokens}
 
 
@@ -111,3 +111,16 @@ def test_rows_without_residuals_keep_the_report_valid_json(world):
     report = audit_rows(AuditInputs(**{**inputs.__dict__, "provenance": plain, "donor_embed": None}))
     assert "residual" not in report.limits and report.counts["residual"] == 0
     json.dumps(report.to_dict(), allow_nan=False)
+
+
+def test_nonfinite_rows_are_flagged_first(world):
+    """OMP writes NaN rows when a donor plants two collinear anchors (bench/bench_audit.py, repoint): NaN
+    compares false with every limit, so it needs its own reason."""
+    inputs, planted = world
+    rows = inputs.rows.clone()
+    rows[7] = float("nan")
+    rows[9, 3] = float("inf")
+    report = audit_rows(AuditInputs(**{**inputs.__dict__, "rows": rows}), AuditConfig(listed=10_000))
+    assert report.counts["nonfinite"] == 2
+    assert {token.id for token in report.tokens[:2]} == {inputs.new_ids[7], inputs.new_ids[9]}
+    assert all("nonfinite" in token.reasons for token in report.tokens[:2])

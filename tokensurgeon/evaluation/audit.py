@@ -8,6 +8,7 @@ and base rows another. No single score proves a row harmful; the audit flags row
 on one of these, by robust (median/MAD) thresholds over the rows themselves, so a user looks at a short
 list rather than 200k rows:
 
+- ``nonfinite``: the row holds NaN or inf (OMP on two collinear anchors: bench/bench_audit.py), always flagged;
 - ``residual``: the method left much of the donor row unexplained (methods that fit one record it);
 - ``norm``: the row's L2 norm is far above the base's own rows';
 - ``coefficients``: the weights' absolute sum is far above the other rows' (cancellation);
@@ -32,7 +33,7 @@ from ..methods.base import Provenance, gather_rows
 from ..runtime.memory import gathered
 from ..vocab.undertrained import undertrained_rows
 
-BASE_CHECKS = ("residual", "norm", "coefficients")
+BASE_CHECKS = ("nonfinite", "residual", "norm", "coefficients")
 DONOR_CHECKS = ("gain", "neighbours", "undertrained")
 
 
@@ -177,9 +178,11 @@ def audit_rows(inputs: AuditInputs, options: AuditConfig = AuditConfig()) -> Aud
     """
     n = len(inputs.new_ids)
     row_norms = torch.linalg.vector_norm(inputs.rows.float(), dim=1).cpu()
+    nonfinite = ~inputs.rows.isfinite().all(dim=1).cpu()
     base_norms = norms_of(inputs.base_embed, inputs.base_ids)
     base_median = float(base_norms.median()) if base_norms.numel() else 1.0
-    scores = {"residual": torch.tensor([float("nan") if p.residual is None else p.residual for p in inputs.provenance]),
+    scores = {"nonfinite": torch.where(nonfinite, 1.0, float("nan")),
+              "residual": torch.tensor([float("nan") if p.residual is None else p.residual for p in inputs.provenance]),
               "norm": row_norms / base_median, "coefficients": weight_sums(inputs.provenance)}
     # each score's outlier side is high (a log scale for ratios), except neighbour agreement, which flags when low
     log_scale = {"norm", "coefficients", "gain"}
@@ -188,7 +191,7 @@ def audit_rows(inputs: AuditInputs, options: AuditConfig = AuditConfig()) -> Aud
     if inputs.donor_embed is not None:
         scores |= donor_scores(inputs, row_norms, options)
         checks += list(DONOR_CHECKS)
-    z, limits = {}, {}
+    z, limits = {"nonfinite": torch.where(nonfinite, float("inf"), 0.0)}, {}  # listed first
     for reason in [r for r in checks if r in log_scale or r == "residual"]:
         values, against = scores[reason], reference.get(reason)
         if reason in log_scale:
