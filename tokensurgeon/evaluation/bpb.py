@@ -36,10 +36,10 @@ import gc
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
-from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
 from ..checkpoint.formats.pickle import PICKLE_NAMES
 from ..checkpoint.reader import read_config, weight_files
@@ -47,6 +47,9 @@ from ..errors import TokenSurgeonError
 from ..runtime.devices import resolve_device
 from ..runtime.progress import Progress, Tick, first_line
 from ..runtime.quiet import quiet_transformers
+
+if TYPE_CHECKING:  # importing transformers' model classes costs seconds: a transplant without --eval-text never does
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 _LOSS_CHUNK = 1024  # positions per float32 log-softmax: 1024 x 262k vocabulary is 1 GiB
 
@@ -209,6 +212,8 @@ def load_for_eval(path: Path, *, device: torch.device, dtype: torch.dtype = torc
     No code from the checkpoint runs unless trust_remote_code (a config naming custom code is refused);
     pickle-only weights are refused unless allow_pickle (transformers then reads them weights-only).
     """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     path = Path(path)
     if path.is_dir():
         read_config(path, trust_remote_code=trust_remote_code)

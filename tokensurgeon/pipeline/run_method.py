@@ -8,7 +8,7 @@ from ..config import TransplantConfig
 from ..errors import MethodError
 from ..methods import InitContext, InitResult, get_init_method
 from ..runtime.devices import resolve_device
-from ..runtime.memory import release_pages
+from ..runtime.memory import release_pages, trim_heap
 from ..runtime.progress import Progress, phase
 from .session import Session
 
@@ -44,4 +44,5 @@ def run_method(config: TransplantConfig, session: Session, progress: Progress | 
     result = method.initialise(ctx)
     for matrix in (base_embed, base_head) + (session.donor_matrices_read or ()):
         release_pages(matrix)
+    trim_heap()  # the method's freed working memory, else writing the output starts from the method's peak
     return result

@@ -12,7 +12,7 @@ from .alignment import Alignment, align_vocabularies, with_decompositions
 from .overlap import number_scheme_warning
 from ..checkpoint.tokenizer_files import TokenizerTraits
 from ..runtime.memory import trim_heap
-from .tokenizer import Vocabulary, build_vocabulary, load_tokenizer
+from .tokenizer import Vocabulary, build_vocabulary, open_tokenizer
 
 
 LARGE_TOKENIZER = 100_000  # tokens; Gemma 3's (262k) holds ~300 MB
@@ -45,7 +45,7 @@ class TokenizerPair:
 
     def _tokenizer(self, side: str, path: Path) -> Any:
         if side not in self.loaded:
-            self.loaded[side] = load_tokenizer(path, trust_remote_code=self.trust_remote_code)
+            self.loaded[side] = open_tokenizer(path, trust_remote_code=self.trust_remote_code)
         return self.loaded[side]
 
     @cached_property
@@ -83,8 +83,8 @@ def load_pair(base: Path, donor: Path, *, n_rows: int | None = None, pad_to_mult
         pad_to_multiple: round the row count (at least the donor tokenizer's size) up to a multiple.
         trust_remote_code: let transformers run tokenizer code shipped with either directory.
     """
-    base_tokenizer = load_tokenizer(base, trust_remote_code=trust_remote_code)
-    donor_tokenizer = load_tokenizer(donor, trust_remote_code=trust_remote_code)
+    base_tokenizer = open_tokenizer(base, trust_remote_code=trust_remote_code)
+    donor_tokenizer = open_tokenizer(donor, trust_remote_code=trust_remote_code)
     base_vocab, donor_vocab = build_vocabulary(base_tokenizer), build_vocabulary(donor_tokenizer)
     rows = max(n_rows or 0, donor_vocab.size)
     rows = -(-rows // pad_to_multiple) * pad_to_multiple

@@ -9,12 +9,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import TokenizerError
 from ..runtime.progress import first_line
 from ..runtime.quiet import quiet_transformers
 from .bytes import canonical_bytes, detect_scheme, is_byte_token
+from .packed import Packed
+from .plain import read_plain_tokenizer
 
 ROLES = ("bos", "eos", "unk", "pad")
 
@@ -26,8 +29,9 @@ class Vocabulary:
     Attributes:
         kind: human-readable family, e.g. "byte-level BPE".
         scheme: how token strings map to bytes: "byte-level", "metaspace", "wordpiece", "plain".
-        tokens: token string per id (None for ids the tokenizer does not define).
-        canonical: bytes per id; None for special tokens and undefined ids.
+        tokens: token string per id (None for ids the tokenizer does not define); build_vocabulary packs
+            it (packed.py), any sequence will do.
+        canonical: bytes per id; None for special tokens and undefined ids (packed likewise).
         specials: id -> content of every special or role token.
         roles: role name ("bos", "eos", "unk", "pad") -> id.
         byte_fallback: ids of ``<0xNN>`` byte tokens.
@@ -35,8 +39,8 @@ class Vocabulary:
 
     kind: str
     scheme: str
-    tokens: tuple[str | None, ...]
-    canonical: tuple[bytes | None, ...]
+    tokens: Sequence[str | None]
+    canonical: Sequence[bytes | None]
     specials: dict[int, str]
     roles: dict[str, int]
     byte_fallback: frozenset[int]
@@ -77,11 +81,8 @@ def _missing_format_packages(path: Path) -> list[str]:
             if missing(module)]
 
 
-def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
-    """Load a fast tokenizer from a tokenizer or checkpoint directory; remote code only if trusted."""
-    from transformers import AutoTokenizer
-
-    path = Path(path)
+def check_tokenizer_dir(path: Path, *, trust_remote_code: bool = False) -> None:
+    """Refuse, with the fix, a path that holds no tokenizer this tool can read (before any parse)."""
     gguf_hint = ("; a GGUF file holds the tokenizer in its own format: convert it to a Hugging Face directory "
                  "first (transformers: AutoTokenizer.from_pretrained(dir, gguf_file=NAME).save_pretrained(OUT))")
     if not path.is_dir():
@@ -100,6 +101,27 @@ def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
         if not (path / "tokenizer.json").is_file():
             raise TokenizerError(f"{path}: the tokenizer is defined by Python code shipped with it (auto_map in "
                                  "tokenizer_config.json); pass --trust-remote-code to run it (read that code first)")
+
+
+def open_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
+    """The directory's tokenizer read by the tokenizers library alone where transformers would add nothing
+    to tokenizer.json (plain.py: one parse instead of several), else as ``load_tokenizer`` loads it."""
+    path = Path(path)
+    check_tokenizer_dir(path, trust_remote_code=trust_remote_code)
+    plain = read_plain_tokenizer(path)
+    return plain if plain is not None else _auto_tokenizer(path, trust_remote_code)
+
+
+def load_tokenizer(path: Path, *, trust_remote_code: bool = False) -> Any:
+    """Load a fast tokenizer from a tokenizer or checkpoint directory; remote code only if trusted."""
+    path = Path(path)
+    check_tokenizer_dir(path, trust_remote_code=trust_remote_code)
+    return _auto_tokenizer(path, trust_remote_code)
+
+
+def _auto_tokenizer(path: Path, trust_remote_code: bool) -> Any:
+    from transformers import AutoTokenizer
+
     try:
         with quiet_transformers():
             tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -187,8 +209,8 @@ def build_vocabulary(tokenizer: Any) -> Vocabulary:
     return Vocabulary(
         kind=kind,
         scheme=scheme,
-        tokens=tuple(tokens),
-        canonical=tuple(canonical),
+        tokens=Packed(tokens, text=True),
+        canonical=Packed(canonical),
         specials=specials,
         roles=roles,
         byte_fallback=frozenset(fallback_ids),
