@@ -34,19 +34,11 @@ GEMMA3, SMOLLM2 = MODELS / "gemma3-270m", MODELS / "smollm2-135m"
 EMBED = "model.embed_tokens.weight"
 
 
-def plant(donor_dir: Path, out_dir: Path, per_kind: int) -> dict[str, list[int]]:
-    """Write a planted copy of donor_dir into out_dir; return the planted donor ids per kind."""
+def plant_rows(embed: torch.Tensor, alignment, vocab, per_kind: int) -> dict[str, list[int]]:
+    """Plant per_kind rows of each kind into the donor embedding (float, in place); return their ids per kind.
+    tests/evaluation/test_audit.py runs it on the real P1 pair too."""
     from tokensurgeon.methods._shared.pieces import is_partial_utf8
-    from tokensurgeon.vocab.pair import load_pair
 
-    pair = load_pair(GEMMA3, donor_dir)
-    alignment, vocab = pair.alignment, pair.donor_vocab
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for item in donor_dir.iterdir():
-        if item.name != "model.safetensors":
-            shutil.copy(item, out_dir / item.name)
-    tensors = load_file(donor_dir / "model.safetensors")
-    embed = tensors[EMBED].float()
     anchors = [i for i, kind in enumerate(alignment.match) if kind in ("exact", "bytes")]
     sources = {}
     for i in anchors:
@@ -78,6 +70,21 @@ def plant(donor_dir: Path, out_dir: Path, per_kind: int) -> dict[str, list[int]]
         embed[p] = 1.02 * embed[benign[j]]
         embed[token] = embed[p]
         planted["duplicate"].append(token)
+    return planted
+
+
+def plant(donor_dir: Path, out_dir: Path, per_kind: int) -> dict[str, list[int]]:
+    """Write a planted copy of donor_dir into out_dir; return the planted donor ids per kind."""
+    from tokensurgeon.vocab.pair import load_pair
+
+    pair = load_pair(GEMMA3, donor_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for item in donor_dir.iterdir():
+        if item.name != "model.safetensors":
+            shutil.copy(item, out_dir / item.name)
+    tensors = load_file(donor_dir / "model.safetensors")
+    embed = tensors[EMBED].float()
+    planted = plant_rows(embed, pair.alignment, pair.donor_vocab, per_kind)
     tensors[EMBED] = embed.to(tensors[EMBED].dtype)
     save_file(tensors, out_dir / "model.safetensors", metadata={"format": "pt"})
     return planted

@@ -114,7 +114,7 @@ def test_rows_without_residuals_keep_the_report_valid_json(world):
 
 
 def test_nonfinite_rows_are_flagged_first(world):
-    """OMP writes NaN rows when a donor plants two collinear anchors (bench/bench_audit.py, repoint): NaN
+    """OMP writes NaN rows when a donor plants two collinear anchors (bench/bench_audit.py, duplicate): NaN
     compares false with every limit, so it needs its own reason."""
     inputs, planted = world
     rows = inputs.rows.clone()
@@ -124,3 +124,46 @@ def test_nonfinite_rows_are_flagged_first(world):
     assert report.counts["nonfinite"] == 2
     assert {token.id for token in report.tokens[:2]} == {inputs.new_ids[7], inputs.new_ids[9]}
     assert all("nonfinite" in token.reasons for token in report.tokens[:2])
+
+
+@pytest.mark.realmodel
+def test_planted_rows_in_the_real_p1_donor():
+    """bench/bench_audit.py's plant on the real pair (Gemma3-270M <- SmolLM2-135M), OMP at its defaults on the
+    planted rows and 150 ordinary new tokens: cancel rows are flagged, and duplicate rows that OMP turned to
+    NaN; repoint rows are not (docs/audit.md: what it misses); at most one ordinary row is."""
+    import importlib.util
+
+    from conftest import ROOT
+    from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
+    from tokensurgeon.vocab.pair import load_pair
+    from tokensurgeon.zoo import ensure_model
+
+    spec = importlib.util.spec_from_file_location("bench_audit", ROOT / "bench" / "bench_audit.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    gemma3, smollm2 = ensure_model("gemma3-270m"), ensure_model("smollm2-135m")
+    pair = load_pair(gemma3, smollm2)
+    donor = read_embeddings(open_checkpoint(smollm2))[0].float()
+    planted = bench.plant_rows(donor, pair.alignment, pair.donor_vocab, per_kind=4)
+    donor = donor.bfloat16()  # stored as the checkpoint stores it (bench writes it so)
+    every = {i for ids in planted.values() for i in ids}
+    ordinary = [i for i in pair.alignment.new_ids if i not in every][::20][:150]
+    keep = every | set(ordinary)
+    match = tuple("padding" if kind == "new" and i not in keep else kind for i, kind in enumerate(pair.alignment.match))
+    alignment = Alignment(pair.alignment.source, match, pair.alignment.decompositions)
+    base = read_embeddings(open_checkpoint(gemma3))[0]
+    ctx = InitContext(alignment, pair.base_vocab, pair.donor_vocab, base, None, donor, None, torch.device("cpu"))
+    result = get_init_method("omp").initialise(ctx)
+    anchors = [i for i, kind in enumerate(match) if kind in ("exact", "bytes")]
+    report = audit_rows(AuditInputs(
+        new_ids=alignment.new_ids, rows=result.embed, provenance=result.provenance,
+        spellings=[str(pair.donor_vocab.tokens[i]) for i in alignment.new_ids], base_embed=base,
+        base_ids=list(range(base.shape[0])), anchor_donor=anchors, anchor_base=[alignment.source[i] for i in anchors],
+        donor_embed=donor), AuditConfig(listed=10_000))
+    flagged = {token.id for token in report.tokens}
+    assert set(planted["cancel"]) <= flagged
+    row_of = {i: row for row, i in enumerate(alignment.new_ids)}
+    broken = {i for i in planted["duplicate"] if not result.embed[row_of[i]].isfinite().all()}  # OMP's NaN rows
+    assert broken <= {token.id for token in report.tokens if "nonfinite" in token.reasons}
+    assert not set(planted["repoint"]) & flagged
+    assert len(flagged - every) <= 1, flagged - every
