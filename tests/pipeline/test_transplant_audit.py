@@ -71,3 +71,22 @@ def test_audit_names_a_moved_base(omp_output, fresh_copy):
     (moved / "report.json").write_text(json.dumps(report))
     with pytest.raises(TokenSurgeonError, match="not a directory any more"):
         audit_output(moved)
+
+
+def test_transplant_prints_a_line_when_rows_are_flagged():
+    """The terminal shows the audit when it flags anything (a supply-chain check nobody sees is none)."""
+    from rich.console import Console
+
+    from tokensurgeon.cli.render import print_transplant
+    from tokensurgeon.report.models import TransplantReport
+
+    audit = {"checked": 10, "flagged": 2, "counts": {"nonfinite": 1, "norm": 2, "gain": 0}, "checks": [], "tokens": []}
+    report = TransplantReport(version="x", base={}, donor={}, output={"path": "out", "rows": 12},
+                              method={"name": "omp"}, counts={}, timings={}, audit=audit)
+    console = Console(record=True, width=200)
+    print_transplant(console, report)
+    assert "audit: 2 of 10 computed rows flagged (nonfinite 1, norm 2)" in console.export_text()
+    report.audit = audit | {"flagged": 0}
+    console = Console(record=True, width=200)
+    print_transplant(console, report)
+    assert "audit:" not in console.export_text()

@@ -77,6 +77,10 @@ def print_transplant(console: Console, report: TransplantReport) -> None:
         console.print(table)
     for warning in report.warnings:
         console.print(f"[yellow]warning:[/] {warning}", highlight=False)
+    if report.audit.get("flagged"):
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in report.audit["counts"].items() if count)
+        console.print(f"[yellow]audit:[/] {report.audit['flagged']:,} of {report.audit['checked']:,} computed rows "
+                      f"flagged ({reasons}): see report.md and docs/audit.md", highlight=False)
     console.print(f"report: {report.output['path']}/report.md, report.html, report.json, provenance.jsonl")
 
 
