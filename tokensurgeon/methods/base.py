@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Sequence
 
 import torch
 
@@ -140,12 +140,13 @@ class Provenance:
     """How one new row was made: the path taken and the base (or anchor) ids it mixes.
 
     residual: for a method that approximates a target (omp: the donor row), how much of it was left
-    unexplained, relative to the target's norm; the report lists the worst tokens.
+    unexplained, relative to the target's norm; the report lists the worst tokens. sources and weights are
+    lists, or 1-D arrays where a method makes very many (omp: rows of one code array).
     """
 
     path: str
-    sources: list[int] = field(default_factory=list)
-    weights: list[float] = field(default_factory=list)
+    sources: Sequence[int] = field(default_factory=list)
+    weights: Sequence[float] = field(default_factory=list)
     residual: float | None = None
 
 

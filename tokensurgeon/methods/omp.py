@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+import numpy as np
 import torch
 
 from ..config import OMPConfig
@@ -25,6 +26,9 @@ from ..errors import MethodError
 from ._shared.pieces import is_partial_utf8, piece_means
 from ._shared.sparse_coding import fast_selection_dtype, omp_batches
 from .base import InitContext, InitMethod, InitResult, Provenance, gather_rows, weighted_rows
+
+_REPLAY_BLOCK = 16384  # rows replayed or measured at a time; a multiple of weighted_rows' block keeps the bytes
+
 
 class OMPMethod(InitMethod):
     name: ClassVar[str] = "omp"
@@ -85,7 +89,10 @@ class OMPMethod(InitMethod):
         rows = torch.empty(len(paths), base_matrix.shape[1], device=base_matrix.device)
         if solve:
             sources = torch.tensor(anchor_base, dtype=torch.long)[codes.indices]  # (S, k) base ids
-            rows[solve] = weighted_rows(base_matrix, sources, codes.coefficients)
+            at = torch.tensor(solve, dtype=torch.long)
+            for start in range(0, len(solve), _REPLAY_BLOCK):  # blocks: no second (S, d) copy for 200k rows
+                part = slice(start, start + _REPLAY_BLOCK)
+                rows[at[part]] = weighted_rows(base_matrix, sources[part], codes.coefficients[part])
         picked = [row for row, path in enumerate(paths) if path != "omp"]
         if picked:
             pieces = [ctx.alignment.decompositions[ctx.new_ids[row]] for row in picked]
@@ -110,12 +117,14 @@ class OMPMethod(InitMethod):
 
     def provenance(self, ctx: InitContext, paths: list[str], solve: list[int], codes, residuals: list[float],
                    anchor_base: list[int]) -> list[Provenance]:
+        """Each row's path, base sources and weights. An OMP row's sources and weights are views of one (S, k)
+        array each: a draft's 200k codes of 64 would take gigabytes as Python lists."""
         result = [Provenance(path) for path in paths]
         if solve:
-            indices, coefficients = codes.indices.tolist(), codes.coefficients.tolist()
+            sources = np.asarray(anchor_base, dtype=np.int64)[codes.indices.cpu().numpy()]  # (S, k) base ids
+            weights = codes.coefficients.cpu().numpy()  # (S, k)
             for position, row in enumerate(solve):
-                result[row] = Provenance("omp", [anchor_base[a] for a in indices[position]], coefficients[position],
-                                         residual=residuals[position])
+                result[row] = Provenance("omp", sources[position], weights[position], residual=residuals[position])
         for row, path in enumerate(paths):
             if path != "omp":
                 parts = list(ctx.alignment.decompositions[ctx.new_ids[row]])
@@ -126,6 +135,7 @@ class OMPMethod(InitMethod):
 def relative_residuals(donor_matrix: torch.Tensor, target_ids: list[int], residual_norm: torch.Tensor) -> list[float]:
     """||donor row - its reconstruction|| / ||donor row|| per target: how much of it the code leaves out."""
     rows = donor_matrix.shape[0]
-    targets = donor_matrix[[i if i < rows else 0 for i in target_ids]].float()
-    scale = torch.linalg.vector_norm(targets, dim=1).clamp(min=1e-12)
+    ids = torch.tensor([i if i < rows else 0 for i in target_ids], dtype=torch.long, device=donor_matrix.device)
+    scale = torch.cat([torch.linalg.vector_norm(donor_matrix[ids[start:start + _REPLAY_BLOCK]].float(), dim=1)
+                       for start in range(0, len(ids), _REPLAY_BLOCK)] or [torch.zeros(0)]).clamp(min=1e-12)
     return (residual_norm.to(scale.device) / scale).tolist()

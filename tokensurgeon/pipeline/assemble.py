@@ -3,8 +3,7 @@ new rows from the method, padding rows the mean; provenance per row, norms, wors
 
 from __future__ import annotations
 
-from itertools import accumulate, chain
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -16,6 +15,9 @@ from ..runtime.memory import gathered
 from ..vocab.alignment import COPIED
 from ..vocab.pair import TokenizerPair
 from .session import Session
+
+
+_DEPARTURE_BLOCK = 8192  # new rows compared with their pieces' mean at a time (float32 copies of this many rows)
 
 
 class AssembledMatrix:
@@ -68,18 +70,11 @@ class AssembledMatrix:
         return self[:]
 
 
-def rounded_weights(provenance: list[Provenance]) -> list[list[float]]:
-    """Each row's weights rounded to 6 decimals (readable JSON), in one numpy call: ~10^6 weights."""
-    flat = np.round(np.fromiter(chain.from_iterable(p.weights for p in provenance), dtype=np.float64), 6).tolist()
-    ends = list(accumulate(len(p.weights) for p in provenance))
-    return [flat[end - len(p.weights):end] for p, end in zip(provenance, ends)]
-
-
-def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, Any]]:
-    """One JSON-able row per donor row: how it got its values."""
+def provenance_rows(pair: TokenizerPair, result: InitResult) -> Iterator[dict[str, Any]]:
+    """One JSON-able row per donor row, how it got its values, made as provenance.jsonl is written: a draft's
+    200k rows of 64 sources and weights would take gigabytes as Python objects all at once."""
     alignment, vocab = pair.alignment, pair.donor_vocab
-    computed = dict(zip(alignment.new_ids, zip(result.provenance, rounded_weights(result.provenance))))
-    rows = []
+    computed = dict(zip(alignment.new_ids, result.provenance))
     for donor_id, kind in enumerate(alignment.match):
         row: dict[str, Any] = {"id": donor_id, "token": vocab.tokens[donor_id] if donor_id < vocab.size else None,
                                "match": kind}
@@ -88,12 +83,12 @@ def provenance_rows(pair: TokenizerPair, result: InitResult) -> list[dict[str, A
         elif kind == "padding":
             row |= {"path": "padding-mean", "sources": [], "weights": []}
         else:
-            prov, weights = computed[donor_id]
-            row |= {"path": prov.path, "sources": prov.sources, "weights": weights}
+            prov = computed[donor_id]
+            row |= {"path": prov.path, "sources": np.asarray(prov.sources, dtype=np.int64).tolist(),
+                    "weights": np.round(np.asarray(prov.weights, dtype=np.float64), 6).tolist()}  # readable JSON
             if prov.residual is not None:
                 row["residual"] = round(prov.residual, 6)
-        rows.append(row)
-    return rows
+        yield row
 
 
 def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, Any]:
@@ -140,13 +135,14 @@ def new_row_departures(session: Session, result: InitResult, top: int = 20) -> d
         with_pieces = [row for row, i in enumerate(new_ids) if pair.alignment.decompositions.get(i)]
         if not with_pieces:
             return {}
-        pieces = [pair.alignment.decompositions[new_ids[row]] for row in with_pieces]
-        reference = piece_means(session.base_embed, pieces, session.base_embed[0]).float()
-        rows = result.embed[with_pieces].float().to(reference.device)
-        distance = torch.linalg.vector_norm(rows - reference, dim=1) / torch.linalg.vector_norm(reference, dim=1
-                                                                                               ).clamp(min=1e-12)
         values = torch.full((len(new_ids),), float("nan"))
-        values[with_pieces] = distance.cpu()
+        for start in range(0, len(with_pieces), _DEPARTURE_BLOCK):  # blocks: a draft has 200k+ new rows
+            block = with_pieces[start:start + _DEPARTURE_BLOCK]
+            pieces = [pair.alignment.decompositions[new_ids[row]] for row in block]
+            reference = piece_means(session.base_embed, pieces, session.base_embed[0]).float()
+            rows = result.embed[block].float().to(reference.device)
+            values[block] = (torch.linalg.vector_norm(rows - reference, dim=1)
+                             / torch.linalg.vector_norm(reference, dim=1).clamp(min=1e-12)).cpu()
         measure = "distance of the new row from its pieces' mean (subword-mean row), relative to that row's norm"
     order = torch.nan_to_num(values, nan=-1.0).argsort(descending=True)[:top].tolist()
     return {"measure": measure, "max": float(torch.nan_to_num(values, nan=0.0).max()),

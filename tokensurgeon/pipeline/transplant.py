@@ -12,7 +12,7 @@ from __future__ import annotations
 import shlex
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from .. import __version__
 from ..checkpoint import Checkpoint
@@ -41,9 +41,10 @@ from .special_ids import donor_token_ids, remapped_other_ids
 
 
 def write_patched(session: Session, config: TransplantConfig, result: InitResult, staging: Path,
-                  progress: Progress | None) -> tuple[TransplantReport, list[dict[str, Any]]]:
+                  progress: Progress | None) -> tuple[TransplantReport, Iterator[dict[str, Any]]]:
     """Write the patched checkpoint (weights, config, tokenizer) into staging; return its report (no
-    evaluation yet, empty timings) and provenance rows. Shared by transplant and compare."""
+    evaluation yet, empty timings) and its provenance rows, made as they are written. Shared by transplant and
+    compare."""
     base, pair = session.base, session.pair
     base_embed, base_head = session.base_embed, session.base_head
     n_rows = pair.alignment.n_rows

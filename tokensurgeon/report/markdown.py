@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .html import render_html
 from .models import TransplantReport
@@ -99,7 +99,7 @@ def comparison_markdown(comparison: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_report(report: TransplantReport, out_dir: Path, provenance: list[dict[str, Any]] | None,
+def write_report(report: TransplantReport, out_dir: Path, provenance: Iterable[dict[str, Any]] | None,
                  comparison: Any = None) -> None:
     """report.json, report.md, report.html, and provenance.jsonl unless provenance is None (kept as written).
 
