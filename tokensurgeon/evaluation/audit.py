@@ -22,7 +22,6 @@ list rather than 200k rows:
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -106,14 +105,9 @@ def robust_z(values: torch.Tensor, reference: torch.Tensor | None = None, *,
 
 
 def weight_sums(provenance: list[Provenance]) -> torch.Tensor:
-    """Each row's sum |w| (NaN for a row without weights), in one numpy pass over ~10^7 weights."""
-    counts = np.fromiter((len(p.weights) for p in provenance), dtype=np.int64, count=len(provenance))
-    flat = np.abs(np.fromiter(chain.from_iterable(p.weights for p in provenance), dtype=np.float64))
-    sums = np.full(len(provenance), np.nan)
-    has = counts > 0
-    if has.any():
-        sums[has] = np.add.reduceat(flat, (np.cumsum(counts) - counts)[has])
-    return torch.from_numpy(sums).float()
+    """Each row's sum |w| (NaN for a row without weights)."""
+    return torch.tensor([float(np.abs(np.asarray(p.weights, dtype=np.float64)).sum()) if len(p.weights) else np.nan
+                         for p in provenance], dtype=torch.float32)
 
 
 def norms_of(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
@@ -124,18 +118,19 @@ def norms_of(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
     return norms
 
 
-def neighbour_agreement(targets: torch.Tensor, rows: torch.Tensor, anchor_donor: torch.Tensor,
+def neighbour_agreement(donor: torch.Tensor, target_ids: list[int], rows: torch.Tensor, anchor_donor: torch.Tensor,
                         anchor_base: torch.Tensor, *, k: int, block: int) -> torch.Tensor:
-    """Per row, the cosine between the row and the base-space image of the target's neighbourhood: the mean
-    unit base row of the k anchors nearest the target (cosine, donor space). Anchors are given as rows of
-    the two spaces, pairwise. (Top-k overlap of the two neighbourhoods is no measure: on P1 it is zero
-    for 63% of the clean OMP rows.)"""
+    """Per row, the cosine between the row and the base-space image of its target's neighbourhood: the mean
+    unit base row of the k anchors nearest the target (donor[target_ids], cosine, donor space). Anchors are
+    given as rows of the two spaces, pairwise. Read a block of rows at a time: a draft has 200k of them.
+    (Top-k overlap of the two neighbourhoods is no measure: on P1 it is zero for 63% of the clean OMP rows.)"""
     unit = torch.nn.functional.normalize
     anchor_donor, anchor_base = unit(anchor_donor.float(), dim=1), unit(anchor_base.float(), dim=1)
     k = min(k, anchor_donor.shape[0])
-    agreement = torch.zeros(len(rows))
-    for start in range(0, len(rows), block):
-        near = (unit(targets[start:start + block].float(), dim=1) @ anchor_donor.T).topk(k, dim=1).indices
+    agreement = torch.zeros(len(target_ids))
+    for start in range(0, len(target_ids), block):
+        targets = gather_rows(donor, target_ids[start:start + block])
+        near = (unit(targets.float(), dim=1) @ anchor_donor.T).topk(k, dim=1).indices
         image = unit(anchor_base[near].mean(dim=1), dim=1)  # (block, d)
         agreement[start:start + block] = (unit(rows[start:start + block].float(), dim=1) * image).sum(dim=1)
     return agreement
@@ -147,15 +142,15 @@ def donor_scores(inputs: AuditInputs, row_norms: torch.Tensor, options: AuditCon
     n = len(inputs.new_ids)
     has_row = torch.tensor([i < donor.shape[0] for i in inputs.new_ids], dtype=torch.bool)
     inside = [i for i in inputs.new_ids if i < donor.shape[0]]
-    targets = gather_rows(donor, inside)  # (n_inside, d_donor)
-    target_norms = torch.linalg.vector_norm(targets, dim=1)
+    target_norms = norms_of(donor, inside)
     gain = torch.full((n,), float("nan"))
     gain[has_row] = row_norms[has_row] / target_norms.clamp(min=1e-12)
     picked = sorted(range(len(inputs.anchor_donor)), key=inputs.anchor_donor.__getitem__)[:options.anchors]
     agreement = torch.full((n,), float("nan"))
     if picked:  # the lowest donor ids: the most frequent merges, trained well in both models
+        rows = inputs.rows if bool(has_row.all()) else inputs.rows[has_row]
         agreement[has_row] = neighbour_agreement(
-            targets, inputs.rows[has_row], gather_rows(donor, [inputs.anchor_donor[a] for a in picked]),
+            donor, inside, rows, gather_rows(donor, [inputs.anchor_donor[a] for a in picked]),
             gather_rows(inputs.base_embed, [inputs.anchor_base[a] for a in picked]),
             k=options.neighbours, block=options.block)
     weak = undertrained_rows(donor, inputs.donor_byte_fallback)
@@ -177,8 +172,11 @@ def audit_rows(inputs: AuditInputs, options: AuditConfig = AuditConfig()) -> Aud
         An AuditReport; donor-space checks are listed in ``checks`` only when the donor model was given.
     """
     n = len(inputs.new_ids)
-    row_norms = torch.linalg.vector_norm(inputs.rows.float(), dim=1).cpu()
-    nonfinite = ~inputs.rows.isfinite().all(dim=1).cpu()
+    row_norms, nonfinite = torch.zeros(n), torch.zeros(n, dtype=torch.bool)
+    for start in range(0, n, options.block):  # blocks: no float32 copy of a draft's 200k rows
+        rows = inputs.rows[start:start + options.block].float()
+        row_norms[start:start + len(rows)] = torch.linalg.vector_norm(rows, dim=1).cpu()
+        nonfinite[start:start + len(rows)] = ~rows.isfinite().all(dim=1).cpu()
     base_norms = norms_of(inputs.base_embed, inputs.base_ids)
     base_median = float(base_norms.median()) if base_norms.numel() else 1.0
     scores = {"nonfinite": torch.where(nonfinite, 1.0, float("nan")),
