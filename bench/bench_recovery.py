@@ -1,5 +1,5 @@
-"""Recovery benchmark (issue 21): lm+rows (the old heal), lm+lora and distill+lora at equal steps on P2 and P1,
-and a SmolLM2 draft for Gemma3 before and after `heal DRAFT --teacher GEMMA3`.
+"""Recovery benchmark (issue 21): lm+rows (the old heal), lm+lora, distill+lora and distill+embeddings at equal
+steps on P2 and P1, and a SmolLM2 draft for Gemma3 before and after `heal DRAFT --teacher GEMMA3`.
 
 Pairs, built with transplant() into WORK/models when missing: P2 = SmolLM2-135M <- Llama-3 tokenizer
 (subword-mean); P1 = Gemma3-270M <- SmolLM2-135M (omp, k = --omp-k);
@@ -43,7 +43,8 @@ TRAIN = ("enwiki_head.txt", "udhr/spa.txt", "udhr/ukr.txt", "udhr/jpn.txt", "udh
 UNSEEN = ("lee_news.txt", "udhr/ita.txt", "udhr/pol.txt", "udhr/tur.txt", "udhr/vie.txt", "udhr/kor.txt",
           "udhr/heb.txt", "udhr/tha.txt", "udhr/cmn_hant.txt", "udhr/fin.txt")
 PAIRS = {"p2": SMOLLM2, "p1": GEMMA3}  # patched model -> its base (the teacher)
-CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora")}
+CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora"),
+           "distill+embeddings": ("distill", "embeddings")}
 TRAIN_BYTES = 60_000  # of enwiki_head: the UDHR files are ~12-26 KB each
 PROMPT_BYTES, COMPARE_BYTES = 80, 16
 

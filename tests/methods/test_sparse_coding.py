@@ -222,6 +222,22 @@ def test_dependent_and_duplicate_atoms_stay_finite_and_distinct(path):
     assert (result.residual_norm / targets.norm(dim=1)).max() < 1e-3
 
 
+@pytest.mark.parametrize("normalize_atoms", [False, True])
+def test_a_target_equal_to_a_duplicated_atom_gets_finite_codes_on_the_refreshed_path(normalize_atoms):
+    """A donor that plants a near-duplicate anchor (1.02 x another) and a token equal to it: once the residual
+    is ~0 the later steps pick nearly dependent atoms and the Cholesky updates overflowed to NaN codes, which
+    OMP wrote as NaN rows (bench/bench_audit.py, duplicate). The codes must stay finite and exact."""
+    generator = torch.Generator().manual_seed(0)
+    dictionary = torch.randn(17000, 64, generator=generator) * torch.rand(17000, 1, generator=generator)
+    dictionary[100:108] = (1.02 * dictionary[:8]).bfloat16().float()  # above the Gram cap: the refreshed path
+    targets = dictionary[100:108].clone()
+    result = solver_omp_batches(targets, dictionary, 60, normalize_atoms=normalize_atoms,
+                                select_dtype=torch.bfloat16)
+    assert torch.isfinite(result.coefficients).all()
+    assert (result.residual_norm / targets.norm(dim=1)).max() < 1e-2
+    assert all(len(set(row)) == 60 for row in result.indices.tolist())
+
+
 def test_low_precision_inputs_are_solved_in_float32():
     targets, dictionary = problem(seed=8)
     result = batch_omp(targets.bfloat16(), dictionary.bfloat16(), 4)

@@ -72,7 +72,7 @@ class OMPMethod(InitMethod):
         embed_codes = self.solve(ctx, ctx.donor_embed, anchor_donor, targets)
         residuals = relative_residuals(ctx.donor_embed, targets, embed_codes.residual_norm)
         for row, residual in zip(solve, residuals):
-            if residual > self.max_residual and pieces.get(new_ids[row]):
+            if not residual <= self.max_residual and pieces.get(new_ids[row]):  # NaN included
                 paths[row] = "omp-residual-subword-mean"
         embed = self.replay(ctx, ctx.base_embed, anchor_base, embed_codes, solve, paths)
         head = None
