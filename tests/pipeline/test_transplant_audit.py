@@ -34,6 +34,8 @@ def test_transplant_report_carries_the_audit(omp_output):
     assert audit["checks"] == list(BASE_CHECKS + DONOR_CHECKS)  # omp read the donor model
     assert audit["flagged"] <= sum(audit["counts"].values()) and audit["flagged"] < computed / 2
     assert "## Audit" in (omp_output / "report.md").read_text()
+    html = (omp_output / "report.html").read_text()
+    assert '<section id="audit">' in html and f"{audit['flagged']:,} of {audit['checked']:,} computed rows" in html
 
 
 def test_audit_of_the_output_directory_repeats_the_transplants(omp_output):

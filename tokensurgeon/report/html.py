@@ -211,6 +211,21 @@ def _residuals(report: TransplantReport) -> str:
             f'{_e(residuals["measure"])}.</p>{body}</section>')
 
 
+def _audit(report: TransplantReport, listed: int = 10) -> str:
+    """Flagged computed rows per reason and the worst of them (docs/audit.md), as report.md lists them."""
+    audit = report.audit
+    if not audit:
+        return ""
+    counts = ", ".join(f"{reason} {count:,}" for reason, count in audit["counts"].items())
+    rows = "".join(f'<tr><td class="n">{t["id"]}</td><td><code>{_e(repr(t["token"]))}</code></td>'
+                   f'<td>{_e(", ".join(t["reasons"]))}</td><td>'
+                   + _e(", ".join(f"{name} {value:g}" for name, value in t["scores"].items())) + "</td></tr>"
+                   for t in audit["tokens"][:listed])
+    table = f"<table><tr><th>donor id</th><th>token</th><th>reasons</th><th>scores</th></tr>{rows}</table>" if rows else ""
+    return (f'<section id="audit"><h2>Audit</h2><p class="note">{audit["flagged"]:,} of {audit["checked"]:,} '
+            f'computed rows flagged ({_e(counts)}); checks: {_e(", ".join(audit["checks"]))}.</p>{table}</section>')
+
+
 def _warnings(report: TransplantReport) -> str:
     if not report.warnings:
         return '<section id="warnings"><h2>Warnings</h2><p class="note">None.</p></section>'
@@ -230,7 +245,8 @@ def render_html(report: TransplantReport, comparison: Any = None) -> str:
         cards.append((f"{geometric_mean(ratios):.3f}", "bpb ratio, patched / base (geometric mean, as compare ranks)"))
     cards_html = "".join(f'<div class="card"><b>{value}</b><span>{_e(label)}</span></div>' for value, label in cards)
     body = "".join([_overlap(report), _comparison(comparison) if comparison is not None else "",
-                    _bits_per_byte(report), _norms(report), _residuals(report), _warnings(report)])
+                    _bits_per_byte(report), _norms(report), _residuals(report), _audit(report),
+                    _warnings(report)])
     title = f"tokensurgeon report: {report.method['name']}"
     return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{_e(title)}</title>'
             f'<meta name="viewport" content="width=device-width, initial-scale=1"><style>{_CSS}</style></head><body><main>'
