@@ -175,11 +175,12 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[name]
+    objective, train = CONFIGS[name.partition("@")[0]]  # "lm+lora@5min": --minutes runs
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1) for p in training_files(Path(args.work))}
-    options = RecoveryOptions(objective=objective, train=train, steps=args.steps, eval_every=args.eval_every,
-                              patience=args.steps, batch_size=args.batch_size, context=args.context,
-                              eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix)
+    steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
+    options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
+                              patience=steps, batch_size=args.batch_size, context=args.context,
+                              eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes)
     clock = time.perf_counter()
     model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
                             options, teacher=PAIRS[pair], device="cpu")  # unseen texts scored in behaviour()
@@ -286,6 +287,9 @@ def main() -> None:
     parser.add_argument("--spec-prompts", type=int, default=8)
     parser.add_argument("--spec-tokens", type=int, default=32)
     parser.add_argument("--pairs", default="p2,p1")
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="equal wall time: each trained config trains this long (as many steps as fit; the "
+                             "guard evaluates every --eval-every steps, so keep that small) instead of --steps")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args()
@@ -300,13 +304,16 @@ def main() -> None:
         return
     clock = time.perf_counter()
     build(work, args.omp_k)
-    print(f"{args.steps} steps of {args.batch_size} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
+    print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
+          f"{args.batch_size} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
           f"{args.eval_every}; unseen "
           f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
           f"P1 omp k={args.omp_k}", flush=True)
     for pair in filter(None, args.pairs.split(",")):
-        rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained", *CONFIGS)}
+        budget = "" if args.minutes is None else f"@{args.minutes:g}min"
+        rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
+        rows |= {name + budget: run_child(args, f"{pair}:{name}{budget}") for name in CONFIGS}
         print(f"\n{pair.upper()}: {work / 'models' / pair} (chat-formatted prompts: {rows['base']['chat']})")
         print(pair_table(rows), flush=True)
     if args.draft:
