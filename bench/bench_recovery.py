@@ -207,7 +207,7 @@ def child_draft(args, name: str) -> dict:
                                  eval_max_bytes=args.eval_max_bytes, device="cpu", force=True))
         return {"config": name, "steps": report.steps_run, "best_step": report.best_step,
                 "seconds_per_step": report.seconds_per_step, "tokens_per_second": report.tokens_per_second,
-                "texts": report.texts}
+                "texts": [asdict(row) for row in report.texts]}
     from tokensurgeon.config import SpeculativeConfig
     from tokensurgeon.evaluation.speculative import speculative_benchmark
 
