@@ -175,12 +175,13 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[name.partition("@")[0]]  # "lm+lora@5min": --minutes runs
+    objective, train = CONFIGS[name.partition("@")[0].removesuffix("+batch-rows")]  # "lm+lora@5min": --minutes
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1) for p in training_files(Path(args.work))}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size, context=args.context,
-                              eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes)
+                              eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
+                              batch_rows=args.batch_rows)
     clock = time.perf_counter()
     model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
                             options, teacher=PAIRS[pair], device="cpu")  # unseen texts scored in behaviour()
@@ -290,6 +291,8 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=None,
                         help="equal wall time: each trained config trains this long (as many steps as fit; the "
                              "guard evaluates every --eval-every steps, so keep that small) instead of --steps")
+    parser.add_argument("--configs", default="", help="comma-separated subset of the trained configs (default all)")
+    parser.add_argument("--batch-rows", action="store_true", help="heal --batch-rows: only rows in the batch move")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args()
@@ -311,9 +314,10 @@ def main() -> None:
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
           f"P1 omp k={args.omp_k}", flush=True)
     for pair in filter(None, args.pairs.split(",")):
-        budget = "" if args.minutes is None else f"@{args.minutes:g}min"
+        budget = ("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
+        configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
-        rows |= {name + budget: run_child(args, f"{pair}:{name}{budget}") for name in CONFIGS}
+        rows |= {name + budget: run_child(args, f"{pair}:{name}{budget}") for name in configs}
         print(f"\n{pair.upper()}: {work / 'models' / pair} (chat-formatted prompts: {rows['base']['chat']})")
         print(pair_table(rows), flush=True)
     if args.draft:

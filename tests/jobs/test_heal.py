@@ -59,7 +59,8 @@ def unseen(tmp_path_factory):
 
 def free_ids(path):
     """The rows --train rows may move: computed rows and copies of rows the base barely trained."""
-    from tokensurgeon.recovery.train import base_of, free_rows, read_provenance
+    from tokensurgeon.recovery.train import base_of
+    from tokensurgeon.recovery.trainable import free_rows, read_provenance
     from tokensurgeon.vocab import build_vocabulary, load_tokenizer
     from tokensurgeon.vocab.undertrained import undertrained_rows
 

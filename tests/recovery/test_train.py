@@ -16,7 +16,8 @@ from tokensurgeon.evaluation import load_for_eval
 from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
 from tokensurgeon.recovery.options import RecoveryOptions
-from tokensurgeon.recovery.train import Objective, merged_tensors, prepare, recover
+from tokensurgeon.recovery.train import Objective, merged_tensors, recover
+from tokensurgeon.recovery.trainable import keep_rows, prepare
 
 TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
 
@@ -49,7 +50,7 @@ def test_identity_transplant_is_at_the_minimum(tiny):
     # a second tokenizer object (the teacher's) forces the chunk path (ALM), not token-level KL
     objective = Objective(options, student, teacher, side(teacher.tokenizer))
     batch = samples(TEXT, "news", student, side(teacher.tokenizer), options.context)[:2]
-    loss, _ = objective(model, batch, torch.device("cpu"))
+    loss, _, _ = objective(model, batch, torch.device("cpu"))
     loss.backward()
     assert abs(loss.item()) < 1e-5
     assert max(p.grad.abs().max().item() for p in trainable.values()) < 1e-6
@@ -61,7 +62,7 @@ def test_gradients_reach_only_what_train_names(tiny, train):
     options = _options(objective="lm", train=train)
     model, trainable, _ = prepare(model, options, list(range(1000, 2000)))
     objective = Objective(options, side(tokenizer), None, None)
-    loss, _ = objective(model, samples(TEXT, "news", side(tokenizer), None, 32)[:2], torch.device("cpu"))
+    loss, _, _ = objective(model, samples(TEXT, "news", side(tokenizer), None, 32)[:2], torch.device("cpu"))
     loss.backward()
     graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     # lora_B starts at zero, so lora_A's first gradient is zero too: it is trainable but not graded yet
@@ -113,3 +114,40 @@ def test_result_to_dict_leaves_out_replacements_with_a_graph():
     result = RecoveryResult(True, 1, 1, {"w": 2}, [], [], [], 1.0, 1.0, "steps", "cpu", replacements={"w": weight * 2})
     data = result.to_dict()
     assert "replacements" not in data and data["trainable"] == {"w": 2}
+
+
+def test_batch_rows_moves_only_the_rows_of_tokens_in_the_batch(tiny):
+    """Under a tied head every row gets the softmax's push; Adam's step does not shrink with the gradient, so
+    without batch_rows the rows of tokens the batch never shows move as far as the others."""
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    options = _options(objective="lm", train="embeddings", anchor_weight=0.0)
+    model, _, _ = prepare(model, options, None)
+    embed = [p for n, p in model.named_parameters() if "embed_tokens" in n][0]
+    batch = samples(TEXT, "news", side(tokenizer), None, 32)[:2]
+    moved = {}
+    for keep in (False, True):
+        start = embed.detach().clone()
+        optimizer = torch.optim.AdamW([embed], lr=1e-3, weight_decay=0.0)
+        loss, _, seen = Objective(options, side(tokenizer), None, None)(model, batch, torch.device("cpu"))
+        loss.backward()
+        if keep:
+            keep_rows([embed], seen)
+        optimizer.step()
+        moved[keep] = set((embed.detach() != start).any(dim=1).nonzero().flatten().tolist())
+        with torch.no_grad():
+            embed.copy_(start)
+        embed.grad = None
+    in_batch = {int(i) for s in batch for i in s.student} | set(side(tokenizer).prefix)  # prefix: BOS
+    assert moved[True] == in_batch
+    assert len(moved[False] - in_batch) > 1000  # the defect batch_rows exists for
+
+
+def test_fit_applies_batch_rows_every_step(tiny, monkeypatch, tmp_path):
+    import tokensurgeon.recovery.train as train
+
+    calls = []
+    monkeypatch.setattr(train, "keep_rows", lambda params, ids: calls.append((len(params), ids.numel())))
+    patched = shutil.copytree(tiny, tmp_path / "p")
+    recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
+            _options(objective="lm", train="embeddings", batch_rows=True), device="cpu")
+    assert len(calls) == 2 and all(n == 1 and ids > 0 for n, ids in calls)  # 2 steps; one tied matrix

@@ -34,6 +34,9 @@ class HealConfig:
         max_minutes: training time budget (None = steps only).
         save_adapter: also write the PEFT adapter (LoRA + embeddings) to OUT/adapter (--train lora).
         anchor_weight: L2 penalty weight (summed squared distance) keeping anchored rows near their start.
+        batch_rows: only rows of tokens in a step's batch move in that step. Adam's step does not shrink with the
+            gradient, so the softmax's tiny push on the rows of tokens the text never shows (every row, under a
+            tied head) would move them as far as the rows trained.
         context: tokens per training sequence, BOS included.
         eval_every: steps between held-out evaluations; the best one is kept.
         patience: stop after this many evaluations in a row without a better held-out score.
@@ -56,6 +59,7 @@ class HealConfig:
     lora_lr: float = 5e-4
     lora_rank: int = 16
     anchor_weight: float = 1.0
+    batch_rows: bool = False
     batch_size: int = 4
     context: int = 128
     held_out: float = 0.1

@@ -86,8 +86,8 @@ def recovery_options(config: HealConfig) -> RecoveryOptions:
     return RecoveryOptions(
         objective=config.objective, lm_mix=config.lm_mix, temperature=config.temperature, train=config.train,
         steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
-        anchor_weight=config.anchor_weight, batch_size=config.batch_size, context=config.context,
-        eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
+        anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
+        context=config.context, eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
         eval_context=EvalConfig.context, max_minutes=config.max_minutes,
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed)
 
@@ -161,7 +161,8 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
             seconds_per_step=result.seconds_per_step,
             options={"steps": config.steps, "lr": config.lr, "lora_lr": config.lora_lr, "lora_rank": config.lora_rank,
                      "lm_mix": config.lm_mix, "temperature": config.temperature,
-                     "anchor_weight": config.anchor_weight, "batch_size": config.batch_size,
+                     "anchor_weight": config.anchor_weight, "batch_rows": config.batch_rows,
+                     "batch_size": config.batch_size,
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
                      "patience": config.patience, "eval_max_bytes": config.eval_max_bytes,
                      "max_minutes": config.max_minutes, "seed": config.seed},

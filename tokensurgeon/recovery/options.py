@@ -34,6 +34,7 @@ class RecoveryOptions:
     lora_rank: int = HealConfig.lora_rank
     lora_targets: tuple[str, ...] = LORA_TARGETS
     anchor_weight: float = HealConfig.anchor_weight
+    batch_rows: bool = HealConfig.batch_rows
     batch_size: int = HealConfig.batch_size
     context: int = HealConfig.context
     eval_every: int = HealConfig.eval_every

@@ -28,12 +28,12 @@ from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
-from tokensurgeon.recovery.student import Teacher, add_lora, head_weight, hidden_states, \
-    load_teacher, softcap, unwrap
+from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
+from tokensurgeon.recovery.trainable import (embedding_params, free_rows, keep_rows, prepare, read_provenance,
+                                             trainable_counts)
 from tokensurgeon.vocab.undertrained import undertrained_rows
 
 Progress = Callable[[int, int], None]
-UNTRAINED_PATHS = ("copy", "padding-mean")  # provenance paths of rows a transplant did not compute
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
@@ -80,30 +80,6 @@ class RecoveryResult:
             k: v for k, v in items if k != "replacements"})
 
 
-def read_provenance(patched: Path, n_rows: int) -> list[dict[str, Any]] | None:
-    """The transplant's provenance.jsonl rows, or None when there is none."""
-    source = Path(patched) / "provenance.jsonl"
-    if not source.is_file():
-        return None
-    try:
-        rows = [json.loads(line) for line in source.read_text(encoding="utf-8").split("\n") if line.strip()]
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenSurgeonError(f"{source}: unreadable provenance ({exc})") from exc
-    if len(rows) != n_rows:
-        raise TokenSurgeonError(f"{source}: describes {len(rows)} rows but the checkpoint has {n_rows}; "
-                                "it belongs to another checkpoint")
-    return rows
-
-
-def free_rows(provenance: list[dict[str, Any]] | None, undertrained: set[int]) -> list[int] | None:
-    """Rows trained without anchor: computed rows and copies of barely trained base rows (None = unknown)."""
-    if provenance is None:
-        return None
-    return [int(row["id"]) for row in provenance
-            if row["path"] not in UNTRAINED_PATHS
-            or (row["path"] == "copy" and any(int(s) in undertrained for s in row.get("sources", [])))]
-
-
 class _Sampler:
     """Seeded draws of training samples, the texts in turn so a short text trains as often as a long one."""
 
@@ -120,54 +96,6 @@ class _Sampler:
         return out
 
 
-def _embedding_params(model: Any) -> dict[str, torch.nn.Parameter]:
-    """Input matrix and, when untied, the head, by state-dict name (the names a checkpoint stores)."""
-    base = unwrap(model)
-    embed = base.get_input_embeddings().weight
-    head = head_weight(model)
-    names: dict[int, str] = {}
-    for name, p in base.named_parameters(remove_duplicate=False):
-        names.setdefault(id(p), name)  # a tied matrix goes by its input name
-    params = {names[id(embed)]: embed}
-    if head is not embed:
-        params[names[id(head)]] = head
-    return params
-
-
-def prepare(model: Any, options: RecoveryOptions, free: list[int] | None
-            ) -> tuple[Any, dict[str, torch.nn.Parameter], list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor]]]:
-    """Make exactly what options.train names trainable: (model, trainable params by name, anchors).
-
-    rows: free rows only (a gradient hook zeroes the others, so Adam never moves them); embeddings: every
-    row, the rows not in free anchored; lora: that plus LoRA adapters (PEFT freezes the embeddings, so
-    they are re-enabled after wrapping). free None (no provenance): rows cannot run, every row is anchored.
-    """
-    model.requires_grad_(False)
-    if options.train == "lora":
-        model = add_lora(model, rank=options.lora_rank, targets=options.lora_targets)
-    embeddings = _embedding_params(model)
-    device = next(iter(embeddings.values())).device
-    anchors = []
-    for name, param in embeddings.items():
-        param.requires_grad_(True)
-        if options.train == "rows":
-            if free is None:
-                raise TokenSurgeonError("--train rows needs the transplant's provenance.jsonl to know which rows "
-                                        "it computed; use --train embeddings or lora")
-            mask = torch.zeros((param.shape[0], 1), device=device)
-            mask[free] = 1.0
-            param.register_hook(lambda grad, mask=mask: grad * mask)
-        elif options.anchor_weight:
-            anchored = None if free is None else sorted(set(range(param.shape[0])) - set(free))
-            index = None if anchored is None else torch.tensor(anchored, dtype=torch.long, device=device)
-            anchors.append((param, index, (param if index is None else param[index]).detach().clone()))
-    trainable = {name: p for name, p in model.named_parameters() if p.requires_grad}
-    if options.gradient_checkpointing:
-        unwrap(model).gradient_checkpointing_enable()
-        unwrap(model).enable_input_require_grads()
-    return model, trainable, anchors
-
-
 class Objective:
     """The training loss of one batch of samples, by options.objective."""
 
@@ -176,8 +104,9 @@ class Objective:
         self.options, self.student, self.teacher, self.teacher_side = options, student, teacher, teacher_side
         self.identity = teacher_side is None and teacher is not None  # one tokenizer: token-level KL
 
-    def __call__(self, model: Any, batch_samples: list[Sample], device: torch.device) -> tuple[torch.Tensor, int]:
-        """(loss, student tokens read)."""
+    def __call__(self, model: Any, batch_samples: list[Sample], device: torch.device
+                 ) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """(loss, student tokens read, the student token ids in the batch)."""
         options = self.options
         batch = collate([(s.student, s.student_chunks) for s in batch_samples], self.student.prefix).to(device)
         teacher_hidden = None
@@ -211,7 +140,7 @@ class Objective:
                                 chunk_logprobs(logprobs, batch.chunks, n), mask, options.temperature)
             if options.lm_mix:
                 loss = loss + options.lm_mix * lm_loss(logprobs, scored)
-        return loss, tokens
+        return loss, tokens, batch.input_ids[batch.attention_mask.bool()].unique()
 
 
 def score_texts(model: Any, tokenizer: Any, texts: dict[str, str], options: RecoveryOptions) -> list[float]:
@@ -250,6 +179,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     per_text = [samples(text, label, student_side, teacher_side, options.context)
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
+    embeddings = list(embedding_params(model).values())
     groups = [{"params": [p for n, p in trainable.items() if "lora_" not in n], "lr": options.lr},
               {"params": [p for n, p in trainable.items() if "lora_" in n], "lr": options.lora_lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
@@ -278,12 +208,14 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         clock = time.perf_counter()
         step += 1
         with autocast:
-            loss, read = objective(model, sampler.next(options.batch_size), device)
+            loss, read, seen = objective(model, sampler.next(options.batch_size), device)
         for param, index, start in anchors:
             current = param if index is None else param[index]
             loss = loss + options.anchor_weight * (current - start).pow(2).sum()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if options.batch_rows:
+            keep_rows(embeddings, seen)
         optimizer.step()
         train_seconds += time.perf_counter() - clock
         losses.append(loss.item())
@@ -312,14 +244,6 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     return model, result
 
 
-def trainable_counts(trainable: dict[str, torch.nn.Parameter], options: RecoveryOptions,
-                     free: list[int] | None) -> dict[str, int]:
-    """Parameters that can move, per tensor: under ``rows`` only the free rows of each matrix, not all of it."""
-    if options.train == "rows" and free is not None:
-        return {name: len(free) * p.shape[1] for name, p in trainable.items()}
-    return {name: p.numel() for name, p in trainable.items()}
-
-
 def _rows(texts: dict[str, str], before: list[float], after: list[float]) -> list[TextChange]:
     return [TextChange(label, b, a) for label, b, a in zip(texts, before, after)]
 
@@ -331,7 +255,7 @@ def merged_tensors(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor
     checkpoint's; a changed tensor the checkpoint does not store is a bug and raises.
     """
     base = unwrap(model)
-    changed = {name: p.detach() for name, p in _embedding_params(model).items()}
+    changed = {name: p.detach() for name, p in embedding_params(model).items()}
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
             weight = module.base_layer.weight.detach()
