@@ -288,7 +288,8 @@ def test_copies_of_barely_trained_base_rows_train_under_rows(tiny_models, tmp_pa
 def test_rows_all_at_the_default_anchor_weight_pulls_copied_rows_back(patched, text, tmp_path):
     """`heal --rows all` (= --train embeddings) without --anchor-weight: the loss adds weight x the summed squared
     distance of each copied row from its start and nothing for the computed rows, which see the same kind of
-    gradient. So the copied rows drift much less than the computed rows (at weight 0 both drift alike: 0.048)."""
+    gradient. So the copied rows drift much less than the computed rows (at weight 0 both drift alike: 0.048).
+    --all-rows: every row trains, not only those of the batch's tokens, so the drift is the anchor's doing."""
     source = patched["tied"]
     provenance = [json.loads(line) for line in (source / "provenance.jsonl").read_text().split("\n") if line]
     free = set(free_ids(source))
@@ -296,7 +297,8 @@ def test_rows_all_at_the_default_anchor_weight_pulls_copied_rows_back(patched, t
     computed = [row["id"] for row in provenance if row["path"] not in ("copy", "padding-mean")]
     assert len(copied) > 1000 and len(computed) > 1000
     result = runner.invoke(app, ["heal", str(source), "--text", str(text), "-o", str(tmp_path / "out"), "--rows", "all",
-                                 "--steps", "4", "--eval-every", "4", "--lr", "0.003", "--batch-size", "2",
+                                 "--all-rows", "--steps", "4", "--eval-every", "4", "--lr", "0.003",
+                                 "--batch-size", "2",
                                  "--context", "32", "--held-out", "0.2", "--eval-max-bytes", "600", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
