@@ -137,7 +137,7 @@ def test_check_command_exit_codes(tiny_models, fresh_copy):
     bad = CliRunner().invoke(app, ["check", str(tiny_models["tied"]), "--draft-for", str(tiny_models["donor_llama2"]),
                                    "--json"])
     assert bad.exit_code == 1
-    assert not json.loads(bad.output)["ok"]
+    assert not json.loads(bad.stdout)["ok"]
 
 
 def test_bos_policy_as_config_restores_the_donors_tokenizer(tiny_models, fresh_copy, tmp_path):
