@@ -30,7 +30,7 @@ def test_compare_keeps_the_best_and_reads_everything_once(tiny_models, text, tmp
     monkeypatch.setattr(evaluate_module, "load_for_eval", lambda path, **kw: loads.append(path) or real_load(path, **kw))
     reads = CountingReads()
     monkeypatch.setattr(checkpoint_module, "read_tensor", reads)
-    report = compare(CompareConfig(base=base, donor=TOKENIZERS / "llama3", texts=(text,),
+    report = compare(CompareConfig(base=base, donor=TOKENIZERS / "llama2", texts=(text,),
                                    methods=("subword-mean", "zero", "omp", "mean"), out=out))
 
     assert reads.names == ["model.embed_tokens.weight"]  # one embedding read for three methods
@@ -65,21 +65,21 @@ def test_failure_midway_leaves_nothing(tiny_models, text, tmp_path, monkeypatch)
 
     monkeypatch.setattr(MeanMethod, "initialise", broken)
     with pytest.raises(RuntimeError, match="boom"):
-        compare(CompareConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama3", texts=(text,),
+        compare(CompareConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama2", texts=(text,),
                               methods=("zero", "mean"), out=tmp_path / "best"))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_nothing_runnable_is_an_error_and_writes_nothing(tiny_models, text, tmp_path):
     with pytest.raises(TokenSurgeonError, match="no method could run.*omp: .*tokenizer only"):
-        compare(CompareConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama3", texts=(text,),
+        compare(CompareConfig(base=tiny_models["tied"], donor=TOKENIZERS / "llama2", texts=(text,),
                               methods=("omp",), out=tmp_path / "best"))
     assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_json_and_user_errors(tiny_models, text, tmp_path):
     runner = CliRunner()
-    base, donor = str(tiny_models["tied"]), str(TOKENIZERS / "llama3")
+    base, donor = str(tiny_models["tied"]), str(TOKENIZERS / "llama2")
     result = runner.invoke(app, ["compare", base, donor, "--text", str(text), "--methods", "zero,omp", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
