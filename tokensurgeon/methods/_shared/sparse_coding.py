@@ -11,6 +11,7 @@ mergekit does, costs O(N * D); no least-squares problem is ever solved from scra
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -98,7 +99,7 @@ def selection_atoms(dictionary: Tensor, normalize_atoms: bool) -> tuple[Tensor, 
 def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: bool = OMPConfig.normalize_atoms,
               candidates: int | None = OMPConfig.candidates, gram: Tensor | None = None,
               refresh: int = OMPConfig.refresh, refresh_pool: int = OMPConfig.refresh_pool,
-              selection: Tensor | None = None) -> OMPResult:
+              selection: Tensor | None = None, workspace: dict[str, Tensor] | None = None) -> OMPResult:
     """k-sparse OMP codes of ``targets`` (B, D) over the rows of ``dictionary`` (N, D), in float32.
 
     Work happens on ``targets.device``, for the whole batch at once (``omp_batches`` splits large B).
@@ -122,7 +123,8 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
 
     ``gram`` is the Gram of the selection atoms (unit rows when ``normalize_atoms``); pass it to reuse
     one Gram across batches. ``selection``: the selection atoms in a lower precision (``fast_selection_dtype``)
-    for the refreshed path's full correlations; None uses the float32 atoms. Ties go to the lowest atom index.
+    for the refreshed path's full correlations; None uses the float32 atoms. ``workspace``: buffers kept from an
+    earlier batch, reused (see ``_buffer``). Ties go to the lowest atom index.
     """
     _check(targets, dictionary, k, candidates, gram)
     if refresh < 1 or refresh_pool < 1:
@@ -138,19 +140,22 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
         gram = atoms @ atoms.T  # (N, N)
     if gram is None and pool_size is None and refresh > 1:
         indices, gamma = _pursue_refreshed(x, atoms, k, floor, refresh, refresh_pool,
-                                           atoms if selection is None else selection.to(device))
+                                           atoms if selection is None else selection.to(device), workspace)
     elif gram is None and pool_size is None:
         indices, gamma = _pursue_residual(x, atoms, k, floor)
     else:
         gram = None if gram is None else gram.to(device=device, dtype=torch.float32)
         indices, gamma = _pursue_gram(x, atoms, k, floor, gram, pool_size)
-    residual = (x - torch.bmm(gamma.unsqueeze(1), atoms[indices]).squeeze(1)).norm(dim=1)  # (B,)
+    chosen = _buffer(workspace, "chosen", (*indices.shape, atoms.shape[1]), x)  # (B, k, D)
+    torch.index_select(atoms, 0, indices.flatten(), out=chosen.view(-1, atoms.shape[1]))
+    residual = (x - torch.bmm(gamma.unsqueeze(1), chosen).squeeze(1)).norm(dim=1)  # (B,)
     # A least-squares code never leaves more than the target itself; more (or NaN) means the updates overflowed.
     broken = ~(residual <= x.norm(dim=1) * (1 + 1e-3))
     if broken.any():
         gamma[broken] = _min_norm_codes(x[broken], atoms[indices[broken]])
     coefficients = gamma / scale[indices]  # (B, k)
-    reconstruction = torch.einsum("bk,bkd->bd", coefficients, dictionary[indices])  # (B, D)
+    torch.index_select(dictionary, 0, indices.flatten(), out=chosen.view(-1, atoms.shape[1]))
+    reconstruction = torch.einsum("bk,bkd->bd", coefficients, chosen)  # (B, D)
     return OMPResult(indices, coefficients, (x - reconstruction).norm(dim=1))
 
 
@@ -193,10 +198,11 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     result = OMPResult(torch.empty(total, k, dtype=torch.long, device=out),
                        torch.empty(total, k, dtype=torch.float32, device=out),
                        torch.empty(total, dtype=torch.float32, device=out))
+    workspace: dict[str, Tensor] = {}  # every batch reuses the first one's largest buffers
     for start in range(0, total, size):
         part = batch_omp(targets[start:start + size].to(run_on), dictionary, k, normalize_atoms=normalize_atoms,
                          candidates=candidates, gram=gram, refresh=refresh, refresh_pool=refresh_pool,
-                         selection=selection)
+                         selection=selection, workspace=workspace)
         for into, field in zip((result.indices, result.coefficients, result.residual_norm),
                                (part.indices, part.coefficients, part.residual_norm)):
             into[start:start + size] = field
@@ -218,6 +224,22 @@ def _check(targets: Tensor, dictionary: Tensor, k: int, candidates: int | None, 
         raise ValueError(f"candidates={candidates} must be at least k={k}")
     if gram is not None and tuple(gram.shape) != (n_atoms, n_atoms):
         raise ValueError(f"gram must be ({n_atoms}, {n_atoms}); got {tuple(gram.shape)}")
+
+
+def _buffer(workspace: dict[str, Tensor] | None, name: str, shape: tuple[int, ...], like: Tensor,
+            dtype: torch.dtype | None = None) -> Tensor:
+    """An uninitialised tensor of ``shape``, carved from ``workspace[name]`` (made or grown as needed) when given.
+
+    A solve of 200k targets runs ~700 batches; fresh buffers of tens of MB each batch cost page faults every
+    time (40% of the CPU time went to the kernel) and fragmented the heap.
+    """
+    dtype = dtype or like.dtype
+    if workspace is None:
+        return like.new_empty(shape, dtype=dtype)
+    size, held = math.prod(shape), workspace.get(name)
+    if held is None or held.numel() < size or held.dtype != dtype:
+        held = workspace[name] = like.new_empty(size, dtype=dtype)
+    return held[:size].view(shape)
 
 
 def _grow_cholesky(chol: Tensor, step: int, cross: Tensor, pivot: Tensor, floor: float) -> None:
@@ -336,7 +358,8 @@ def _pursue_residual(x: Tensor, atoms: Tensor, k: int, floor: float) -> tuple[Te
 
 
 def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: int,
-                      pool_size: int, selection: Tensor) -> tuple[Tensor, Tensor]:
+                      pool_size: int, selection: Tensor,
+                      workspace: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
     """OMP that correlates the residual with every atom only every ``refresh`` steps.
 
     At each refresh each target keeps its ``pool_size`` atoms of largest |residual correlation|;
@@ -348,7 +371,7 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
     batched products against the pool were memory-bound and cost most of the time at 200k targets.
     """
     batch, dim = x.shape
-    chosen_atoms = x.new_empty(batch, k, dim)  # (B, k, D)
+    chosen_atoms = _buffer(workspace, "chosen", (batch, k, dim), x)  # (B, k, D)
     rhs = x.new_empty(batch, k)  # (B, k): A_I x
     chol = x.new_zeros(batch, k, k)
     ids = torch.zeros(batch, k, dtype=torch.long, device=x.device)
@@ -356,9 +379,10 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
     rows = torch.arange(batch, device=x.device)
     # Buffers reused by every refresh: fresh allocations of this size cost page faults on each one.
     size = min(pool_size, atoms.shape[0])
-    scores = x.new_empty(batch, atoms.shape[0], dtype=selection.dtype)  # (B, N)
-    pool_atoms, pool_gram = x.new_empty(batch * size, dim), x.new_empty(batch, size, size)  # (B*M, D), (B, M, M)
-    gram_rows = x.new_empty(batch, k, size)  # (B, k, M): G[I, P], filled up to t
+    scores = _buffer(workspace, "scores", (batch, atoms.shape[0]), x, selection.dtype)  # (B, N)
+    pool_atoms = _buffer(workspace, "pool_atoms", (batch * size, dim), x)  # (B*M, D)
+    pool_gram = _buffer(workspace, "pool_gram", (batch, size, size), x)  # (B, M, M)
+    gram_rows = _buffer(workspace, "gram_rows", (batch, k, size), x)  # (B, k, M): G[I, P], filled up to t
     for start in range(0, k, refresh):
         if start:  # the atoms chosen since the last refresh, in one gather rather than one per step
             since = ids[:, start - refresh:start]  # (B, refresh)
