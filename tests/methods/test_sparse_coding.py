@@ -252,12 +252,21 @@ def test_empty_targets():
     assert result.indices.shape == result.coefficients.shape == (0, 4) and result.residual_norm.shape == (0,)
 
 
-def test_tiny_batches_equal_one_batch_and_report_progress(path):
+@pytest.mark.parametrize("gram", [True, False])
+def test_tiny_batches_equal_one_batch_and_report_progress(path, gram, monkeypatch):
+    """Without a Gram (the refreshed path), later batches reuse the first one's buffers: the last, smaller
+    batch reads views of them, and nothing of an earlier batch may leak into a later one's codes."""
+    if not gram:
+        monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
+    options = {} if gram else {"refresh": 2, "refresh_pool": 16}
     targets, dictionary = problem(seed=9, batch=23)
     calls: list[tuple[int, int]] = []
     small = omp_batches(targets, dictionary, 7, device="cpu", batch_size=4,
-                        progress=lambda done, total: calls.append((done, total)))
-    whole = omp_batches(targets, dictionary, 7, device="cpu", batch_size=23)
+                        progress=lambda done, total: calls.append((done, total)), **options)
+    whole = omp_batches(targets, dictionary, 7, device="cpu", batch_size=23, **options)
+    one_by_one = torch.cat([omp_batches(targets[i:i + 1], dictionary, 7, device="cpu", **options).indices
+                            for i in range(23)])
+    assert torch.equal(one_by_one, whole.indices)
     assert calls == [(4, 23), (8, 23), (12, 23), (16, 23), (20, 23), (23, 23)]
     assert torch.equal(small.indices, whole.indices)
     torch.testing.assert_close(small.coefficients, whole.coefficients, rtol=1e-5, atol=1e-6)
