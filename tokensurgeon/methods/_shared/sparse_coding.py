@@ -69,12 +69,9 @@ def gram_fits(n_atoms: int, device: torch.device) -> bool:
 
 
 def fast_selection_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the hardware multiplies it natively, else float32.
-
-    The refreshed path's full correlations only rank atoms into each target's pool, whose
-    correlations are then kept exact in float32, so bf16's ~3 significant digits change the pool only
-    at near ties; a bf16 GEMM is ~5x faster than float32 on CPUs with AVX512-BF16 or AMX.
-    """
+    """bfloat16 where the hardware multiplies it natively, else float32: the refreshed path's full correlations
+    only rank atoms into pools whose correlations stay float32, so bf16 changes a pool only at near ties, and
+    its GEMM is ~5x faster on CPUs with AVX512-BF16 or AMX."""
     if device.type == "cuda":
         return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
     cpu = torch.cpu
@@ -115,11 +112,9 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
       on P1's real embeddings its residual is within 3% of exact OMP's.
     * ``candidates`` None, no Gram fits, ``refresh`` 1: residual OMP, exact. Each step correlates the residual with
       every atom, one GEMM of N * D per target as in mergekit, with Cholesky updates instead of a refit.
-    * ``candidates=M`` < N: each target searches only its M atoms of largest |initial correlation|,
-      with exact Batch-OMP inside that pool (Gram rows gathered from the Gram, or computed per step
-      without one). Much cheaper per step, but approximate: it equals exact OMP only when the atoms
-      exact OMP picks are in the pool, and on real embeddings, whose shared mean direction dominates
-      the initial ranking, it leaves a far larger residual (bench/bench_omp_solver.py measures it).
+    * ``candidates=M`` < N: exact Batch-OMP inside each target's M atoms of largest |initial correlation|.
+      Cheaper per step but approximate: on real embeddings, whose shared mean direction dominates the
+      initial ranking, it leaves a far larger residual (bench/bench_omp_solver.py measures it).
 
     ``gram`` is the Gram of the selection atoms (unit rows when ``normalize_atoms``); pass it to reuse
     one Gram across batches. ``selection``: the selection atoms in a lower precision (``fast_selection_dtype``)
@@ -192,8 +187,7 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     cap = _BATCH_CAP_CUDA if run_on.type == "cuda" else _BATCH_CAP
     budget = min(_BATCH_SHARE * free_memory_bytes(run_on), cap)
     size = batch_size or max(1, int(budget) // (4 * floats))
-    # The results are allocated once, before the batches: per-batch pieces kept between the batches' large
-    # transient buffers fragmented the heap, and a 200k-target solve grew ~13 KB per target (3.9 GB peak).
+    # Results allocated once: per-batch pieces between large buffers fragmented the heap (3.9 GB at 216k targets).
     out = targets.device
     result = OMPResult(torch.empty(total, k, dtype=torch.long, device=out),
                        torch.empty(total, k, dtype=torch.float32, device=out),
@@ -228,11 +222,8 @@ def _check(targets: Tensor, dictionary: Tensor, k: int, candidates: int | None, 
 
 def _buffer(workspace: dict[str, Tensor] | None, name: str, shape: tuple[int, ...], like: Tensor,
             dtype: torch.dtype | None = None) -> Tensor:
-    """An uninitialised tensor of ``shape``, carved from ``workspace[name]`` (made or grown as needed) when given.
-
-    A solve of 200k targets runs ~700 batches; fresh buffers of tens of MB each batch cost page faults every
-    time (40% of the CPU time went to the kernel) and fragmented the heap.
-    """
+    """An uninitialised tensor of ``shape``, carved from ``workspace[name]`` (made or grown as needed) when given:
+    fresh buffers of tens of MB in each of a draft's ~700 batches cost page faults every time."""
     dtype = dtype or like.dtype
     if workspace is None:
         return like.new_empty(shape, dtype=dtype)
@@ -259,13 +250,10 @@ def _solve(chol: Tensor, rhs: Tensor) -> Tensor:
 
 
 def _min_norm_codes(x: Tensor, chosen: Tensor) -> Tensor:
-    """Least-squares codes (B, k) of x (B, D) over each row's chosen atoms (B, k, D), by a pseudo-inverse that
-    drops directions below _PINV_RTOL of the largest: for the rare rows whose Cholesky updates overflowed.
-
-    That happens when a target is (nearly) one atom and a (near) duplicate of it is in the dictionary, as a
-    donor planting collinear anchors makes (bench/bench_audit.py, duplicate): once the residual is ~0, later
-    steps pick nearly dependent atoms, each pivot at the jitter floor, and the coefficients grow past float32.
-    """
+    """Least-squares codes (B, k) of x (B, D) over each row's chosen atoms (B, k, D) by a pseudo-inverse (dropping
+    directions below _PINV_RTOL of the largest), for rows whose Cholesky updates overflowed: a target that is
+    (nearly) one atom with a near duplicate in the dictionary (bench/bench_audit.py, duplicate) leaves later pivots
+    at the jitter floor once its residual is ~0, and the coefficients grow past float32."""
     return (torch.linalg.pinv(chosen.transpose(1, 2), rtol=_PINV_RTOL) @ x.unsqueeze(-1)).squeeze(-1)
 
 
@@ -396,8 +384,7 @@ def _pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: i
         gram = torch.bmm(pooled, pooled.transpose(1, 2), out=pool_gram[:, :width, :width])  # (B, m, m)
         stop = min(k, start + refresh)
         chosen_rows = gram_rows[:, :stop, :width]
-        # Assigned, not bmm(out=...): torch's CPU bmm into a strided view takes a slow path (1-5 s against
-        # 0.06 s for 1024 targets over a 64-atom pool), which was most of a 200k-target solve.
+        # Assigned: torch's CPU bmm(out=strided view) takes a slow path (1-5 s, not 0.06 s, for 1024 targets).
         chosen_rows[:, :start] = torch.bmm(chosen_atoms[:, :start], pooled.transpose(1, 2))
         taken = torch.zeros(pool.shape, dtype=torch.bool, device=x.device)  # (B, m)
         for step in range(start, stop):
