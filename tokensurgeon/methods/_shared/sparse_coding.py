@@ -149,7 +149,8 @@ def batch_omp(targets: Tensor, dictionary: Tensor, k: int, *, normalize_atoms: b
     if broken.any():
         gamma[broken] = _min_norm_codes(x[broken], atoms[indices[broken]])
     coefficients = gamma / scale[indices]  # (B, k)
-    torch.index_select(dictionary, 0, indices.flatten(), out=chosen.view(-1, atoms.shape[1]))
+    if atoms is not dictionary:  # normalised atoms: the reconstruction uses the original rows
+        torch.index_select(dictionary, 0, indices.flatten(), out=chosen.view(-1, atoms.shape[1]))
     reconstruction = torch.einsum("bk,bkd->bd", coefficients, chosen)  # (B, D)
     return OMPResult(indices, coefficients, (x - reconstruction).norm(dim=1))
 
@@ -200,7 +201,6 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
         for into, field in zip((result.indices, result.coefficients, result.residual_norm),
                                (part.indices, part.coefficients, part.residual_norm)):
             into[start:start + size] = field
-        del part
         if progress is not None:
             progress(min(start + size, total), total)
     return result
