@@ -5,8 +5,8 @@ Pairs, built with transplant() into WORK/models when missing: P2 = SmolLM2-135M 
 (subword-mean); P1 = Gemma3-270M <- SmolLM2-135M (omp, k = --omp-k);
 draft = SmolLM2-135M made a draft for Gemma3-270M (--as-draft-for, subword-mean).
 
-Training text: the first 60 KB of enwiki_head plus four UDHR languages (spa, ukr, jpn, ben); the last 10% of
-each is the in-file held-out split the guard reads. Files never trained on at all (UNSEEN) give the
+Training text: the first --train-bytes (60 KB) of enwiki_head plus four UDHR languages (spa, ukr, jpn, ben); the
+last 10% of each is the in-file held-out split the guard reads. Files never trained on at all (UNSEEN) give the
 bits-per-byte ratios (patched / base with its own tokenizer) and their geometric mean. Per config: behaviour
 retention (greedy continuations of --prompts prompts, chat-formatted with each model's own template when base
 and patched both carry one, vs the base model's own: mean share of the base continuation's first 16 bytes
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import resource
 import subprocess
 import sys
@@ -36,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-CORPORA = Path(__file__).resolve().parents[1].parent / "shared" / "corpora"
+SHARED = Path(os.environ.get("TOKENSURGEON_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+CORPORA = SHARED / "corpora"
 MODELS = Path.home() / ".cache" / "tokensurgeon" / "models"
 SMOLLM2, GEMMA3 = MODELS / "smollm2-135m", MODELS / "gemma3-270m"
 TRAIN = ("enwiki_head.txt", "udhr/spa.txt", "udhr/ukr.txt", "udhr/jpn.txt", "udhr/ben.txt")
@@ -45,7 +47,6 @@ UNSEEN = ("lee_news.txt", "udhr/ita.txt", "udhr/pol.txt", "udhr/tur.txt", "udhr/
 PAIRS = {"p2": SMOLLM2, "p1": GEMMA3}  # patched model -> its base (the teacher)
 CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora"),
            "distill+embeddings": ("distill", "embeddings")}
-TRAIN_BYTES = 60_000  # of enwiki_head: the UDHR files are ~12-26 KB each
 PROMPT_BYTES, COMPARE_BYTES = 80, 16
 
 
@@ -57,35 +58,34 @@ def cut(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def training_files(work: Path) -> list[Path]:
-    """The training texts as files (heal reads files): enwiki cut to TRAIN_BYTES, the UDHR files whole."""
-    folder = work / "train"
+def training_files(work: Path, train_bytes: int) -> list[Path]:
+    """The training texts as files (heal reads files): enwiki cut to train_bytes, the UDHR files whole."""
+    folder = work / f"train-{train_bytes}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
     for name in TRAIN:
         path = folder / Path(name).name
         if not path.exists():
-            path.write_text(cut(read(name), TRAIN_BYTES) if name == "enwiki_head.txt" else read(name), encoding="utf-8")
+            path.write_text(cut(read(name), train_bytes) if name == "enwiki_head.txt" else read(name), encoding="utf-8")
         paths.append(path)
     return paths
 
 
-def build(work: Path, omp_k: int) -> dict[str, Path]:
-    """The patched models, made once with transplant() (the CLI's function)."""
+def build(work: Path, omp_k: int, device: str, names: list[str]) -> None:
+    """The patched models ``names`` (of p2, p1, draft), made once with transplant() (the CLI's function)."""
     from tokensurgeon.config import TransplantConfig
     from tokensurgeon.pipeline.transplant import transplant
 
     models = work / "models"
     specs = {
-        "p2": dict(base=SMOLLM2, donor=Path(__file__).resolve().parents[1].parent / "shared" / "tokenizers" / "llama3",
+        "p2": dict(base=SMOLLM2, donor=SHARED / "tokenizers" / "llama3",
                    method="subword-mean"),
         "p1": dict(base=GEMMA3, donor=SMOLLM2, method="omp", method_options={"k": omp_k}),
         "draft": dict(base=SMOLLM2, donor=GEMMA3, draft_for=GEMMA3, method="subword-mean"),
     }
-    for name, spec in specs.items():
+    for name in names:
         if not (models / name / "report.json").is_file():
-            transplant(TransplantConfig(out=models / name, device="cpu", **spec))
-    return {name: models / name for name in specs}
+            transplant(TransplantConfig(out=models / name, device=device, **specs[name]))
 
 
 def prompts(n: int) -> list[str]:
@@ -166,17 +166,18 @@ def child_model(args, pair: str, name: str) -> dict:
 
     from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.recovery.options import RecoveryOptions
-    from tokensurgeon.recovery.train import recover
+    from tokensurgeon.recovery.train import pick_device, recover
 
     patched = Path(args.work) / "models" / pair
     chat = all(AutoTokenizer.from_pretrained(path).chat_template for path in (PAIRS[pair], patched))
     if name in ("base", "untrained"):
-        model, tokenizer = load_for_eval(PAIRS[pair] if name == "base" else patched, device=torch.device("cpu"))
+        model, tokenizer = load_for_eval(PAIRS[pair] if name == "base" else patched, device=pick_device(args.device))
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
     objective, train = CONFIGS[name.partition("@")[0].removesuffix("+batch-rows")]  # "lm+lora@5min": --minutes
-    splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1) for p in training_files(Path(args.work))}
+    splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
+              for p in training_files(Path(args.work), args.train_bytes)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size, context=args.context,
@@ -184,7 +185,7 @@ def child_model(args, pair: str, name: str) -> dict:
                               batch_rows=args.batch_rows)
     clock = time.perf_counter()
     model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
-                            options, teacher=PAIRS[pair], device="cpu")  # unseen texts scored in behaviour()
+                            options, teacher=PAIRS[pair], device=args.device)  # unseen texts scored in behaviour()
     wall = time.perf_counter() - clock
     return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "wall_seconds": wall,
             "held_out": [asdict(row) for row in result.held_out], "history": [asdict(h) for h in result.history],
@@ -201,11 +202,11 @@ def child_draft(args, name: str) -> dict:
         from tokensurgeon.config import HealConfig
         from tokensurgeon.jobs.heal import heal
 
-        report = heal(HealConfig(patched=models / "draft", texts=tuple(training_files(work)),
+        report = heal(HealConfig(patched=models / "draft", texts=tuple(training_files(work, args.train_bytes)),
                                  out=models / "draft-healed", teacher=GEMMA3, objective="distill", train="lora",
                                  steps=args.steps, eval_every=args.eval_every, patience=args.steps,
                                  batch_size=args.batch_size, context=args.context,
-                                 eval_max_bytes=args.eval_max_bytes, device="cpu", force=True))
+                                 eval_max_bytes=args.eval_max_bytes, device=args.device, force=True))
         return {"config": name, "steps": report.steps_run, "best_step": report.best_step,
                 "seconds_per_step": report.seconds_per_step, "tokens_per_second": report.tokens_per_second,
                 "texts": [asdict(row) for row in report.texts]}
@@ -213,7 +214,7 @@ def child_draft(args, name: str) -> dict:
     from tokensurgeon.evaluation.speculative import speculative_benchmark
 
     drafts = [models / "draft", SMOLLM2] if name == "draft-before" else [models / "draft-healed"]
-    config = SpeculativeConfig(prompts=args.spec_prompts, max_new_tokens=args.spec_tokens, device="cpu")
+    config = SpeculativeConfig(prompts=args.spec_prompts, max_new_tokens=args.spec_tokens, device=args.device)
     report = speculative_benchmark(GEMMA3, drafts, {"lee_news": cut(read("lee_news.txt"), 200_000)[100_000:]},
                                    config)
     return {"config": name} | report.to_dict()
@@ -294,6 +295,9 @@ def main() -> None:
     parser.add_argument("--configs", default="", help="comma-separated subset of the trained configs (default all)")
     parser.add_argument("--batch-rows", action="store_true", help="heal --batch-rows: only rows in the batch move")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--train-bytes", type=int, default=60_000, help="bytes of enwiki_head to train on (the "
+                        "UDHR training files, ~12-26 KB each, are used whole)")
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA under bf16 autocast when present)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # child process: one measurement
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -306,14 +310,15 @@ def main() -> None:
         (work / "results" / f"{args.one}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
         return
     clock = time.perf_counter()
-    build(work, args.omp_k)
+    pairs = list(filter(None, args.pairs.split(",")))
+    build(work, args.omp_k, args.device, pairs + ["draft"] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
           f"{args.batch_size} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
           f"{args.eval_every}; unseen "
           f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
           f"P1 omp k={args.omp_k}", flush=True)
-    for pair in filter(None, args.pairs.split(",")):
+    for pair in pairs:
         budget = ("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}

@@ -83,11 +83,12 @@ def measured(run: Run, command: list[str], env: dict | None = None, cap_s: float
     return run
 
 
-def ours(name: str, out: Path, args: list[str], tree: Path | None = None) -> tuple[Run, list[str], dict]:
+def ours(name: str, out: Path, args: list[str], device: str,
+         tree: Path | None = None) -> tuple[Run, list[str], dict]:
     """A tokensurgeon run, from this checkout or from ``tree`` (an older checkout, put first on PYTHONPATH)."""
     env = dict(os.environ) | ({"PYTHONPATH": str(tree)} if tree else {})
     return Run(name, out), [sys.executable, "-m", "tokensurgeon", "transplant", *args, "-o", str(out),
-                            "--force", "--device", "cpu"], env
+                            "--force", "--device", device], env
 
 
 def print_runs(title: str, runs: list[Run]) -> None:
@@ -104,23 +105,24 @@ def print_runs(title: str, runs: list[Run]) -> None:
 
 def p1(args: argparse.Namespace, base: Path, donor: Path) -> None:
     runs = [measured(*ours("tokensurgeon", args.out / "p1-ours", [str(base), str(donor), "--method", "omp",
-                                                                   "--option", f"k={args.k}"]))]
+                                                                   "--option", f"k={args.k}"], args.device))]
     if args.reference_tree:
         runs.append(measured(*ours("tokensurgeon@reference", args.out / "p1-reference",
                                    [str(base), str(donor), "--method", "omp", "--option", f"k={args.k}"],
-                                   tree=args.reference_tree)))
+                                   args.device, tree=args.reference_tree)))
     if not args.skip_mergekit:
         run = Run("mergekit", args.out / "p1-mergekit")
         runs.append(measured(run, [str(ensure_mergekit()), str(base), str(donor), str(run.out), "-a", "omp",
                                    "-k", str(args.k), "--device", "cpu"], cap_s=args.mergekit_cap_minutes * 60))
-    print_runs(f"P1: base {base.name} <- donor {donor.name} (model), OMP k={args.k}, {os.cpu_count()} CPUs", runs)
+    print_runs(f"P1: base {base.name} <- donor {donor.name} (model), OMP k={args.k}, {os.cpu_count()} CPUs, "
+               f"tokensurgeon on {args.device}", runs)
 
     from tokensurgeon.evaluation.bpb import evaluate_models, truncate_utf8
 
     done = [run for run in runs if run.wall is not None]
     texts = {name: truncate_utf8((SHARED / "corpora" / name).read_text(encoding="utf-8"), args.max_bytes)
              for name in TEXTS}
-    scores = evaluate_models([base] + [run.out for run in done], texts, device="auto")
+    scores = evaluate_models([base] + [run.out for run in done], texts, device=args.device)
     print(f"\nheld-out bits per byte, first {args.max_bytes} bytes of each text (ratio = output / base)")
     print(f"{'text':<18}{'base':>8}" + "".join(f"{run.tool[:22]:>24}" for run in done)
           + ("   ours - reference" if args.reference_tree else ""))
@@ -134,15 +136,16 @@ def p1(args: argparse.Namespace, base: Path, donor: Path) -> None:
 
 
 def draft(args: argparse.Namespace, base: Path, target: Path) -> None:
-    runs = [measured(*ours("tokensurgeon", args.out / "draft-ours",
-                           [str(base), "--as-draft-for", str(target), "--method", "omp", "--option", f"k={args.k}"]))]
+    runs = [measured(*ours("tokensurgeon", args.out / "draft-ours", [str(base), "--as-draft-for", str(target),
+                                                                    "--method", "omp", "--option", f"k={args.k}"],
+                           args.device))]
     if not args.skip_mergekit:
         run = Run("mergekit", args.out / "draft-mergekit")
         runs.append(measured(run, [str(ensure_mergekit()), str(base), str(target), str(run.out), "-a", "omp",
                                    "-k", str(args.k), "--device", "cpu"], cap_s=args.mergekit_cap_minutes * 60))
     report = json.loads((runs[0].out / "report.json").read_text())
-    print_runs(f"draft: {base.name} as a draft for {target.name}, OMP k={args.k}, "
-               f"{report['counts']['computed']} new tokens, {os.cpu_count()} CPUs", runs)
+    print_runs(f"draft: {base.name} as a draft for {target.name}, OMP k={args.k}, {report['counts']['computed']} "
+               f"new tokens, {os.cpu_count()} CPUs, tokensurgeon on {args.device}", runs)
 
 
 def main() -> None:
@@ -154,6 +157,8 @@ def main() -> None:
     parser.add_argument("--reference-tree", type=Path, help="an older tokensurgeon checkout to compare P1 with")
     parser.add_argument("--skip-mergekit", action="store_true")
     parser.add_argument("--mergekit-cap-minutes", type=float, default=60)
+    parser.add_argument("--device", default="cpu", help="tokensurgeon's --device (mergekit always runs on cpu): "
+                        "cpu, cuda or auto")
     args = parser.parse_args()
 
     from tokensurgeon.zoo import ensure_model

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 
 import pytest
@@ -153,6 +154,25 @@ def test_lora_output_is_a_plain_merged_checkpoint(patched, text, unseen, tmp_pat
     adapter = load_file(out / "adapter" / "adapter_model.safetensors")
     assert any("lora_A" in name for name in adapter) and any("embed_tokens" in name for name in adapter)
     assert "Recovery training" in (out / "README.md").read_text()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_distill_with_lora_on_cuda_writes_a_checkpoint_that_loads_on_cpu(patched, text, tmp_path):
+    """The GPU path: bf16 autocast, the teacher pass through the shared body, adapters merged from CUDA tensors
+    into a checkpoint in the stored dtype that loads on the CPU with finite logits."""
+    from transformers import AutoModelForCausalLM
+
+    source, out = open_checkpoint(patched["untied"]), tmp_path / "out"
+    report = heal(HealConfig(patched=source.path, texts=(text,), out=out, objective="distill", train="lora",
+                             lr=1e-2, lora_lr=1e-2, device="cuda", **QUICK))
+    assert report.device.startswith("cuda") and report.steps_run >= 1
+    assert all(h.loss is None or math.isfinite(h.loss) for h in report.history)
+    before, after = weights(source.path), weights(out)
+    assert all(after[name].dtype == before[name].dtype and after[name].device.type == "cpu" for name in before)
+    model = AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        logits = model(torch.tensor([[1, 2, 3, 4]])).logits
+    assert torch.isfinite(logits).all()
 
 
 def test_distill_from_the_recorded_base(patched, text, tmp_path):

