@@ -36,8 +36,20 @@ step() {  # step LIMIT_SECONDS COMMAND...: run, logged, killed at the limit
 }
 left() { echo $((BUDGET - SECONDS)); }
 
+# The device tool clears ignored paths it was not asked to carry, so with STASH set (outside the checkout) each
+# call's piece moves there and all the work happens there.
+if [ -n "${STASH:-}" ]; then
+  mkdir -p "$STASH"
+  for piece in a b g1 g2 g3 g4; do
+    if [ -d ".dev/$piece" ] && [ "$PWD/.dev" != "$STASH" ]; then rm -rf "${STASH:?}/$piece"; mv ".dev/$piece" "$STASH/"; fi
+  done
+  DEV=$STASH
+  mkdir -p "$OUT" "$DEV/whl" "$DEV/work"
+  export PYTHONPATH=$PWD:$DEV/site TOKENSURGEON_SHARED=$DEV/shared PIP_FIND_LINKS=$DEV/whl
+fi
+
 unpack() {
-  if [ ! -d "$DEV/shared" ] && [ -f "$DEV/a/shared.tar.xz" ]; then
+  if [ ! -f "$DEV/shared/corpora/lee_news.txt" ] && [ -f "$DEV/a/shared.tar.xz" ]; then
     mkdir -p "$DEV/shared" && $PY -c "import sys, tarfile; tarfile.open(sys.argv[1]).extractall(sys.argv[2])" \
       "$DEV/a/shared.tar.xz" "$DEV/shared"
   fi
@@ -48,7 +60,7 @@ unpack() {
   for wheel in "$DEV"/a/gemma*.whl "$DEV"/g*/gemma*.whl; do
     [ -f "$wheel" ] && ln -sf "$wheel" "$DEV/whl/"
   done
-  if [ ! -d "$DEV/site" ] && compgen -G "$DEV/b/py/*.whl" >/dev/null; then
+  if [ ! -d "$DEV/site/transformers" ] && compgen -G "$DEV/b/py/*.whl" >/dev/null; then
     $PY -m pip install -q --no-index --no-deps --no-compile --target "$DEV/site" "$DEV"/b/py/*.whl
   fi
 }
@@ -71,13 +83,15 @@ case "$STAGE" in
   unpack) ;;
   env) env_report ;;
   p2-background)
-    rm -f "$DEV/p2.done"
-    setsid nohup bash -c "OUT=$DEV/p2-out bash bench/gpu_session.sh p2 $BUDGET; touch $DEV/p2.done" \
-      >"$DEV/p2-background.log" 2>&1 < /dev/null &
-    sleep 20
+    # From a copy of the checkout: the next calls replace this one's files.
+    rm -rf "$DEV/p2.done" "$DEV/repo" && mkdir -p "$DEV/repo"
+    tar --exclude=./.dev --exclude=./.git -cf - . | tar -xf - -C "$DEV/repo"
+    (cd "$DEV/repo" && setsid nohup bash -c "OUT=$DEV/p2-out STASH=$DEV bash bench/gpu_session.sh p2 $BUDGET; \
+      touch $DEV/p2.done" >"$DEV/p2-background.log" 2>&1 < /dev/null &)
+    sleep 25
     tail -n 5 "$DEV/p2-background.log"
     ;;
-  tail) tail -n "${LINES:-8}" "$DEV/p2-background.log"; ls "$DEV"/g* "$DEV/whl" ;;
+  tail) tail -n "${LINES:-8}" "$DEV/p2-background.log"; ls "$DEV"/g*/ "$DEV/whl" ;;
   p2)
     env_report
     step 150 $PY -m tokensurgeon.zoo smollm2-135m
