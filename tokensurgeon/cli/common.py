@@ -133,6 +133,15 @@ def spread_values(args: list[str]) -> list[str]:
 
 
 _PLACEHOLDERS = {"Path": "PATH", "int": "INTEGER", "float": "FLOAT", "str": "TEXT"}
+_CLICK_TYPES = {"path": "Path", "integer": "int", "float": "float", "text": "str"}
+
+
+def _element_type(param: Any) -> str:
+    """A parameter's element type by Python name: typer's own description where it has one (bare_type, typer
+    0.2x's rewrite), else click's type name (older typer keeps click's params; the GPU machine's does)."""
+    if hasattr(param, "bare_type"):
+        return param.bare_type().removeprefix("list[").removesuffix("]")
+    return _CLICK_TYPES.get(getattr(getattr(param, "type", None), "name", ""), "")
 
 
 def plain_metavars(params: list[Any]) -> None:
@@ -141,7 +150,7 @@ def plain_metavars(params: list[Any]) -> None:
     for param in params:
         if param.metavar is not None:
             continue
-        placeholder = _PLACEHOLDERS.get(param.bare_type().removeprefix("list[").removesuffix("]"), "VALUE")
+        placeholder = _PLACEHOLDERS.get(_element_type(param), "VALUE")
         if param.param_type_name == "argument":
             param.metavar = param.name.upper()
             # typer's type column ignores an argument's metavar; this instance shows the placeholder instead

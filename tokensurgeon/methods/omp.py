@@ -88,8 +88,9 @@ class OMPMethod(InitMethod):
         """Apply the codes to the anchors' base rows; rows on a subword-mean path get their pieces' mean."""
         rows = torch.empty(len(paths), base_matrix.shape[1], device=base_matrix.device)
         if solve:
-            sources = torch.tensor(anchor_base, dtype=torch.long)[codes.indices]  # (S, k) base ids
-            at = torch.tensor(solve, dtype=torch.long)
+            # (S, k) base ids; the codes come back on the device they were solved on (CUDA when present)
+            sources = torch.tensor(anchor_base, dtype=torch.long, device=codes.indices.device)[codes.indices]
+            at = torch.tensor(solve, dtype=torch.long, device=rows.device)
             for start in range(0, len(solve), _REPLAY_BLOCK):  # blocks: no second (S, d) copy for 200k rows
                 part = slice(start, start + _REPLAY_BLOCK)
                 rows[at[part]] = weighted_rows(base_matrix, sources[part], codes.coefficients[part])

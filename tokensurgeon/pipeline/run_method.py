@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 from ..config import TransplantConfig
@@ -42,6 +43,8 @@ def run_method(config: TransplantConfig, session: Session, progress: Progress | 
     # only ever read through the donor tokenizer (auxiliary spaces), so that one stays when a corpus is given
     pair.release_tokenizers(keep=("donor",) if config.corpus and not reads_donor else ())
     result = method.initialise(ctx)
+    if result.embed.device.type != "cpu":  # the audit and the writer work on the CPU, whatever the method ran on
+        result = replace(result, embed=result.embed.cpu(), head=None if result.head is None else result.head.cpu())
     for matrix in (base_embed, base_head) + (session.donor_matrices_read or ()):
         release_pages(matrix)
     trim_heap()  # the method's freed working memory, else writing the output starts from the method's peak

@@ -122,7 +122,7 @@ def same_body(student: Any, teacher: Checkpoint) -> bool:
     probes = [names[int(i * (len(names) - 1) / max(_BODY_PROBES - 1, 1))] for i in range(_BODY_PROBES)]
     for name in probes:
         stored = read_tensor(teacher.tensors[name])
-        if state[name].shape != stored.shape or not torch.equal(state[name].to(stored.dtype), stored):
+        if state[name].shape != stored.shape or not torch.equal(state[name].to("cpu", stored.dtype), stored):
             return False
     return True
 
