@@ -28,6 +28,7 @@ import argparse
 import json
 import math
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -175,14 +176,14 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[name.partition("@")[0].removesuffix("+batch-rows")]  # "lm+lora@5min": --minutes
+    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+guard-", name)[0]]  # lm+lora@5min+batch-rows+guard-arithmetic
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
-                              batch_rows=args.batch_rows)
+                              batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
     clock = time.perf_counter()
     model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
                             options, teacher=PAIRS[pair], device=args.device)  # unseen texts scored in behaviour()
@@ -294,6 +295,7 @@ def main() -> None:
                              "guard evaluates every --eval-every steps, so keep that small) instead of --steps")
     parser.add_argument("--configs", default="", help="comma-separated subset of the trained configs (default all)")
     parser.add_argument("--batch-rows", action="store_true", help="heal --batch-rows: only rows in the batch move")
+    parser.add_argument("--guard-task", default="", help="comma-separated heal --guard-task values (e.g. arithmetic)")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--train-bytes", type=int, default=60_000, help="bytes of enwiki_head to train on (the "
                         "UDHR training files, ~12-26 KB each, are used whole)")
@@ -319,7 +321,8 @@ def main() -> None:
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
           f"P1 omp k={args.omp_k}", flush=True)
     for pair in pairs:
-        budget = ("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
+        budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
+                  + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
         rows |= {name + budget: run_child(args, f"{pair}:{name}{budget}") for name in configs}

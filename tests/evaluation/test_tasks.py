@@ -181,3 +181,15 @@ def test_evaluate_task_from_the_command_line(tiny_models, tmp_path):
     assert "task: arithmetic" in result.output and "mul" in result.output
     result = CliRunner().invoke(app, ["evaluate", str(tiny_models["tied"])])
     assert result.exit_code == 2 and "--task" in result.output
+
+
+def test_arithmetic_guard_variant_draws_other_fewer_short_problems():
+    """heal's guard must not tune on what `evaluate --task arithmetic` scores, and runs at every evaluation."""
+    task = arith.Arithmetic()
+    guard = task.guard_variant()
+    assert guard.seed != task.seed and guard.per_group <= 5 and max(guard.digits) <= 3 and guard.ops == task.ops
+    scored = {p.question for _, tests in arith.generate_problems(task.seed, task.per_group, task.shots, task.ops,
+                                                                 (1, 2, 3)) for p in tests}
+    guarded = {p.question for _, tests in arith.generate_problems(guard.seed, guard.per_group, guard.shots, guard.ops,
+                                                                  guard.digits) for p in tests}
+    assert len(guarded) == 3 * 3 * guard.per_group and len(guarded & scored) < len(guarded) / 3

@@ -217,6 +217,7 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--objective", "some"], "--objective"),
     (["--text", "TEXT", "--train", "rows", "--save-adapter"], "--save-adapter"),
     (["--text", "TEXT", "--teacher", "/nonexistent"], "--teacher"),
+    (["--text", "TEXT", "--guard-task", "spelling"], "--guard-task spelling: not a task"),
 ])
 def test_user_errors_are_one_line_exit_2(patched, text, args, message):
     args = [str(text) if arg == "TEXT" else arg for arg in args]

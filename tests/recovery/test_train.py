@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from dataclasses import replace
 
 import pytest
 import torch
@@ -13,6 +14,8 @@ from transformers import AutoModelForCausalLM
 from conftest import CORPORA, SMOLLM2_TOKENIZER, build_tiny_model
 from tokensurgeon.checkpoint import open_checkpoint
 from tokensurgeon.evaluation import load_for_eval
+from tokensurgeon.evaluation.tasks import TASKS, Task
+from tokensurgeon.evaluation.tasks.base import TaskResult
 from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
 from tokensurgeon.recovery.options import RecoveryOptions
@@ -151,3 +154,31 @@ def test_fit_applies_batch_rows_every_step(tiny, monkeypatch, tmp_path):
     recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
             _options(objective="lm", train="embeddings", batch_rows=True), device="cpu")
     assert len(calls) == 2 and all(n == 1 and ids > 0 for n, ids in calls)  # 2 steps; one tied matrix
+
+
+class _Scripted(Task):
+    """A guard task whose accuracy at successive runs is given (run 1 is the input's, before training)."""
+    metrics = ("accuracy",)
+
+    def __init__(self, accuracies):
+        self.accuracies = iter(accuracies)
+
+    def run(self, model, tokenizer, *, label="", progress=None):
+        return TaskResult(self.name, label, self.metrics, [], {"accuracy": next(self.accuracies)})
+
+
+@pytest.mark.parametrize("accuracies, kept", [((0.5, 0.25, 0.25), False), ((0.5, 0.5, 0.75), True)])
+def test_guard_task_keeps_no_state_that_loses_the_skill(tiny, tmp_path, monkeypatch, accuracies, kept):
+    """Bits per byte improves at both evaluations (checked without a guard); a state that scores lower on a guard
+    task than the input is still not kept, and the result records the task before and after."""
+    options = _options(objective="lm", train="embeddings", lr=1e-2)
+    _, plain = recover(shutil.copytree(tiny, tmp_path / "plain"), {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
+                       options, device="cpu")
+    assert plain.improved and plain.best_step == 2
+    monkeypatch.setitem(TASKS, "scripted", lambda: _Scripted(accuracies))
+    _Scripted.name = "scripted"
+    _, result = recover(shutil.copytree(tiny, tmp_path / "guarded"), {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
+                        replace(options, guard_tasks=("scripted",)), device="cpu")
+    assert result.improved == kept and result.tasks_before == {"scripted": 0.5}
+    assert result.tasks_after == {"scripted": 0.75 if kept else 0.5}
+    assert [point.tasks for point in result.history] == [{"scripted": a} for a in accuracies]

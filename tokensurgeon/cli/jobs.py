@@ -77,6 +77,9 @@ def heal(
     eval_text: Optional[List[Path]] = typer.Option(None, "--eval-text",
                                                    help=f"Unseen held-out text, never trained on, scored before "
                                                         f"and after: {FILES}."),
+    guard_task: Optional[List[str]] = typer.Option(None, "--guard-task",
+                                                   help="A task (arithmetic, or a multiple-choice .jsonl) no kept "
+                                                        "state may score lower on than PATCHED (repeatable)."),
     steps: int = typer.Option(HealConfig.steps, help="Training steps at most."),
     max_minutes: Optional[float] = typer.Option(HealConfig.max_minutes, help="Training time budget in minutes."),
     lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate of the embeddings."),
@@ -117,7 +120,8 @@ def heal(
 
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
                             temperature=temperature, train=train, rows=rows, teacher=teacher,
-                            eval_texts=text_paths(eval_text), steps=steps, lr=lr, lora_lr=lora_lr,
+                            eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task or ()), steps=steps,
+                            lr=lr, lora_lr=lora_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_rows=batch_rows, batch_size=batch_size,
                             context=context,
                             held_out=held_out, eval_every=eval_every, patience=patience,

@@ -41,6 +41,8 @@ class HealConfig:
         eval_every: steps between held-out evaluations; the best one is kept.
         patience: stop after this many evaluations in a row without a better held-out score.
         eval_max_bytes: score at most this many bytes of each held-out part (quick, bounded evaluations).
+        guard_tasks: evaluation tasks (names or multiple-choice .jsonl files) the kept state must score no lower on
+            than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant).
         compare_base: also score the transplant's base model on the held-out text (for ratios).
     """
 
@@ -54,6 +56,7 @@ class HealConfig:
     rows: str | None = None
     teacher: Path | None = None
     eval_texts: tuple[Path, ...] = ()
+    guard_tasks: tuple[str, ...] = ()
     steps: int = 100
     lr: float = 1e-3
     lora_lr: float = 5e-4

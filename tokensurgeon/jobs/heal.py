@@ -38,6 +38,7 @@ from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
 from ..evaluation.rows import HealRow, text_labels
+from ..recovery.guard import guard_tasks
 from ..recovery.options import RecoveryOptions
 from ..recovery.train import EvalPoint, TextChange, base_of, recover
 from ..runtime.outdir import atomic_directory, check_output_path
@@ -69,6 +70,8 @@ class HealReport:
     texts: list[HealRow] = field(default_factory=list)
     unseen: list[HealRow] = field(default_factory=list)
     history: list[EvalPoint] = field(default_factory=list)
+    tasks_before: dict[str, float] = field(default_factory=dict)  # --guard-task scores: input and kept state
+    tasks_after: dict[str, float] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +91,7 @@ def recovery_options(config: HealConfig) -> RecoveryOptions:
         steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
         anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
         context=config.context, eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
-        eval_context=EvalConfig.context, max_minutes=config.max_minutes,
+        eval_context=EvalConfig.context, max_minutes=config.max_minutes, guard_tasks=config.guard_tasks,
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed)
 
 
@@ -120,7 +123,10 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     """
     clock = Stopwatch()
     teacher = resolve_teacher(config)
-    inputs = [config.patched, *config.texts, *config.eval_texts] + ([teacher] if teacher is not None else [])
+    guard_tasks(config.guard_tasks)  # an unknown task fails now, not after the models are loaded
+    task_files = [Path(spec) for spec in config.guard_tasks if Path(spec).is_file()]
+    inputs = [config.patched, *config.texts, *config.eval_texts, *task_files]
+    inputs += [teacher] if teacher is not None else []
     check_output_path(config.out, inputs, force=config.force)
     checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
     if config.objective == "distill" and teacher is None:
@@ -165,14 +171,16 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
                      "batch_size": config.batch_size,
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
                      "patience": config.patience, "eval_max_bytes": config.eval_max_bytes,
-                     "max_minutes": config.max_minutes, "seed": config.seed},
+                     "max_minutes": config.max_minutes, "guard_tasks": list(config.guard_tasks),
+                     "seed": config.seed},
             device=result.device, adapter=str(config.out / ADAPTER_DIR) if adapter is not None else None,
             texts=[_text_row(row, held_out, config, base_held[i] if base_held else None,
                              train_bytes=len(splits[row.text][0].encode("utf-8")))
                    for i, row in enumerate(result.held_out)],
             unseen=[_text_row(row, unseen, config, base_unseen[i] if base_unseen else None)
                     for i, row in enumerate(result.unseen)],
-            history=result.history, timings=clock.timings)
+            history=result.history, tasks_before=result.tasks_before, tasks_after=result.tasks_after,
+            timings=clock.timings)
         (staging / "heal.json").write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False) + "\n")
         _write_card(config, report, staging)
     return report
@@ -199,6 +207,10 @@ def card_lines(report: HealReport) -> list[str]:
              f"{objective.get(report.objective, report.objective)} for {report.steps_run} steps "
              f"({report.tokens_per_second:,.0f} tokens/s); the best held-out state (step {report.best_step}) is kept"
              + ("." if report.improved else ", which is the unhealed one: no step improved it.")]
+    if report.tasks_before:
+        lines += ["", "Guard tasks (a kept state scores no lower than the input; other items than `evaluate --task`): "
+                  + ", ".join(f"{name} {report.tasks_before[name]:.3f} -> {report.tasks_after[name]:.3f}"
+                              for name in report.tasks_before)]
     for title, rows in (("Bits per byte on the held-out end of each training text:", report.texts),
                         ("Bits per byte on files never trained on:", report.unseen)):
         if not rows:

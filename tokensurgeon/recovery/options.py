@@ -40,6 +40,7 @@ class RecoveryOptions:
     eval_every: int = HealConfig.eval_every
     patience: int = HealConfig.patience
     eval_max_bytes: int | None = HealConfig.eval_max_bytes
+    guard_tasks: tuple[str, ...] = HealConfig.guard_tasks
     eval_context: int = 512
     max_minutes: float | None = HealConfig.max_minutes
     gradient_checkpointing: bool = HealConfig.gradient_checkpointing

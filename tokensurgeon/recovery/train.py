@@ -27,6 +27,7 @@ from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
+from tokensurgeon.recovery.guard import better, guard_tasks, keeps_skills, score_texts, task_scores
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
 from tokensurgeon.recovery.trainable import (embedding_params, free_rows, keep_rows, prepare, read_provenance,
@@ -47,10 +48,12 @@ class TextChange:
 
 @dataclass(frozen=True)
 class EvalPoint:
-    """A held-out evaluation: the step, the mean loss since the last (None at step 0), each text's bits per byte."""
+    """A held-out evaluation: the step, the mean loss since the last (None at step 0), each text's bits per byte,
+    and the guard tasks' scores where they ran (at step 0, and where bits per byte alone would keep the state)."""
     step: int
     loss: float | None
     held_out_bpb: list[float]
+    tasks: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -72,6 +75,8 @@ class RecoveryResult:
     seconds_per_step: float
     stopped_by: str
     device: str
+    tasks_before: dict[str, float] = field(default_factory=dict)  # guard tasks (guard.py), input and kept state
+    tasks_after: dict[str, float] = field(default_factory=dict)
     replacements: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,23 +148,6 @@ class Objective:
         return loss, tokens, batch.input_ids[batch.attention_mask.bool()].unique()
 
 
-def score_texts(model: Any, tokenizer: Any, texts: dict[str, str], options: RecoveryOptions) -> list[float]:
-    """Bits per byte of each text by evaluate's rules (BOS context, strided windows); a PEFT model scores as is."""
-    from tokensurgeon.evaluation import score_text
-
-    model.eval()
-    scores = [score_text(model, tokenizer, text, label=label, context=options.eval_context,
-                         batch_size=options.batch_size, max_bytes=options.eval_max_bytes).bits_per_byte
-              for label, text in texts.items()]
-    model.train()
-    return scores
-
-
-def _better(scores: list[float], best: list[float], before: list[float]) -> bool:
-    """Lower mean bits per byte than the best so far, and no text worse than before training."""
-    return sum(scores) < sum(best) and all(s <= b for s, b in zip(scores, before))
-
-
 def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[str, str],
         options: RecoveryOptions, *, teacher: Teacher | None = None, free: list[int] | None = None,
         unseen: dict[str, str] | None = None, device: torch.device | None = None,
@@ -190,11 +178,12 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     def snapshot() -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
 
-    unseen = unseen or {}
+    unseen, guards = unseen or {}, guard_tasks(options.guard_tasks)
     before = best = score_texts(model, tokenizer, held_out, options)
     unseen_before = score_texts(model, tokenizer, unseen, options)
+    tasks_before = tasks_best = task_scores(model, tokenizer, guards)
     best_state, best_step, stale, step, losses, tokens, train_seconds = snapshot(), 0, 0, 0, [], 0, 0.0
-    history = [EvalPoint(step=0, loss=None, held_out_bpb=before)]
+    history = [EvalPoint(step=0, loss=None, held_out_bpb=before, tasks=tasks_before)]
     deadline = None if options.max_minutes is None else time.monotonic() + 60 * options.max_minutes
     stopped_by = "steps"
     model.train()
@@ -225,10 +214,11 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         if step % options.eval_every and step != options.steps:
             continue
         scores = score_texts(model, tokenizer, held_out, options)
-        history.append(EvalPoint(step=step, loss=sum(losses) / len(losses), held_out_bpb=scores))
+        tasks = task_scores(model, tokenizer, guards) if better(scores, best, before) else {}
+        history.append(EvalPoint(step=step, loss=sum(losses) / len(losses), held_out_bpb=scores, tasks=tasks))
         losses = []
-        if _better(scores, best, before):
-            best, best_state, best_step, stale = scores, snapshot(), step, 0
+        if better(scores, best, before) and keeps_skills(tasks, tasks_before):
+            best, best_state, best_step, stale, tasks_best = scores, snapshot(), step, 0, tasks
         else:
             stale += 1
     with torch.no_grad():  # the best state, or the input's values when nothing beat them
@@ -239,7 +229,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         improved=best_step > 0, best_step=best_step, steps_run=step,
         trainable=trainable_counts(trainable, options, free),
         held_out=_rows(held_out, before, best), unseen=_rows(unseen, unseen_before, unseen_after),
-        history=history, tokens_per_second=tokens / train_seconds if train_seconds else 0.0,
+        history=history, tasks_before=tasks_before, tasks_after=tasks_best, tokens_per_second=tokens / train_seconds if train_seconds else 0.0,
         seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device))
     return model, result
 

@@ -18,15 +18,16 @@ from .multiple_choice import MultipleChoice
 __all__ = ["TASKS", "Task", "TaskResult", "register", "get_task", "run_task", "markdown_table", "table_rows"]
 
 
-def get_task(spec: str | Path, **options: Any) -> Task:
-    """A registered task by name, or the multiple-choice task over a .jsonl/.json file."""
+def get_task(spec: str | Path, *, flag: str = "--task", **options: Any) -> Task:
+    """A registered task by name, or the multiple-choice task over a .jsonl/.json file; ``flag`` names the option
+    in the error (heal's --guard-task)."""
     name = str(spec)
     if name in TASKS:
         return TASKS[name](**options)
     path = Path(spec)
     if path.suffix in (".jsonl", ".json") or path.is_file():
         return MultipleChoice(path, **options)
-    raise TokenSurgeonError(f"--task {name}: not a task ({', '.join(sorted(TASKS))}) nor a .jsonl file of "
+    raise TokenSurgeonError(f"{flag} {name}: not a task ({', '.join(sorted(TASKS))}) nor a .jsonl file of "
                             "multiple-choice items")
 
 

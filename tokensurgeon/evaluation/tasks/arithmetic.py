@@ -31,6 +31,9 @@ from .base import Progress, Task, TaskResult, context_prefix, encode, register
 OPERATIONS: dict[str, tuple[str, Callable[[int, int], int]]] = {
     "add": ("+", operator.add), "sub": ("-", operator.sub), "mul": ("*", operator.mul)}
 DIGITS = (1, 2, 3, 4, 5, 6)
+GUARD_SEED_OFFSET = 1000  # heal's guard draws other problems than evaluate --task arithmetic (seed 0) scores
+GUARD_PER_GROUP = 5  # 45 problems over the three ops and 1-3 digits: ~7 s per evaluation on two CPU cores
+GUARD_MAX_DIGITS = 3  # small models get longer operands (nearly) never right: they would add time, not signal
 _ANSWER = re.compile(r"\s*(-?\d+)")
 
 
@@ -142,6 +145,11 @@ class Arithmetic(Task):
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "seed": self.seed, "per_group": self.per_group, "shots": self.shots,
                 "ops": list(self.ops), "digits": list(self.digits)}
+
+    def guard_variant(self) -> "Arithmetic":
+        digits = tuple(d for d in self.digits if d <= GUARD_MAX_DIGITS) or self.digits[:1]
+        return Arithmetic(seed=self.seed + GUARD_SEED_OFFSET, per_group=min(self.per_group, GUARD_PER_GROUP),
+                          shots=self.shots, ops=self.ops, digits=digits, batch_size=self.batch_size)
 
     def run(self, model: Any, tokenizer: Any, *, label: str = "", progress: Progress | None = None) -> TaskResult:
         groups = generate_problems(self.seed, self.per_group, self.shots, self.ops, self.digits)

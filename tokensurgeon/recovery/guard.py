@@ -1,0 +1,52 @@
+"""The guard: which training state recovery keeps, so heal never returns a worse model than its input.
+
+A state is kept when its held-out bits per byte beat the best state's on the mean and lose on no text against
+the input; with guard tasks (``heal --guard-task``), also when it scores no lower on any of them than the input
+did. Bits per byte only sees the training text's kind: on P2, 40 steps of distillation lowered held-out bits per
+byte while arithmetic fell from 6 to 0 of 45 problems (docs/heal.md), a skill the text never shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tokensurgeon.evaluation.tasks import Task, get_task
+from tokensurgeon.recovery.options import RecoveryOptions
+
+
+def score_texts(model: Any, tokenizer: Any, texts: dict[str, str], options: RecoveryOptions) -> list[float]:
+    """Bits per byte of each text by evaluate's rules (BOS context, strided windows); a PEFT model scores as is."""
+    from tokensurgeon.evaluation import score_text
+
+    model.eval()
+    scores = [score_text(model, tokenizer, text, label=label, context=options.eval_context,
+                         batch_size=options.batch_size, max_bytes=options.eval_max_bytes).bits_per_byte
+              for label, text in texts.items()]
+    model.train()
+    return scores
+
+
+def better(scores: list[float], best: list[float], before: list[float]) -> bool:
+    """Lower mean bits per byte than the best so far, and no text worse than before training."""
+    return sum(scores) < sum(best) and all(s <= b for s, b in zip(scores, before))
+
+
+def guard_tasks(specs: tuple[str, ...]) -> list[Task]:
+    """The tasks a kept state must not lose on, as the guard runs them (Task.guard_variant: other items than
+    ``evaluate --task`` scores, so guarding is not tuning on them)."""
+    return [get_task(spec, flag="--guard-task").guard_variant() for spec in specs]
+
+
+def task_scores(model: Any, tokenizer: Any, tasks: list[Task]) -> dict[str, float]:
+    """Each task's first metric (accuracy for arithmetic and multiple choice), keyed by task name."""
+    if not tasks:
+        return {}
+    model.eval()
+    scores = {task.name: task.run(model, tokenizer).summary[task.metrics[0]] for task in tasks}
+    model.train()
+    return scores
+
+
+def keeps_skills(scores: dict[str, float], before: dict[str, float]) -> bool:
+    """No guard task scores lower than it did before training."""
+    return all(scores[name] >= value for name, value in before.items())
