@@ -53,6 +53,22 @@ def test_mismatches_are_listed(tiny_models, draft, fresh_copy):
                                                                            "target 2, draft 7"]
 
 
+def test_identical_tokenizer_files_skip_loading_and_any_change_is_still_found(tiny_models, draft, fresh_copy,
+                                                                              monkeypatch):
+    """A draft carries the target's tokenizer files as they are, so comparing them needs no tokenizer loaded (~6 s
+    for Gemma3's); a changed file sends the check back to comparing loaded tokenizers."""
+    import tokensurgeon.pipeline.draft as draft_module
+
+    target = tiny_models["donor_llama2"]
+    loads = []
+    monkeypatch.setattr(draft_module, "load_tokenizer", lambda path, **kw: loads.append(path) or load_tokenizer(path))
+    assert check_draft_compatible(target, draft) == [] and loads == []
+    changed = fresh_copy(draft)
+    settings = json.loads((changed / "tokenizer_config.json").read_text())
+    (changed / "tokenizer_config.json").write_text(json.dumps(settings | {"chat_template": "{{ messages }}"}))
+    assert check_draft_compatible(target, changed) == ["chat templates differ"] and len(loads) == 2
+
+
 def test_pad_to_multiple_that_changes_the_row_count_is_refused(tiny_models, tmp_path):
     target = tiny_models["donor_llama2"]
     with pytest.raises(DraftError, match="32,128 embedding rows but the target .* has 32,064.*--pad-to-multiple 128"):
