@@ -78,3 +78,25 @@ def test_end_of_turn_and_eos_lists():
     assert with_end_of_turn({"eos_token_id": [8, 7]}, 7) == {"eos_token_id": [8, 7]}
     assert with_end_of_turn({"eos_token_id": None}, 7) == {"eos_token_id": [7]}
     assert with_end_of_turn({"eos_token_id": 8}, None) == {"eos_token_id": 8}
+
+
+def test_no_template_is_found_without_loading_a_tokenizer(tiny_models, tmp_path, monkeypatch):
+    """Where no file declares a template, transformers gives none; chat_turn says so without loading the tokenizer.
+    A template in tokenizer_config.json is still found (by loading it)."""
+    import shutil
+
+    import transformers
+
+    from tokensurgeon.pipeline.chat import chat_turn, declares_no_template
+
+    plain = shutil.copytree(TOKENIZERS / "llama2", tmp_path / "plain", copy_function=shutil.copyfile)  # writable
+    assert declares_no_template(plain)
+    loads = []
+    original = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda path, **kw: loads.append(path) or original(path, **kw))
+    assert chat_turn(plain, "donor").template is None and loads == []
+    settings = json.loads((plain / "tokenizer_config.json").read_text())
+    (plain / "tokenizer_config.json").write_text(json.dumps(settings | {"chat_template": "{{ messages[0].content }}"}))
+    assert not declares_no_template(plain)
+    assert chat_turn(plain, "donor").template == "donor" and len(loads) == 1

@@ -9,10 +9,12 @@ ordinary pieces the model never saw as one token.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_FILES
 from ..errors import TokenSurgeonError
 
 QUESTION, ANSWER = "What is the capital of France?", "Paris."
@@ -51,11 +53,25 @@ def end_of_turn(rendered: str, specials: dict[str, int]) -> str | None:
     return next((content for content in sorted(specials, key=len, reverse=True) if rest.startswith(content)), None)
 
 
+def declares_no_template(tokenizer_dir: Path) -> bool:
+    """No template file and no chat_template in tokenizer_config.json: transformers would give none, so no
+    tokenizer need be loaded to find that out (~3 s for Gemma3's)."""
+    if any((tokenizer_dir / name).exists() for name in (*CHAT_TEMPLATE_FILES, "additional_chat_templates")):
+        return False
+    try:
+        settings = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and "chat_template" not in settings
+
+
 def chat_turn(tokenizer_dir: Path, source: str, *, trust_remote_code: bool = False) -> ChatTurn:
     """Render TURN with the tokenizer written to tokenizer_dir (as a user loads it) and find its end of turn."""
     from jinja2 import TemplateError
     from transformers import AutoTokenizer
 
+    if not trust_remote_code and declares_no_template(Path(tokenizer_dir)):  # remote code may define one
+        return ChatTurn(None)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
     if not isinstance(tokenizer.chat_template, str):
         return ChatTurn(None)
