@@ -42,19 +42,24 @@ class Packed(Sequence):
     @overload
     def __getitem__(self, index: slice) -> tuple[bytes | str | None, ...]: ...
     def __getitem__(self, index):
+        ends = self._ends
         if isinstance(index, slice):
-            return tuple(self[i] for i in range(*index.indices(len(self))))
+            return tuple(self[i] for i in range(*index.indices(len(ends))))
         if index < 0:
-            index += len(self)
-        if not 0 <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} entries")
+            index += len(ends)
+        if not 0 <= index < len(ends):
+            raise IndexError(f"index {index} out of range for {len(ends)} entries")
         if self._missing[index]:
             return None
-        raw = self._blob[self._ends[index - 1] if index else 0:self._ends[index]]
+        raw = self._blob[ends[index - 1] if index else 0:ends[index]]
         return raw.decode("utf-8") if self._text else raw
 
     def __iter__(self) -> Iterator[bytes | str | None]:
-        return (self[i] for i in range(len(self)))
+        """One pass over the blob (not __getitem__ per id: a vocabulary is walked whole several times a run)."""
+        blob, text, start = self._blob, self._text, 0
+        for end, missing in zip(self._ends, self._missing):
+            yield None if missing else blob[start:end].decode("utf-8") if text else blob[start:end]
+            start = end
 
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Packed):
