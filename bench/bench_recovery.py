@@ -176,13 +176,14 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+guard-", name)[0]]  # lm+lora@5min+batch-rows+guard-arithmetic
+    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+guard-", name)[0]]  # e.g. lm+lora@5min+batch-rows+lr0.0001
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
+                              **({} if args.lr is None else {"lr": args.lr}),
                               batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
     clock = time.perf_counter()
     model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
@@ -283,6 +284,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
+    parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
     parser.add_argument("--omp-k", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=12)
@@ -322,6 +324,7 @@ def main() -> None:
           f"P1 omp k={args.omp_k}", flush=True)
     for pair in pairs:
         budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
+                  + ("" if args.lr is None else f"+lr{args.lr:g}")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
