@@ -176,7 +176,7 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+guard-", name)[0]]  # e.g. lm+lora@5min+batch-rows+lr0.0001
+    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+guard-", name)[0]]  # lm+lora@5min+lr0.0001
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
