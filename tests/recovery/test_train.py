@@ -182,3 +182,17 @@ def test_guard_task_keeps_no_state_that_loses_the_skill(tiny, tmp_path, monkeypa
     assert result.improved == kept and result.tasks_before == {"scripted": 0.5}
     assert result.tasks_after == {"scripted": 0.75 if kept else 0.5}
     assert [point.tasks for point in result.history] == [{"scripted": a} for a in accuracies]
+
+
+def test_guard_tasks_are_keyed_by_what_the_user_named(tmp_path):
+    """Two multiple-choice files are both task "multiple_choice": keyed by name, one score would hide the other."""
+    from tokensurgeon.recovery.guard import guard_tasks
+
+    files = []
+    for name in ("first.jsonl", "second.jsonl"):
+        path = tmp_path / name
+        path.write_text(json.dumps({"context": "c", "choices": ["a", "b"], "gold": 0}) + "\n")
+        files.append(str(path))
+    tasks = guard_tasks(("arithmetic", *files))
+    assert list(tasks) == ["arithmetic", *files]
+    assert [task.name for task in tasks.values()] == ["arithmetic", "multiple_choice", "multiple_choice"]

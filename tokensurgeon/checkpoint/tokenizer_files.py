@@ -20,6 +20,7 @@ from typing import Any
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "spiece.model")
 CHAT_TEMPLATE_FILES = ("chat_template.jinja", "chat_template.json")
+CHAT_TEMPLATE_PATHS = (*CHAT_TEMPLATE_FILES, "additional_chat_templates")  # the folder of named templates too
 # what tokenizer.json makes redundant (a fast tokenizer is built from it alone); tokenizer.model stays for
 # converters that read SentencePiece models (llama.cpp)
 SUPERSEDED_BY_TOKENIZER_JSON = ("vocab.json", "merges.txt", "vocab.txt", "added_tokens.json")

@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_FILES
+from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_PATHS
 from ..errors import TokenSurgeonError
 
 QUESTION, ANSWER = "What is the capital of France?", "Paris."
@@ -56,7 +56,7 @@ def end_of_turn(rendered: str, specials: dict[str, int]) -> str | None:
 def declares_no_template(tokenizer_dir: Path) -> bool:
     """No template file and no chat_template in tokenizer_config.json: transformers would give none, so no
     tokenizer need be loaded to find that out (~3 s for Gemma3's)."""
-    if any((tokenizer_dir / name).exists() for name in (*CHAT_TEMPLATE_FILES, "additional_chat_templates")):
+    if any((tokenizer_dir / name).exists() for name in CHAT_TEMPLATE_PATHS):
         return False
     try:
         settings = json.loads((tokenizer_dir / "tokenizer_config.json").read_text(encoding="utf-8"))

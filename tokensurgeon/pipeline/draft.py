@@ -17,7 +17,7 @@ from typing import Any
 from ..checkpoint import open_checkpoint
 from ..checkpoint.model_config import (CONFIG_ID_KEYS, config_token_ids, generation_token_ids, patch_config,
                                        read_json, write_json)
-from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_FILES, TOKENIZER_FILES
+from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_PATHS, TOKENIZER_FILES
 from ..errors import TokenSurgeonError
 from ..vocab import load_tokenizer
 
@@ -64,7 +64,7 @@ def _same_tokenizer_files(target: Path, draft: Path) -> bool:
     Then the two tokenizers are one, and loading them (~3 s each for Gemma's 33 MB tokenizer.json) to compare
     them can be skipped: a draft made with --as-draft-for gets the target's files as they are.
     """
-    for name in (*TOKENIZER_FILES, *CHAT_TEMPLATE_FILES, "additional_chat_templates"):
+    for name in (*TOKENIZER_FILES, *CHAT_TEMPLATE_PATHS):
         ours, theirs = target / name, draft / name
         if ours.exists() != theirs.exists() or (ours.is_file() and ours.read_bytes() != theirs.read_bytes()):
             return False

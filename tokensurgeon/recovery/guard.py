@@ -31,18 +31,19 @@ def better(scores: list[float], best: list[float], before: list[float]) -> bool:
     return sum(scores) < sum(best) and all(s <= b for s, b in zip(scores, before))
 
 
-def guard_tasks(specs: tuple[str, ...]) -> list[Task]:
-    """The tasks a kept state must not lose on, as the guard runs them (Task.guard_variant: other items than
-    ``evaluate --task`` scores, so guarding is not tuning on them)."""
-    return [get_task(spec, flag="--guard-task").guard_variant() for spec in specs]
+def guard_tasks(specs: tuple[str, ...]) -> dict[str, Task]:
+    """The tasks a kept state must not lose on, keyed by the --guard-task value (two .jsonl files are both
+    multiple_choice), as the guard runs them (Task.guard_variant: other items than ``evaluate --task`` scores,
+    so guarding is not tuning on them)."""
+    return {spec: get_task(spec, flag="--guard-task").guard_variant() for spec in specs}
 
 
-def task_scores(model: Any, tokenizer: Any, tasks: list[Task]) -> dict[str, float]:
-    """Each task's first metric (accuracy for arithmetic and multiple choice), keyed by task name."""
+def task_scores(model: Any, tokenizer: Any, tasks: dict[str, Task]) -> dict[str, float]:
+    """Each task's first metric (accuracy for arithmetic and multiple choice), keyed as ``tasks``."""
     if not tasks:
         return {}
     model.eval()
-    scores = {task.name: task.run(model, tokenizer).summary[task.metrics[0]] for task in tasks}
+    scores = {spec: task.run(model, tokenizer).summary[task.metrics[0]] for spec, task in tasks.items()}
     model.train()
     return scores
 

@@ -214,10 +214,11 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         if step % options.eval_every and step != options.steps:
             continue
         scores = score_texts(model, tokenizer, held_out, options)
-        tasks = task_scores(model, tokenizer, guards) if better(scores, best, before) else {}
+        improved = better(scores, best, before)
+        tasks = task_scores(model, tokenizer, guards) if improved else {}
         history.append(EvalPoint(step=step, loss=sum(losses) / len(losses), held_out_bpb=scores, tasks=tasks))
         losses = []
-        if better(scores, best, before) and keeps_skills(tasks, tasks_before):
+        if improved and keeps_skills(tasks, tasks_before):
             best, best_state, best_step, stale, tasks_best = scores, snapshot(), step, 0, tasks
         else:
             stale += 1
