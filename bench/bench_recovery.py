@@ -181,7 +181,7 @@ def child_model(args, pair: str, name: str) -> dict:
               for p in training_files(Path(args.work), args.train_bytes)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
-                              patience=steps, batch_size=args.batch_size, context=args.context,
+                              patience=steps, batch_size=args.batch_size or None, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
                               **({} if args.lr is None else {"lr": args.lr}),
                               batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
@@ -191,7 +191,7 @@ def child_model(args, pair: str, name: str) -> dict:
     wall = time.perf_counter() - clock
     return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "wall_seconds": wall,
             "held_out": [asdict(row) for row in result.held_out], "history": [asdict(h) for h in result.history],
-            "trainable": result.trainable,
+            "trainable": result.trainable, "batch_size": result.batch_size,
             "seconds_per_step": result.seconds_per_step, "tokens_per_second": result.tokens_per_second,
             } | behaviour(args, model, AutoTokenizer.from_pretrained(patched), chat)
 
@@ -204,12 +204,14 @@ def child_draft(args, name: str) -> dict:
         from tokensurgeon.config import HealConfig
         from tokensurgeon.jobs.heal import heal
 
+        steps = args.steps if args.minutes is None else 10**6  # --minutes: as many steps as fit
         report = heal(HealConfig(patched=models / "draft", texts=tuple(training_files(work, args.train_bytes)),
                                  out=models / "draft-healed", teacher=GEMMA3, objective="distill", train="lora",
-                                 steps=args.steps, eval_every=args.eval_every, patience=args.steps,
-                                 batch_size=args.batch_size, context=args.context,
+                                 steps=steps, eval_every=args.eval_every, patience=steps, max_minutes=args.minutes,
+                                 batch_size=args.batch_size or None, context=args.context,
                                  eval_max_bytes=args.eval_max_bytes, device=args.device, force=True))
         return {"config": name, "steps": report.steps_run, "best_step": report.best_step,
+                "batch_size": report.options["batch_size"],
                 "seconds_per_step": report.seconds_per_step, "tokens_per_second": report.tokens_per_second,
                 "texts": [asdict(row) for row in report.texts]}
     from tokensurgeon.config import SpeculativeConfig
@@ -236,7 +238,7 @@ def pair_table(rows: dict[str, dict]) -> str:
         if name == "base":
             continue
         ratios = [row["bpb"][label] / base["bpb"][label] for label in labels]
-        speed = (f"{row['seconds_per_step']:.2f} | {row['tokens_per_second']:.0f} | {row['peak_rss_gb']:.1f} | "
+        speed = (f"{row['seconds_per_step']:.2f} (x{row.get('batch_size', '?')}) | {row['tokens_per_second']:.0f} | {row['peak_rss_gb']:.1f} | "
                  f"{row['best_step']}/{row['steps']}") if "steps" in row else f"- | - | {row['peak_rss_gb']:.1f} | -"
         lines.append(f"| {name} | " + " | ".join(f"{r:.3f}" for r in ratios)
                      + f" | {geomean(ratios):.3f} | {retention(row['continuations'], base['continuations']):.3f} | "
@@ -257,7 +259,8 @@ def draft_table(before: dict, heal: dict, after: dict) -> str:
             lines.append(f"| {name} | {run['mode']} | {rate} | {mean} | {speed} | {ratio} | "
                          f"{run['identical']}/{report['prompts']} |"
                          + (f" error: {run['error']}" if run["error"] else ""))
-    lines.append(f"\nheal: {heal['steps']} steps (best {heal['best_step']}), {heal['seconds_per_step']:.2f} s/step, "
+    lines.append(f"\nheal: {heal['steps']} steps (best {heal['best_step']}) of {heal.get('batch_size')} sequences, "
+                 f"{heal['seconds_per_step']:.2f} s/step, "
                  f"held-out bits per byte: " + ", ".join(f"{t['text']} {t['before_bpb']:.3f} -> {t['after_bpb']:.3f}"
                                                         for t in heal["texts"]))
     return "\n".join(lines)
@@ -280,7 +283,8 @@ def main() -> None:
     parser.add_argument("--work", default="/work/bench_out")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--eval-every", type=int, default=20)
-    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=4, help="sequences per step; 0: heal's default (4 on "
+                        "CPU, sized from free memory on CUDA)")
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
@@ -317,7 +321,7 @@ def main() -> None:
     pairs = list(filter(None, args.pairs.split(",")))
     build(work, args.omp_k, args.device, pairs + ["draft"] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
-          f"{args.batch_size} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
+          f"{args.batch_size or 'auto'} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
           f"{args.eval_every}; unseen "
           f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "

@@ -11,8 +11,8 @@
 #     bash bench/gpu_session.sh STAGE [SECONDS]
 #
 # Stages: unpack (idempotent, run by every stage); env; p2 (SmolLM2: CUDA tests, recovery on P2); p2-background
-# (p2 in its own session, so the Gemma3 pieces can travel meanwhile; `tail` shows its log); gemma (Gemma3: waits
-# for p2, then OMP at draft scale and P1, recovery on P1, then the draft if time is left).
+# (p2 in its own session, so the Gemma3 pieces can travel meanwhile; `tail` shows its log); gemma (Gemma3, beside
+# p2: OMP at draft scale and P1, then recovery on P1 and the draft side by side, then p2's results).
 # SECONDS bounds the stage's benchmarks (default 480). Logs go to $OUT (the device tool's folder) or .dev/out.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -95,32 +95,40 @@ case "$STAGE" in
   p2)
     env_report
     step 150 $PY -m tokensurgeon.zoo smollm2-135m
-    # Every test here that takes device "auto" runs on the GPU, plus the tests that need CUDA.
-    step 240 $PY -m pytest -q -rs -p no:cacheprovider tests/methods/test_sparse_coding.py tests/evaluation/test_bpb.py \
-      tests/jobs/test_heal.py tests/recovery
+    # The batch sized from free memory first: the benchmarks below use it where it passes (else 16 sequences).
+    step 120 $PY -m pytest -q -rs -p no:cacheprovider tests/recovery/test_batch.py
+    if grep -q "rc=0" <(tail -n 1 "$OUT/session.log"); then echo 0 > "$DEV/batch"; else echo 16 > "$DEV/batch"; fi
+    # Every test here that takes device "auto" runs on the GPU, plus the tests that need CUDA (beside the benchmark).
+    step 300 $PY -m pytest -q -rs -p no:cacheprovider tests/methods/test_sparse_coding.py tests/methods/test_omp.py \
+      tests/evaluation/test_bpb.py tests/jobs/test_heal.py tests/recovery > "$OUT/tests.log" 2>&1 &
     step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs p2 \
-      --configs distill+lora --minutes "${P2_MINUTES:-2.5}" --batch-size 16 --context 256 --eval-every 50 \
-      --train-bytes 1000000 --batch-rows --no-draft
+      --configs distill+lora --minutes "${P2_MINUTES:-2.5}" --batch-size "$(cat "$DEV/batch")" --context 256 \
+      --eval-every 50 --train-bytes 1000000 --batch-rows --no-draft
+    wait
     tar -czf "$OUT/p2-results.tgz" -C "$DEV/work/recovery" results
     ;;
   gemma)
+    # Runs beside p2 (background): its timings share the machine with p2's training.
     step 200 $PY -m tokensurgeon.zoo gemma3-270m smollm2-135m
-    if [ -f "$DEV/p2-background.log" ]; then  # timings below are the GPU's alone
-      while [ ! -f "$DEV/p2.done" ] && [ "$(left)" -gt 60 ]; do sleep 5; done
-      log "p2 (background) finished: $([ -f "$DEV/p2.done" ] && echo yes || echo no)"
-      cp "$DEV/p2-out/session.log" "$OUT/p2-session.log" 2>/dev/null
-      cp "$DEV/p2-out/p2-results.tgz" "$OUT/" 2>/dev/null
-    fi
-    step 240 $PY bench/bench_scale_omp.py --cases draft,p1 --skip-mergekit --device "$DEVICE" --out "$DEV/work/omp"
+    step 200 $PY bench/bench_scale_omp.py --cases draft --skip-mergekit --device "$DEVICE" --out "$DEV/work/omp"
+    batch=$(cat "$DEV/batch" 2>/dev/null || echo 16)
+    minutes=$(awk -v s="$(left)" 'BEGIN { m = (s - 220) / 60; print (m < 1 ? 1 : m) }')
+    log "P1 and the draft side by side, ${minutes} minutes of training each, batch ${batch} (0: sized from memory)"
     step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs p1 \
-      --configs distill+lora --minutes "${P1_MINUTES:-2}" --batch-size 16 --context 256 --eval-every 50 \
-      --train-bytes 1000000 --omp-k 8 --batch-rows --no-draft
-    if [ "$(left)" -gt 120 ]; then
-      step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs "" \
-        --steps 300 --batch-size 16 --context 256 --eval-every 50 --train-bytes 1000000 --draft
-    fi
-    tar -czf "$OUT/gemma-results.tgz" -C "$DEV/work" recovery/results omp/draft-ours/report.json \
-      omp/p1-ours/report.json
+      --configs distill+lora --minutes "$minutes" --batch-size "$batch" --context 256 --eval-every 50 \
+      --train-bytes 1000000 --omp-k 8 --batch-rows --no-draft > "$OUT/p1.log" 2>&1 &
+    step "$(left)" $PY bench/bench_recovery.py --work "$DEV/work/recovery" --device "$DEVICE" --pairs "" \
+      --minutes "$minutes" --batch-size "$batch" --context 256 --eval-every 50 --train-bytes 1000000 --draft \
+      > "$OUT/draft.log" 2>&1 &
+    wait
+    while [ -f "$DEV/p2-background.log" ] && [ ! -f "$DEV/p2.done" ] && [ "$(left)" -gt 15 ]; do sleep 3; done
+    log "p2 (background) finished: $([ -f "$DEV/p2.done" ] && echo yes || echo no)"
+    cp "$DEV/p2-out/session.log" "$OUT/p2-session.log" 2>/dev/null
+    cp "$DEV/p2-out/p2-results.tgz" "$OUT/" 2>/dev/null
+    cp "$DEV/p2-out/tests.log" "$OUT/p2-tests.log" 2>/dev/null
+    tail -n 30 "$OUT/p1.log" "$OUT/draft.log" "$OUT/p2-session.log"
+    tail -n 12 "$OUT/p2-tests.log"
+    tar -czf "$OUT/gemma-results.tgz" -C "$DEV/work" recovery/results omp/draft-ours/report.json
     ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac

@@ -8,8 +8,8 @@ from typing import List, Optional
 
 import typer
 
-from ..config import (DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, ExportConfig, HealConfig, HypernetConfig,
-                      TransplantConfig)
+from ..config import (CPU_BATCH_SIZE, DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, MAX_AUTO_BATCH, ExportConfig,
+                      HealConfig, HypernetConfig, TransplantConfig)
 from .common import (FILES, Command, Group, method_options, print_json, progress_bars, run_job, show, text_paths,
                      trust_remote_code_option, user_errors)
 from .deploy import show_deploy
@@ -92,7 +92,10 @@ def heal(
                                         help="With --train embeddings|lora: L2 pull of copied rows to their start."),
     batch_rows: bool = typer.Option(HealConfig.batch_rows, "--batch-rows/--all-rows",
                                     help="Move only the rows of tokens in each step's batch (docs/heal.md)."),
-    batch_size: int = typer.Option(HealConfig.batch_size, help="Sequences per step."),
+    batch_size: Optional[int] = typer.Option(
+        HealConfig.batch_size, show_default=False,
+        help=f"Sequences per step [default: {CPU_BATCH_SIZE} on CPU; on CUDA as many as free memory holds, at most "
+             f"{MAX_AUTO_BATCH}, measured by two probe steps]."),
     context: int = typer.Option(HealConfig.context, help="Tokens per training sequence, BOS included."),
     held_out: float = typer.Option(HealConfig.held_out, help="Fraction of each text (its end) held out."),
     eval_every: int = typer.Option(HealConfig.eval_every, help="Steps between held-out evaluations."),

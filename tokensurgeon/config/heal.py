@@ -13,6 +13,8 @@ HEAL_TRAIN = ("rows", "embeddings", "lora")
 HEAL_ROWS = {"new": "rows", "all": "embeddings"}  # the old --rows values, kept as aliases of --train
 DEFAULT_HEAL_OBJECTIVE = "distill"  # P2 bench (docs/heal.md): more behaviour than lm at +0.019 in ratio
 DEFAULT_HEAL_TRAIN = "lora"
+CPU_BATCH_SIZE = 4  # sequences per step on CPU when --batch-size is not given
+MAX_AUTO_BATCH = 64  # the most sequences per step sized from free GPU memory (recovery/batch.py)
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,8 @@ class HealConfig:
         batch_rows: only rows of tokens in a step's batch move in that step. Adam's step does not shrink with the
             gradient, so the softmax's tiny push on the rows of tokens the text never shows (every row, under a
             tied head) would move them as far as the rows trained.
+        batch_size: sequences per step; None = CPU_BATCH_SIZE on CPU, on CUDA as many as free memory holds (at
+            most MAX_AUTO_BATCH; recovery/batch.py). Evaluation passes take at most evaluate's batch.
         context: tokens per training sequence, BOS included.
         eval_every: steps between held-out evaluations; the best one is kept.
         patience: stop after this many evaluations in a row without a better held-out score.
@@ -63,7 +67,7 @@ class HealConfig:
     lora_rank: int = 16
     anchor_weight: float = 1.0
     batch_rows: bool = True  # docs/heal.md: P2 ratio 1.419 -> 1.413, retention 0.289 -> 0.328; P1 retention kept
-    batch_size: int = 4
+    batch_size: int | None = None
     context: int = 128
     held_out: float = 0.1
     eval_every: int = 20
@@ -104,7 +108,7 @@ class HealConfig:
             raise TokenSurgeonError(f"--teacher {self.teacher}: not a model directory (no config.json)")
         if self.save_adapter and self.train != "lora":
             raise TokenSurgeonError("--save-adapter needs --train lora (only LoRA training makes an adapter)")
-        if min(self.steps, self.eval_every, self.patience, self.batch_size, self.lora_rank) < 1:
+        if min(self.steps, self.eval_every, self.patience, self.batch_size or 1, self.lora_rank) < 1:
             raise TokenSurgeonError("--steps, --eval-every, --patience, --batch-size and --lora-rank must be at "
                                     "least 1")
         if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:

@@ -33,7 +33,7 @@ from .. import __version__
 from ..checkpoint import open_checkpoint
 from ..checkpoint.formats.safetensors import INDEX_NAME
 from ..checkpoint.writer import write_weights
-from ..config import EvalConfig, HealConfig
+from ..config import CPU_BATCH_SIZE, EvalConfig, HealConfig
 from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
@@ -91,7 +91,7 @@ def recovery_options(config: HealConfig) -> RecoveryOptions:
         steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
         anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
         context=config.context, eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
-        eval_context=EvalConfig.context, max_minutes=config.max_minutes, guard_tasks=config.guard_tasks,
+        max_minutes=config.max_minutes, guard_tasks=config.guard_tasks,
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed)
 
 
@@ -110,7 +110,8 @@ def _base_scores(config: HealConfig, texts: dict[str, str]) -> list[TextScore] |
     if not config.compare_base or base is None or not texts:
         return None
     return evaluate_models([base], texts, device=config.device, context=EvalConfig.context,
-                           batch_size=config.batch_size, max_bytes=config.eval_max_bytes,
+                           batch_size=min(config.batch_size or CPU_BATCH_SIZE, EvalConfig.batch_size),
+                           max_bytes=config.eval_max_bytes,
                            trust_remote_code=config.trust_remote_code)[0].scores
 
 
@@ -168,7 +169,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
             options={"steps": config.steps, "lr": config.lr, "lora_lr": config.lora_lr, "lora_rank": config.lora_rank,
                      "lm_mix": config.lm_mix, "temperature": config.temperature,
                      "anchor_weight": config.anchor_weight, "batch_rows": config.batch_rows,
-                     "batch_size": config.batch_size,
+                     "batch_size": result.batch_size,
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
                      "patience": config.patience, "eval_max_bytes": config.eval_max_bytes,
                      "max_minutes": config.max_minutes, "guard_tasks": list(config.guard_tasks),

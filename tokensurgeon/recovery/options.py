@@ -1,11 +1,12 @@
-"""The options of one recovery run. Defaults shared with heal come from config.HealConfig (one place);
-``lora_targets``, ``eval_context`` and ``block`` are the engine's own."""
+"""The options of one recovery run. Defaults shared with heal come from config.HealConfig (one place), the
+evaluation's from config.EvalConfig; ``lora_targets`` and ``block`` are the engine's own."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from tokensurgeon.config import DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, HEAL_OBJECTIVES, HEAL_TRAIN, HealConfig
+from tokensurgeon.config import (DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, HEAL_OBJECTIVES, HEAL_TRAIN, EvalConfig,
+                                 HealConfig)
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.recovery.student import LORA_TARGETS
 
@@ -35,13 +36,14 @@ class RecoveryOptions:
     lora_targets: tuple[str, ...] = LORA_TARGETS
     anchor_weight: float = HealConfig.anchor_weight
     batch_rows: bool = HealConfig.batch_rows
-    batch_size: int = HealConfig.batch_size
+    batch_size: int | None = HealConfig.batch_size  # None: fit() sizes it (batch.py)
     context: int = HealConfig.context
     eval_every: int = HealConfig.eval_every
     patience: int = HealConfig.patience
     eval_max_bytes: int | None = HealConfig.eval_max_bytes
     guard_tasks: tuple[str, ...] = HealConfig.guard_tasks
-    eval_context: int = 512
+    eval_context: int = EvalConfig.context
+    eval_batch_size: int = EvalConfig.batch_size  # the most windows per evaluation pass
     max_minutes: float | None = HealConfig.max_minutes
     gradient_checkpointing: bool = HealConfig.gradient_checkpointing
     block: int = 1024
@@ -52,7 +54,7 @@ class RecoveryOptions:
             raise TokenSurgeonError(f"--objective {self.objective}: choose one of {', '.join(HEAL_OBJECTIVES)}")
         if self.train not in HEAL_TRAIN:
             raise TokenSurgeonError(f"--train {self.train}: choose one of {', '.join(HEAL_TRAIN)}")
-        if self.steps < 1 or self.batch_size < 1 or self.context < 4 or self.eval_every < 1 or self.patience < 1:
+        if self.steps < 1 or (self.batch_size or 1) < 1 or self.context < 4 or self.eval_every < 1 or self.patience < 1:
             raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
         if self.temperature <= 0 or self.lm_mix < 0 or self.lr <= 0 or self.lora_lr <= 0:
             raise TokenSurgeonError("temperature and learning rates must be > 0 and lm-mix >= 0")

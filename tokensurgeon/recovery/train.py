@@ -25,6 +25,7 @@ import torch
 
 from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
 from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.recovery.batch import measure_batch
 from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
 from tokensurgeon.recovery.guard import better, guard_tasks, keeps_skills, score_texts, task_scores
@@ -75,6 +76,7 @@ class RecoveryResult:
     seconds_per_step: float
     stopped_by: str
     device: str
+    batch_size: int = 0  # as trained: --batch-size, or what batch.py sized
     tasks_before: dict[str, float] = field(default_factory=dict)  # guard tasks (guard.py), input and kept state
     tasks_after: dict[str, float] = field(default_factory=dict)
     replacements: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
@@ -174,6 +176,11 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     objective = Objective(options, student_side, teacher, teacher_side)
     sampler = _Sampler(per_text, options.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()  # CPU: float32
+    if options.batch_size is None:
+        longest = sorted((s for pool in per_text for s in pool), key=lambda s: -len(s.student))
+        size = sum(p.numel() * p.element_size() for p in trainable.values())
+        options = replace(options, batch_size=measure_batch(
+            lambda n: _probe(model, objective, (longest * n)[:n], device, autocast), size, device))
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
@@ -231,8 +238,17 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         trainable=trainable_counts(trainable, options, free),
         held_out=_rows(held_out, before, best), unseen=_rows(unseen, unseen_before, unseen_after),
         history=history, tasks_before=tasks_before, tasks_after=tasks_best, tokens_per_second=tokens / train_seconds if train_seconds else 0.0,
-        seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device))
+        seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device),
+        batch_size=options.batch_size)
     return model, result
+
+
+def _probe(model: Any, objective: Objective, batch: list[Sample], device: torch.device, autocast: Any) -> None:
+    """One forward and backward of batch, nothing updated (batch.py measures its memory)."""
+    with autocast:
+        loss = objective(model, batch, device)[0]
+    loss.backward()
+    model.zero_grad(set_to_none=True)
 
 
 def _rows(texts: dict[str, str], before: list[float], after: list[float]) -> list[TextChange]:
