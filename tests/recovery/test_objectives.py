@@ -38,6 +38,28 @@ def test_alm_minimum_and_zero_gradient_at_equality():
         assert alm_loss(teacher, teacher * 0.5, mask, temperature) > 1e-4
 
 
+def test_alm_gradient_is_finite_for_near_certain_student_chunks():
+    """bf16 logits often round a confident chunk's log-probability to 0 or a hair below; one such chunk made every
+    gradient NaN on the GPU (torch.where's unused branch). Each gradient must be finite."""
+    teacher, mask = torch.full((1, 6), -0.5), torch.ones(1, 6)
+    student = torch.tensor([[0.0, -1e-12, -1e-9, -1e-6, -1e-3, -4.0]], requires_grad=True)
+    alm_loss(teacher, student, mask, 100.0).backward()
+    assert torch.isfinite(student.grad).all()
+    # the teacher is less sure than the student (p = e^-0.5): the loss pushes the student's log-probability down
+    # where it is not clamped (above -1e-4 at T = 100 it is: no gradient), up where the student is less sure
+    assert student.grad[0, :4].tolist() == [0.0] * 4 and student.grad[0, 4] > 0 and student.grad[0, 5] < 0
+
+
+def test_log1mexp_gradient_is_the_analytic_one():
+    from tokensurgeon.recovery.objectives import _log1mexp
+
+    x = torch.tensor([-1e-5, -0.1, -0.5, -1.0, -5.0, -40.0], dtype=torch.float64, requires_grad=True)
+    _log1mexp(x).sum().backward()
+    expected = -torch.exp(x.detach()) / (1 - torch.exp(x.detach()))  # d/dx log(1 - e^x)
+    assert torch.allclose(x.grad, expected, rtol=1e-9)
+    assert torch.allclose(_log1mexp(x.detach()), torch.log(1 - torch.exp(x.detach())), rtol=1e-9)
+
+
 def test_alm_scale_is_independent_of_a_large_temperature():
     """Scaled by T, the loss (and its gradient) does not fade as T grows: it can be mixed with the LM loss."""
     teacher, mask = -torch.rand(4, 6) * 8, torch.ones(4, 6)

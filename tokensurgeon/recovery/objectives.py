@@ -56,8 +56,16 @@ def chunk_logprobs(logprobs: torch.Tensor, chunks: torch.Tensor, n_chunks: int) 
 
 
 def _log1mexp(x: torch.Tensor) -> torch.Tensor:
-    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012)."""
-    return torch.where(x > -math.log(2), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    """log(1 - exp(x)) for x < 0, stable at both ends (Maechler 2012), gradient included.
+
+    Each branch is evaluated only where it is chosen (a harmless -1 elsewhere): torch.where's backward
+    multiplies the other branch's gradient by zero, and log1p(-exp(x)) near x = 0 has an infinite one, so
+    a single near-certain chunk (student probability above ~0.99999, common with bf16 logits) made every
+    gradient NaN: the GPU runs of P2 and P1 trained on NaN from the start.
+    """
+    near = x > -math.log(2)
+    return torch.where(near, torch.log(-torch.expm1(torch.where(near, x, -1.0))),
+                       torch.log1p(-torch.exp(torch.where(near, -1.0, x))))
 
 
 def alm_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -70,7 +78,7 @@ def alm_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, t
     gradient shrink as 1/T (about 100x weaker than the LM loss at the paper's T = 100); multiplying
     by T puts it on the LM loss's scale, so one weight can mix the two. Mean over chunks where mask.
     """
-    tiny = -1e-12  # a chunk of probability 1 in float32 would make log(1 - b) infinite
+    tiny = -1e-6  # at p^(1/T) = 1, log(1 - b) is infinite; near it the gradient grows as 1/|log b|: bounded
     a_log = (teacher.detach() / temperature).clamp(max=tiny)
     b_log = (student / temperature).clamp(max=tiny)
     divergence = a_log.exp() * (a_log - b_log) + (-torch.expm1(a_log)) * (_log1mexp(a_log) - _log1mexp(b_log))
