@@ -130,6 +130,21 @@ case "$STAGE" in
     tail -n 12 "$OUT/p2-tests.log"
     tar -czf "$OUT/gemma-results.tgz" -C "$DEV/work" recovery/results omp/draft-ours/report.json
     ;;
+  p2-quick)
+    # A short distill run on P2 through the CLI (checks the ALM loss trains on CUDA: finite, improving).
+    models=$HOME/.cache/tokensurgeon/models
+    step 90 $PY -m tokensurgeon.zoo smollm2-135m
+    step 60 $PY -m tokensurgeon transplant "$models/smollm2-135m" "$DEV/shared/tokenizers/llama3" -o "$DEV/work/p2q" \
+      --method subword-mean --force
+    log "heal (limit $(left)s), its JSON in heal.json"
+    timeout -k 5 "$(left)" $PY -m tokensurgeon heal "$DEV/work/p2q" --text "$DEV/shared/corpora/enwiki_head.txt" \
+      --text "$DEV/shared/corpora/udhr/spa.txt" --text "$DEV/shared/corpora/udhr/ukr.txt" --objective distill \
+      --train lora --context 256 --steps 100000 --patience 1000 --eval-every 20 --no-compare-base \
+      --max-minutes "${QUICK_MINUTES:-0.6}" --device "$DEVICE" -o "$DEV/work/p2q-healed" --force --json > "$OUT/heal.json" 2> "$OUT/heal.err"
+    $PY -c "import json, sys; r = json.load(open(sys.argv[1])); print(r['options']['batch_size'], r['steps_run'], \
+      r['best_step'], [(h['step'], h['loss'], [round(x, 3) for x in h['held_out_bpb']]) for h in r['history']])" \
+      "$OUT/heal.json"
+    ;;
   *) echo "unknown stage $STAGE" >&2; exit 2 ;;
 esac
 log "stage $STAGE done"

@@ -196,3 +196,18 @@ def test_guard_tasks_are_keyed_by_what_the_user_named(tmp_path):
     tasks = guard_tasks(("arithmetic", *files))
     assert list(tasks) == ["arithmetic", *files]
     assert [task.name for task in tasks.values()] == ["arithmetic", "multiple_choice", "multiple_choice"]
+
+
+def test_a_time_budget_evaluates_its_last_step(tiny, tmp_path, monkeypatch):
+    """--max-minutes ends training between evaluations; the steps since the last one are still evaluated.
+    The clock is the steps done, a minute each: 2.5 minutes end training after step 3."""
+    import tokensurgeon.recovery.train as train
+
+    done = [0]
+    monkeypatch.setattr(train.time, "monotonic", lambda: 60.0 * done[0])
+    patched = shutil.copytree(tiny, tmp_path / "p")
+    _, result = recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
+                        _options(objective="lm", train="embeddings", steps=50, eval_every=40, max_minutes=2.5),
+                        device="cpu", progress=lambda step, steps: done.__setitem__(0, step))
+    assert result.stopped_by == "max-minutes" and result.steps_run == 3
+    assert [point.step for point in result.history] == [0, 3]

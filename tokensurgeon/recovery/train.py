@@ -218,8 +218,9 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         tokens += read
         if progress is not None:
             progress(step, options.steps)
-        if step % options.eval_every and step != options.steps:
-            continue
+        out_of_time = deadline is not None and time.monotonic() > deadline
+        if step % options.eval_every and step != options.steps and not out_of_time:
+            continue  # the last step is always evaluated, so a budget's final steps are not lost
         scores = score_texts(model, tokenizer, held_out, options)
         improved = better(scores, best, before)
         tasks = task_scores(model, tokenizer, guards) if improved else {}
