@@ -317,11 +317,14 @@ def main() -> None:
         (work / "results").mkdir(parents=True, exist_ok=True)
         (work / "results" / f"{args.one}.json").write_text(json.dumps(result, indent=1, ensure_ascii=False))
         return
+    from tokensurgeon.config import HealConfig
+
     clock = time.perf_counter()
     pairs = list(filter(None, args.pairs.split(",")))
     build(work, args.omp_k, args.device, pairs + ["draft"] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
-          f"{args.batch_size or 'auto'} x {args.context} tokens (lr 1e-3, LoRA r=16 lr 5e-4), eval every "
+          f"{args.batch_size or 'auto'} x {args.context} tokens (lr {args.lr or HealConfig.lr:g}, LoRA r=16 lr "
+          f"{HealConfig.lora_lr:g}), eval every "
           f"{args.eval_every}; unseen "
           f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "

@@ -211,3 +211,6 @@ def test_a_time_budget_evaluates_its_last_step(tiny, tmp_path, monkeypatch):
                         device="cpu", progress=lambda step, steps: done.__setitem__(0, step))
     assert result.stopped_by == "max-minutes" and result.steps_run == 3
     assert [point.step for point in result.history] == [0, 3]
+    # copied rows are anchored (train embeddings): from step 2 on they have moved, and their pull is reported
+    # apart from the objective's loss
+    assert result.history[0].anchor is None and result.history[1].anchor > 0 and result.history[1].loss > 0

@@ -49,12 +49,14 @@ class TextChange:
 
 @dataclass(frozen=True)
 class EvalPoint:
-    """A held-out evaluation: the step, the mean loss since the last (None at step 0), each text's bits per byte,
-    and the guard tasks' scores where they ran (at step 0, and where bits per byte alone would keep the state)."""
+    """A held-out evaluation: the step, the mean objective loss since the last and the mean anchor penalty (copied
+    rows' pull to their start, weighted; both None at step 0), each text's bits per byte, and the guard tasks'
+    scores where they ran (at step 0, and where bits per byte alone would keep the state)."""
     step: int
     loss: float | None
     held_out_bpb: list[float]
     tasks: dict[str, float] = field(default_factory=dict)
+    anchor: float | None = None
 
 
 @dataclass
@@ -189,7 +191,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     before = best = score_texts(model, tokenizer, held_out, options)
     unseen_before = score_texts(model, tokenizer, unseen, options)
     tasks_before = tasks_best = task_scores(model, tokenizer, guards)
-    best_state, best_step, stale, step, losses, tokens, train_seconds = snapshot(), 0, 0, 0, [], 0, 0.0
+    best_state, best_step, stale, step, losses, penalties, tokens, train_seconds = snapshot(), 0, 0, 0, [], [], 0, 0.0
     history = [EvalPoint(step=0, loss=None, held_out_bpb=before, tasks=tasks_before)]
     deadline = None if options.max_minutes is None else time.monotonic() + 60 * options.max_minutes
     stopped_by = "steps"
@@ -205,16 +207,16 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         step += 1
         with autocast:
             loss, read, seen = objective(model, sampler.next(options.batch_size), device)
-        for param, index, start in anchors:
-            current = param if index is None else param[index]
-            loss = loss + options.anchor_weight * (current - start).pow(2).sum()
+        penalty = options.anchor_weight * sum(((param if index is None else param[index]) - start).pow(2).sum()
+                                              for param, index, start in anchors)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        (loss + penalty).backward()
         if options.batch_rows:
             keep_rows(embeddings, seen)
         optimizer.step()
         train_seconds += time.perf_counter() - clock
         losses.append(loss.item())
+        penalties.append(float(penalty))
         tokens += read
         if progress is not None:
             progress(step, options.steps)
@@ -224,8 +226,9 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         scores = score_texts(model, tokenizer, held_out, options)
         improved = better(scores, best, before)
         tasks = task_scores(model, tokenizer, guards) if improved else {}
-        history.append(EvalPoint(step=step, loss=sum(losses) / len(losses), held_out_bpb=scores, tasks=tasks))
-        losses = []
+        history.append(EvalPoint(step=step, loss=sum(losses) / len(losses), held_out_bpb=scores, tasks=tasks,
+                                 anchor=sum(penalties) / len(penalties)))
+        losses, penalties = [], []
         if improved and keeps_skills(tasks, tasks_before):
             best, best_state, best_step, stale, tasks_best = scores, snapshot(), step, 0, tasks
         else:
