@@ -218,6 +218,7 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--train", "rows", "--save-adapter"], "--save-adapter"),
     (["--text", "TEXT", "--teacher", "/nonexistent"], "--teacher"),
     (["--text", "TEXT", "--guard-task", "spelling"], "--guard-task spelling: not a task"),
+    (["--text", "TEXT", "--batch-size", "0"], "--batch-size"),
 ])
 def test_user_errors_are_one_line_exit_2(patched, text, args, message):
     args = [str(text) if arg == "TEXT" else arg for arg in args]

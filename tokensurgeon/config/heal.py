@@ -108,7 +108,8 @@ class HealConfig:
             raise TokenSurgeonError(f"--teacher {self.teacher}: not a model directory (no config.json)")
         if self.save_adapter and self.train != "lora":
             raise TokenSurgeonError("--save-adapter needs --train lora (only LoRA training makes an adapter)")
-        if min(self.steps, self.eval_every, self.patience, self.batch_size or 1, self.lora_rank) < 1:
+        batch = 1 if self.batch_size is None else self.batch_size  # None: sized by the device (recovery/batch.py)
+        if min(self.steps, self.eval_every, self.patience, batch, self.lora_rank) < 1:
             raise TokenSurgeonError("--steps, --eval-every, --patience, --batch-size and --lora-rank must be at "
                                     "least 1")
         if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:
