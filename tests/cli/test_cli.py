@@ -195,6 +195,19 @@ def test_quick_phases_print_nothing():
     assert stream.getvalue().splitlines() == ["tokensurgeon: write: 1/4 after 0 s", "tokensurgeon: evaluate x: 1/9 after 0 s"]
 
 
+def test_a_phase_note_follows_its_line():
+    """heal's phase passes its loss and tokens/s as a note; phases without one print as before."""
+    import io
+
+    from tokensurgeon.cli.common import phase_lines
+
+    stream = io.StringIO()
+    update = phase_lines(stream, after=0, every=0)
+    update("heal", 3, 10, "loss 1.234, 512 tok/s"), update("write", 1, 2)
+    assert stream.getvalue().splitlines() == ["tokensurgeon: heal: 3/10 after 0 s, loss 1.234, 512 tok/s",
+                                              "tokensurgeon: write: 1/2 after 0 s"]
+
+
 def test_a_phase_that_reports_only_at_its_end_still_gets_its_line(monkeypatch):
     """A method that ticks once, when done, after a long silence: the phase is timed from the last report."""
     import io

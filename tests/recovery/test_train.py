@@ -4,6 +4,7 @@ to the PEFT model, and the guard returning the input when nothing improves."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from dataclasses import replace
 
@@ -203,14 +204,15 @@ def test_a_time_budget_evaluates_its_last_step(tiny, tmp_path, monkeypatch):
     The clock is the steps done, a minute each: 2.5 minutes end training after step 3."""
     import tokensurgeon.recovery.train as train
 
-    done = [0]
+    done, notes = [0], []
     monkeypatch.setattr(train.time, "monotonic", lambda: 60.0 * done[0])
     patched = shutil.copytree(tiny, tmp_path / "p")
     _, result = recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
                         _options(objective="lm", train="embeddings", steps=50, eval_every=40, max_minutes=2.5),
-                        device="cpu", progress=lambda step, steps: done.__setitem__(0, step))
+                        device="cpu", progress=lambda step, steps, note: (done.__setitem__(0, step), notes.append(note)))
     assert result.stopped_by == "max-minutes" and result.steps_run == 3
     assert [point.step for point in result.history] == [0, 3]
     # copied rows are anchored (train embeddings): from step 2 on they have moved, and their pull is reported
     # apart from the objective's loss
     assert result.history[0].anchor is None and result.history[1].anchor > 0 and result.history[1].loss > 0
+    assert len(notes) == 3 and all(re.fullmatch(r"loss \d+\.\d{3}, [\d,]+ tok/s", note) for note in notes)

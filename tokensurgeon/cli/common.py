@@ -57,14 +57,14 @@ def phase_lines(stream: Any = None, *, after: float | None = None, every: float 
     said: dict[str, float] = {}
     last_report = [time.monotonic()]  # a phase began about when the one before it last reported
 
-    def update(phase: str, done: int, total: int) -> None:
+    def update(phase: str, done: int, total: int, note: str = "") -> None:
         now = time.monotonic()
         start = started.setdefault(phase, last_report[0])
         last_report[0] = now
         if now - start >= wait and (phase not in said or now - said[phase] >= interval):
             said[phase] = now
-            print(f"tokensurgeon: {phase}: {done:,}/{total:,} after {now - start:.0f} s", file=stream or sys.stderr,
-                  flush=True)
+            print(f"tokensurgeon: {phase}: {done:,}/{total:,} after {now - start:.0f} s" + (f", {note}" if note else ""),
+                  file=stream or sys.stderr, flush=True)
 
     return update
 
@@ -75,14 +75,15 @@ def progress_bars(enabled: bool) -> Iterator[Progress]:
     if not enabled:
         yield phase_lines()
         return
-    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    columns = (TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TextColumn("{task.fields[note]}"))
     with Bars(*columns, console=Console(stderr=True), transient=True) as bars:
         tasks: dict[str, Any] = {}
 
-        def update(phase: str, done: int, total: int) -> None:
+        def update(phase: str, done: int, total: int, note: str = "") -> None:
             if phase not in tasks:
-                tasks[phase] = bars.add_task(phase, total=total)
-            bars.update(tasks[phase], completed=done, total=total)
+                tasks[phase] = bars.add_task(phase, total=total, note="")
+            bars.update(tasks[phase], completed=done, total=total, note=note)
 
         yield update
 

@@ -139,7 +139,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     unseen = _read(config.eval_texts)
     base_held, base_unseen = _base_scores(config, held_out), _base_scores(config, unseen)
     clock.lap("base")
-    tick = (lambda step, steps: progress("heal", step, steps)) if progress is not None else None
+    tick = (lambda step, steps, note: progress("heal", step, steps, note)) if progress is not None else None
     with torch.random.fork_rng():  # the seed governs this run only, not the caller's generator
         model, result = recover(config.patched, {label: train for label, (train, _) in splits.items()}, held_out,
                                 recovery_options(config), teacher=teacher, unseen=unseen, device=config.device,

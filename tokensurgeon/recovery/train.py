@@ -35,7 +35,7 @@ from tokensurgeon.recovery.trainable import (embedding_params, free_rows, keep_r
                                              trainable_counts)
 from tokensurgeon.vocab.undertrained import undertrained_rows
 
-Progress = Callable[[int, int], None]
+Progress = Callable[[int, int, str], None]  # (step, steps, note: the loss and tokens/s so far)
 _DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 
@@ -219,7 +219,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         penalties.append(float(penalty))
         tokens += read
         if progress is not None:
-            progress(step, options.steps)
+            progress(step, options.steps, f"loss {sum(losses) / len(losses):.3f}, {tokens / train_seconds:,.0f} tok/s")
         out_of_time = deadline is not None and time.monotonic() > deadline
         if step % options.eval_every and step != options.steps and not out_of_time:
             continue  # the last step is always evaluated, so a budget's final steps are not lost

@@ -3,9 +3,16 @@
 from __future__ import annotations
 
 import time
-from typing import Callable
+from typing import Callable, Protocol
 
-Progress = Callable[[str, int, int], None]  # (phase, done, total); the CLI draws one bar per phase
+
+class Progress(Protocol):
+    """(phase, done, total[, note]): the CLI draws one bar per phase, and the note (heal: loss and tokens/s) beside
+    it; only a phase that says so passes a note."""
+
+    def __call__(self, phase: str, done: int, total: int, note: str = "") -> None: ...
+
+
 Tick = Callable[[int, int], None]  # (done, total) within one phase, as loops below a job see it
 
 
