@@ -148,3 +148,14 @@ def test_missing_pieces(tiny_models, fresh_copy, tmp_path):
     (pickled / "model.safetensors").rename(pickled / "pytorch_model.bin")
     with pytest.raises(CheckpointError, match="pickle"):
         open_checkpoint(pickled)
+
+
+def test_nonfinite_summary_counts_what_a_finite_sum_would_hide_or_invent():
+    """The per-block sum only decides which blocks are checked value by value: an overflowing sum of finite
+    values is no finding, and +inf beside -inf (a NaN sum) is still two values."""
+    nonfinite_summary = checkpoint_module.nonfinite_summary
+    huge = torch.full((6, 4), 3e38, dtype=torch.bfloat16)  # finite values whose float32 sum is inf
+    assert nonfinite_summary(huge, rows_per_block=2) is None
+    mixed = torch.zeros(6, 4)
+    mixed[3, 0], mixed[3, 1], mixed[5, 2] = float("inf"), float("-inf"), float("nan")
+    assert nonfinite_summary(mixed, rows_per_block=2) == (3, 2, 3)

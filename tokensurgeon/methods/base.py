@@ -83,10 +83,10 @@ class InitContext:
         return mean_rows(matrix, self.defined_base_ids())
 
 
-def gather_rows(matrix: torch.Tensor, ids: list[int]) -> torch.Tensor:
-    """matrix[ids] in (at least) float32, read in row order (``checkpoint.gathered``): no stored-dtype copy
-    of all the rows beside the float32 one, and at most one block of a mapped matrix resident."""
-    out = torch.empty(len(ids), matrix.shape[1], dtype=torch.promote_types(matrix.dtype, torch.float32),
+def gather_rows(matrix: torch.Tensor, ids: list[int], dtype: torch.dtype | None = None) -> torch.Tensor:
+    """matrix[ids] in ``dtype`` (default: at least float32), read in row order (``checkpoint.gathered``): no
+    stored-dtype copy of all the rows beside the float32 one, and at most one block of a mapped matrix resident."""
+    out = torch.empty(len(ids), matrix.shape[1], dtype=dtype or torch.promote_types(matrix.dtype, torch.float32),
                       device=matrix.device)
     for positions, rows in gathered(matrix, ids):
         out[positions] = rows.to(out.dtype)

@@ -107,7 +107,8 @@ class OMPMethod(InitMethod):
         missing = [j for j, i in enumerate(target_ids) if i >= rows]
         targets[missing] = 0  # ids past the donor's rows have no donor embedding: no signal to match
         k = min(self.k, donor_matrix.shape[1])  # more atoms than dimensions are linearly dependent
-        return omp_batches(targets, gather_rows(donor_matrix, anchor_donor), k, device=ctx.device,
+        # anchors as stored: the solver upcasts the rows it gathers, so bf16 anchors need no float32 copy
+        return omp_batches(targets, gather_rows(donor_matrix, anchor_donor, donor_matrix.dtype), k, device=ctx.device,
                            normalize_atoms=self.normalize_atoms, candidates=self.candidates,
                            refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress,
                            select_dtype=self.select_dtype(ctx))
