@@ -332,6 +332,7 @@ def main() -> None:
     for pair in pairs:
         budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
                   + ("" if args.lr is None else f"+lr{args.lr:g}")
+                  + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
