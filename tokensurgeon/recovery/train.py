@@ -207,8 +207,8 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         step += 1
         with autocast:
             loss, read, seen = objective(model, sampler.next(options.batch_size), device)
-        penalty = options.anchor_weight * sum(((param if index is None else param[index]) - start).pow(2).sum()
-                                              for param, index, start in anchors)
+        penalty = options.anchor_weight * sum((((param if index is None else param[index]) - start).pow(2).sum()
+                                               for param, index, start in anchors), torch.zeros((), device=device))
         optimizer.zero_grad(set_to_none=True)
         (loss + penalty).backward()
         if options.batch_rows:
@@ -216,7 +216,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         optimizer.step()
         train_seconds += time.perf_counter() - clock
         losses.append(loss.item())
-        penalties.append(float(penalty))
+        penalties.append(penalty.item())
         tokens += read
         if progress is not None:
             progress(step, options.steps, f"loss {sum(losses) / len(losses):.3f}, {tokens / train_seconds:,.0f} tok/s")
