@@ -182,7 +182,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         longest = sorted((s for pool in per_text for s in pool), key=lambda s: -len(s.student))
         size = sum(p.numel() * p.element_size() for p in trainable.values())
         options = replace(options, batch_size=measure_batch(
-            lambda n: _probe(model, objective, (longest * n)[:n], device, autocast), size, device))
+            lambda n: _probe(model, objective, (longest[:n] * n)[:n], device, autocast), size, device))
 
     def snapshot() -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
