@@ -184,6 +184,7 @@ def child_model(args, pair: str, name: str) -> dict:
                               patience=steps, batch_size=args.batch_size or None, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
                               **({} if args.lr is None else {"lr": args.lr}),
+                              **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
                               batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
     clock = time.perf_counter()
     model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
@@ -289,6 +290,7 @@ def main() -> None:
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
+    parser.add_argument("--anchor-weight", type=float, default=None, help="heal --anchor-weight (default: heal's)")
     parser.add_argument("--omp-k", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=50)
     parser.add_argument("--new-tokens", type=int, default=12)
@@ -333,6 +335,7 @@ def main() -> None:
         budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
                   + ("" if args.lr is None else f"+lr{args.lr:g}")
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
+                  + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
