@@ -21,7 +21,7 @@ from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
 from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.train import Objective, merged_tensors, recover
-from tokensurgeon.recovery.trainable import keep_rows, prepare
+from tokensurgeon.recovery.trainable import BatchRows, keep_rows, prepare
 
 TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
 
@@ -150,11 +150,51 @@ def test_fit_applies_batch_rows_every_step(tiny, monkeypatch, tmp_path):
     import tokensurgeon.recovery.train as train
 
     calls = []
-    monkeypatch.setattr(train, "keep_rows", lambda params, ids: calls.append((len(params), ids.numel())))
+
+    class Counting(train.BatchRows):
+        def before_step(self, ids):
+            calls.append((len(self.params), ids.numel()))
+            super().before_step(ids)
+
+    monkeypatch.setattr(train, "BatchRows", Counting)
     patched = shutil.copytree(tiny, tmp_path / "p")
     recover(patched, {"news": TEXT[:5000]}, {"news": TEXT[5000:]},
             _options(objective="lm", train="embeddings", batch_rows=True), device="cpu")
     assert len(calls) == 2 and all(n == 1 and ids > 0 for n, ids in calls)  # 2 steps; one tied matrix
+
+
+def test_rows_seen_earlier_do_not_ride_adams_momentum(tiny):
+    """A row in step 1's batch but not in step 2's: zeroing its gradient alone still lets Adam move it in step 2
+    (its momentum); BatchRows puts it back."""
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    options = _options(objective="lm", train="embeddings", anchor_weight=0.0)
+    model, _, _ = prepare(model, options, None)
+    embed = [p for n, p in model.named_parameters() if "embed_tokens" in n][0]
+    pool = samples(TEXT, "news", side(tokenizer), None, 32)
+    objective = Objective(options, side(tokenizer), None, None)
+    start = embed.detach().clone()
+    drift = {}
+    for fixed in (False, True):
+        with torch.no_grad():
+            embed.copy_(start)
+        optimizer, rows = torch.optim.AdamW([embed], lr=1e-3, weight_decay=0.0), BatchRows([embed])
+        after = []
+        for batch in (pool[:1], pool[5:6]):
+            embed.grad = None
+            loss, _, seen = objective(model, batch, torch.device("cpu"))
+            loss.backward()
+            if fixed:
+                rows.before_step(seen)
+            else:
+                keep_rows([embed], seen)
+            optimizer.step()
+            if fixed:
+                rows.after_step()
+            after.append((embed.detach().clone(), set(seen.tolist())))
+        only_first = sorted(after[0][1] - after[1][1])
+        assert len(only_first) > 5
+        drift[fixed] = (after[1][0][only_first] - after[0][0][only_first]).abs().max().item()
+    assert drift[False] > 1e-4 and drift[True] == 0.0
 
 
 class _Scripted(Task):

@@ -31,7 +31,7 @@ from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, sample
 from tokensurgeon.recovery.guard import better, guard_tasks, keeps_skills, score_texts, task_scores
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
-from tokensurgeon.recovery.trainable import (embedding_params, free_rows, keep_rows, prepare, read_provenance,
+from tokensurgeon.recovery.trainable import (BatchRows, embedding_params, free_rows, prepare, read_provenance,
                                              trainable_counts)
 from tokensurgeon.vocab.undertrained import undertrained_rows
 
@@ -171,7 +171,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     per_text = [samples(text, label, student_side, teacher_side, options.context)
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
-    embeddings = list(embedding_params(model).values())
+    batch_rows = BatchRows(list(embedding_params(model).values())) if options.batch_rows else None
     groups = [{"params": [p for n, p in trainable.items() if "lora_" not in n], "lr": options.lr},
               {"params": [p for n, p in trainable.items() if "lora_" in n], "lr": options.lora_lr}]
     optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
@@ -211,9 +211,11 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
                                                for param, index, start in anchors), torch.zeros((), device=device))
         optimizer.zero_grad(set_to_none=True)
         (loss + penalty).backward()
-        if options.batch_rows:
-            keep_rows(embeddings, seen)
+        if batch_rows is not None:
+            batch_rows.before_step(seen)
         optimizer.step()
+        if batch_rows is not None:
+            batch_rows.after_step()
         train_seconds += time.perf_counter() - clock
         losses.append(loss.item())
         penalties.append(penalty.item())

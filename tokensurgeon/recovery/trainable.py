@@ -65,6 +65,38 @@ def keep_rows(params: list[torch.nn.Parameter], ids: torch.Tensor) -> None:
             param.grad.mul_(keep)
 
 
+class BatchRows:
+    """--batch-rows: in each step only the rows of tokens in that step's batch move.
+
+    Zeroing the other rows' gradients (keep_rows) is not enough under Adam. A row seen in an earlier step keeps
+    moving on its momentum for some ten steps after, out of the anchor's reach: at anchor weight 100 P2's copied
+    rows drifted exactly as far as at weight 1 (docs/heal.md). So the rows seen before but not now are put back
+    after the optimizer's step. Rows never seen have no momentum and need nothing.
+    """
+
+    def __init__(self, params: list[torch.nn.Parameter]) -> None:
+        self.params = params
+        self.seen = [torch.zeros(p.shape[0], dtype=torch.bool, device=p.device) for p in params]
+        self.held: list[tuple[torch.nn.Parameter, torch.Tensor, torch.Tensor]] = []
+
+    def before_step(self, ids: torch.Tensor) -> None:
+        """After backward: keep only ids' gradients, and hold the values of rows seen before but not in ids."""
+        keep_rows(self.params, ids)
+        self.held = []
+        for param, seen in zip(self.params, self.seen):
+            now = torch.zeros_like(seen)
+            now[ids.to(seen.device)] = True
+            rows = (seen & ~now).nonzero().flatten()
+            self.held.append((param, rows, param.detach()[rows].clone()))
+            seen |= now
+
+    def after_step(self) -> None:
+        with torch.no_grad():
+            for param, rows, values in self.held:
+                param[rows] = values
+        self.held = []
+
+
 def prepare(model: Any, options: RecoveryOptions, free: list[int] | None
             ) -> tuple[Any, dict[str, torch.nn.Parameter], list[tuple[torch.nn.Parameter, torch.Tensor | None, torch.Tensor]]]:
     """Make exactly what options.train names trainable: (model, trainable params by name, anchors).
