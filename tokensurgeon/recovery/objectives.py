@@ -60,8 +60,8 @@ def _log1mexp(x: torch.Tensor) -> torch.Tensor:
 
     Each branch is evaluated only where it is chosen (a harmless -1 elsewhere): torch.where's backward
     multiplies the other branch's gradient by zero, and log1p(-exp(x)) near x = 0 has an infinite one, so
-    a single near-certain chunk (student probability above ~0.99999, common with bf16 logits) made every
-    gradient NaN: the GPU runs of P2 and P1 trained on NaN from the start.
+    a single near-certain chunk (student probability above ~0.99999) made every gradient NaN: the H200 runs
+    of P2 and P1 trained on NaN (docs/heal.md, Device).
     """
     near = x > -math.log(2)
     return torch.where(near, torch.log(-torch.expm1(torch.where(near, x, -1.0))),

@@ -54,7 +54,8 @@ class RecoveryOptions:
             raise TokenSurgeonError(f"--objective {self.objective}: choose one of {', '.join(HEAL_OBJECTIVES)}")
         if self.train not in HEAL_TRAIN:
             raise TokenSurgeonError(f"--train {self.train}: choose one of {', '.join(HEAL_TRAIN)}")
-        if self.steps < 1 or (self.batch_size is not None and self.batch_size < 1) or self.context < 4 or self.eval_every < 1 or self.patience < 1:
+        batch = 1 if self.batch_size is None else self.batch_size  # None: sized by fit() (batch.py)
+        if min(self.steps, batch, self.eval_every, self.patience) < 1 or self.context < 4:
             raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
         if self.temperature <= 0 or self.lm_mix < 0 or self.lr <= 0 or self.lora_lr <= 0:
             raise TokenSurgeonError("temperature and learning rates must be > 0 and lm-mix >= 0")
