@@ -201,13 +201,15 @@ def child_draft(args, name: str) -> dict:
     """draft-heal: heal DRAFT --teacher GEMMA3 (distill: token KL); draft-before/after: evaluate --speculative."""
     work = Path(args.work)
     models = work / "models"
-    if name == "draft-heal":
+    variant = draft_variant(args)
+    if name.startswith("draft-heal"):
         from tokensurgeon.config import HealConfig
         from tokensurgeon.jobs.heal import heal
 
         steps = args.steps if args.minutes is None else 10**6  # --minutes: as many steps as fit
         report = heal(HealConfig(patched=models / "draft", texts=tuple(training_files(work, args.train_bytes)),
-                                 out=models / "draft-healed", teacher=GEMMA3, objective="distill", train="lora",
+                                 out=models / f"draft-healed{variant}", teacher=GEMMA3, objective="distill",
+                                 train="lora", generate=args.generate,
                                  steps=steps, eval_every=args.eval_every, patience=steps, max_minutes=args.minutes,
                                  batch_size=args.batch_size or None, context=args.context,
                                  eval_max_bytes=args.eval_max_bytes, device=args.device, force=True))
@@ -218,11 +220,18 @@ def child_draft(args, name: str) -> dict:
     from tokensurgeon.config import SpeculativeConfig
     from tokensurgeon.evaluation.speculative import speculative_benchmark
 
-    drafts = [models / "draft", SMOLLM2] if name == "draft-before" else [models / "draft-healed"]
+    drafts = [models / "draft", SMOLLM2] if name == "draft-before" else [models / f"draft-healed{variant}"]
     config = SpeculativeConfig(prompts=args.spec_prompts, max_new_tokens=args.spec_tokens, device=args.device)
     report = speculative_benchmark(GEMMA3, drafts, {"lee_news": cut(read("lee_news.txt"), 200_000)[100_000:]},
                                    config)
     return {"config": name} | report.to_dict()
+
+
+def draft_variant(args) -> str:
+    """The healed draft's name suffix: what it trained on, and for how long when not the default steps."""
+    return ((f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
+            + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
+            + (f"+gen{args.generate}" if args.generate else ""))
 
 
 def geomean(values: list[float]) -> float:
@@ -305,6 +314,8 @@ def main() -> None:
     parser.add_argument("--batch-rows", action="store_true", help="heal --batch-rows: only rows in the batch move")
     parser.add_argument("--guard-task", default="", help="comma-separated heal --guard-task values (e.g. arithmetic)")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--generate", type=int, default=0, help="draft: heal --generate N (train on N greedy "
+                        "continuations of the target from prompts of the training text)")
     parser.add_argument("--train-bytes", type=int, default=60_000, help="bytes of enwiki_head to train on (the "
                         "UDHR training files, ~12-26 KB each, are used whole)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA under bf16 autocast when present)")
@@ -343,7 +354,9 @@ def main() -> None:
         print(f"\n{pair.upper()}: {work / 'models' / pair} (chat-formatted prompts: {rows['base']['chat']})")
         print(pair_table(rows), flush=True)
     if args.draft:
-        before, heal_row, after = (run_child(args, name) for name in ("draft-before", "draft-heal", "draft-after"))
+        variant = draft_variant(args)
+        before, heal_row, after = (run_child(args, name) for name in ("draft-before", f"draft-heal{variant}",
+                                                                     f"draft-after{variant}"))
         print(f"\nDRAFT: {work / 'models' / 'draft'} for {GEMMA3}, {args.spec_prompts} lee_news prompts x "
               f"{args.spec_tokens} new tokens, k=5")
         print(draft_table(before, heal_row, after))

@@ -191,6 +191,37 @@ def test_draft_distils_toward_its_target_by_token_kl(tiny_models, text, tmp_path
     assert len(report.history) > 1 and all(h.loss is None or h.loss >= 0 for h in report.history)
 
 
+def test_generate_trains_on_the_teachers_continuations(tiny_models, text, tmp_path, monkeypatch):
+    """--generate: the engine's training text is what the teacher wrote; the held-out split stays the user's."""
+    import tokensurgeon.jobs.heal as heal_job
+
+    seen = {}
+    recover = heal_job.recover
+
+    def spy(patched, train_texts, held_out, *args, **kwargs):
+        seen["train"], seen["held_out"] = train_texts, held_out
+        return recover(patched, train_texts, held_out, *args, **kwargs)
+
+    monkeypatch.setattr(heal_job, "recover", spy)
+    draft = shutil.copytree(tiny_models["untied"], tmp_path / "draft")
+    report = heal(HealConfig(patched=draft, texts=(text,), out=tmp_path / "out", objective="distill",
+                             train="embeddings", teacher=tiny_models["tied"], lr=1e-2, generate=3, **QUICK))
+    assert list(seen["train"]) == ["teacher"] and list(seen["held_out"]) == ["spa.txt"]
+    written = seen["train"]["teacher"].split("\n\n")
+    assert len(written) == 3 and text.read_text(encoding="utf-8")[:20] in written[0]
+    assert seen["held_out"]["spa.txt"] == split_held_out(text.read_text(encoding="utf-8"), QUICK["held_out"])[1]
+    assert report.options["generate"] == 3 and report.texts[0].train_bytes is None and report.steps_run >= 1
+    assert "3 greedy continuations the teacher wrote" in (tmp_path / "out" / "README.md").read_text()
+
+
+def test_generate_without_a_teacher_is_one_line_exit_2(tiny_models, text, tmp_path):
+    result = runner.invoke(app, ["heal", str(tiny_models["tied"]), "--text", str(text), "-o", str(tmp_path / "o"),
+                                 "--objective", "lm", "--generate", "4"])
+    assert result.exit_code == 2, result.output
+    assert "--generate needs a teacher" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     result = runner.invoke(app, ["heal", str(patched["tied"]), "--text", str(text), "-o", str(tmp_path / "out"),
                                  "--objective", "lm", "--train", "embeddings", "--eval-text", str(unseen),
@@ -219,6 +250,7 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--teacher", "/nonexistent"], "--teacher"),
     (["--text", "TEXT", "--guard-task", "spelling"], "--guard-task spelling: not a task"),
     (["--text", "TEXT", "--batch-size", "0"], "--batch-size"),
+    (["--text", "TEXT", "--generate", "-1"], "--generate"),
 ])
 def test_user_errors_are_one_line_exit_2(patched, text, args, message):
     args = [str(text) if arg == "TEXT" else arg for arg in args]

@@ -80,6 +80,9 @@ def heal(
     guard_task: Optional[List[str]] = typer.Option(None, "--guard-task",
                                                    help="A task (arithmetic, or a multiple-choice .jsonl) no kept "
                                                         "state may score lower on than PATCHED (repeatable)."),
+    generate: int = typer.Option(HealConfig.generate, help="Train on this many greedy continuations the teacher "
+                                                           "writes from prompts cut from the text, not on the text "
+                                                           "itself (drafts: what speculative decoding must match)."),
     steps: int = typer.Option(HealConfig.steps, help="Training steps at most."),
     max_minutes: Optional[float] = typer.Option(HealConfig.max_minutes, help="Training time budget in minutes."),
     lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate of the embeddings."),
@@ -124,7 +127,7 @@ def heal(
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
                             temperature=temperature, train=train, rows=rows, teacher=teacher,
                             eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task or ()), steps=steps,
-                            lr=lr, lora_lr=lora_lr,
+                            generate=generate, lr=lr, lora_lr=lora_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_rows=batch_rows, batch_size=batch_size,
                             context=context,
                             held_out=held_out, eval_every=eval_every, patience=patience,

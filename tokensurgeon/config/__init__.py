@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TokenSurgeonError
-from .heal import (CPU_BATCH_SIZE, DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, HEAL_OBJECTIVES,  # noqa: F401
-                   HEAL_ROWS, HEAL_TRAIN, MAX_AUTO_BATCH, HealConfig)
+from .heal import (CPU_BATCH_SIZE, DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN,  # noqa: F401
+                   GENERATE_BATCH_SIZE, GENERATE_PROMPT_TOKENS, HEAL_OBJECTIVES, HEAL_ROWS, HEAL_TRAIN, MAX_AUTO_BATCH, HealConfig)
 
 DEFAULT_METHOD = "subword-mean"
 DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses

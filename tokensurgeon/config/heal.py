@@ -15,6 +15,8 @@ DEFAULT_HEAL_OBJECTIVE = "distill"  # P2 bench (docs/heal.md): more behaviour th
 DEFAULT_HEAL_TRAIN = "lora"
 CPU_BATCH_SIZE = 4  # sequences per step on CPU when --batch-size is not given
 MAX_AUTO_BATCH = 64  # the most sequences per step sized from free GPU memory (recovery/batch.py)
+GENERATE_PROMPT_TOKENS = 32  # teacher tokens of user text before each --generate continuation
+GENERATE_BATCH_SIZE = 32  # prompts the teacher continues at once (greedy, KV-cached: small beside training)
 
 
 @dataclass(frozen=True)
@@ -48,6 +50,8 @@ class HealConfig:
         guard_tasks: evaluation tasks (names or multiple-choice .jsonl files) the kept state must score no lower on
             than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant).
         compare_base: also score the transplant's base model on the held-out text (for ratios).
+        generate: train on this many greedy continuations the teacher writes from prompts cut from the training
+            text, instead of the text itself (recovery/generate.py); the held-out split stays the user's text.
     """
 
     patched: Path
@@ -77,6 +81,7 @@ class HealConfig:
     save_adapter: bool = False
     gradient_checkpointing: bool = False
     compare_base: bool = True
+    generate: int = 0
     seed: int = 0
     device: str = "auto"
     force: bool = False
@@ -115,6 +120,8 @@ class HealConfig:
         if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:
             raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight and "
                                     "--lm-mix at least 0")
+        if self.generate < 0:
+            raise TokenSurgeonError("--generate must be at least 0")
         if self.context < 4:
             raise TokenSurgeonError("--context must be at least 4 tokens")
         if not 0 < self.held_out < 1:

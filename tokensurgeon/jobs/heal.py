@@ -33,14 +33,15 @@ from .. import __version__
 from ..checkpoint import open_checkpoint
 from ..checkpoint.formats.safetensors import INDEX_NAME
 from ..checkpoint.writer import write_weights
-from ..config import CPU_BATCH_SIZE, EvalConfig, HealConfig
+from ..config import CPU_BATCH_SIZE, GENERATE_BATCH_SIZE, EvalConfig, HealConfig
 from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
 from ..evaluation.rows import HealRow, text_labels
+from ..recovery.generate import teacher_continuations
 from ..recovery.guard import guard_tasks
 from ..recovery.options import RecoveryOptions
-from ..recovery.train import EvalPoint, TextChange, base_of, recover
+from ..recovery.train import EvalPoint, TextChange, base_of, pick_device, recover
 from ..runtime.outdir import atomic_directory, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
 
@@ -115,6 +116,17 @@ def _base_scores(config: HealConfig, texts: dict[str, str]) -> list[TextScore] |
                            trust_remote_code=config.trust_remote_code)[0].scores
 
 
+def _generated(config: HealConfig, teacher: Path, prompts_from: dict[str, str], progress: Progress | None) -> str:
+    """The teacher's greedy continuations of config.generate prompts, as one training text."""
+    written = teacher_continuations(teacher, prompts_from, config.generate, context=config.context,
+                                    batch_size=GENERATE_BATCH_SIZE, device=pick_device(config.device),
+                                    trust_remote_code=config.trust_remote_code, progress=phase(progress, "generate"))
+    if not written:
+        raise TokenSurgeonError("--generate: the teacher wrote nothing from the training text's prompts (give more "
+                                "text, or drop --generate)")
+    return "\n\n".join(written)
+
+
 def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     """Train PATCHED by config (objective, train) on config.texts and write the best state to config.out.
 
@@ -130,18 +142,24 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     inputs += [teacher] if teacher is not None else []
     check_output_path(config.out, inputs, force=config.force)
     checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
-    if config.objective == "distill" and teacher is None:
-        raise TokenSurgeonError(f"--objective distill needs a teacher: {config.patched}/report.json names no base "
-                                "model that exists here; pass --teacher DIR or use --objective lm")
+    if teacher is None and (config.objective == "distill" or config.generate):
+        flag, other = ("--objective distill", " or use --objective lm") if config.objective == "distill" else (
+            "--generate", "")
+        raise TokenSurgeonError(f"{flag} needs a teacher: {config.patched}/report.json names no base model that "
+                                f"exists here; pass --teacher DIR{other}")
     texts = _read(config.texts)
     splits = {label: split_held_out(text, config.held_out) for label, text in texts.items()}
     held_out = {label: held for label, (_, held) in splits.items()}
     unseen = _read(config.eval_texts)
     base_held, base_unseen = _base_scores(config, held_out), _base_scores(config, unseen)
     clock.lap("base")
+    train_texts = {label: train for label, (train, _) in splits.items()}
+    if config.generate:
+        train_texts = {"teacher": _generated(config, teacher, train_texts, progress)}
+        clock.lap("generate")
     tick = (lambda step, steps, note: progress("heal", step, steps, note)) if progress is not None else None
     with torch.random.fork_rng():  # the seed governs this run only, not the caller's generator
-        model, result = recover(config.patched, {label: train for label, (train, _) in splits.items()}, held_out,
+        model, result = recover(config.patched, train_texts, held_out,
                                 recovery_options(config), teacher=teacher, unseen=unseen, device=config.device,
                                 trust_remote_code=config.trust_remote_code, progress=tick)
     clock.lap("train")
@@ -173,10 +191,10 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
                      "patience": config.patience, "eval_max_bytes": config.eval_max_bytes,
                      "max_minutes": config.max_minutes, "guard_tasks": list(config.guard_tasks),
-                     "seed": config.seed},
+                     "generate": config.generate, "seed": config.seed},
             device=result.device, adapter=str(config.out / ADAPTER_DIR) if adapter is not None else None,
             texts=[_text_row(row, held_out, config, base_held[i] if base_held else None,
-                             train_bytes=len(splits[row.text][0].encode("utf-8")))
+                             train_bytes=None if config.generate else len(splits[row.text][0].encode("utf-8")))
                    for i, row in enumerate(result.held_out)],
             unseen=[_text_row(row, unseen, config, base_unseen[i] if base_unseen else None)
                     for i, row in enumerate(result.unseen)],
@@ -208,6 +226,9 @@ def card_lines(report: HealReport) -> list[str]:
              f"{objective.get(report.objective, report.objective)} for {report.steps_run} steps "
              f"({report.tokens_per_second:,.0f} tokens/s); the best held-out state (step {report.best_step}) is kept"
              + ("." if report.improved else ", which is the unhealed one: no step improved it.")]
+    if report.options.get("generate"):
+        lines[0] += (f" The training text was {report.options['generate']} greedy continuations the teacher wrote "
+                     "from prompts cut from the user's text.")
     if report.tasks_before:
         lines += ["", "Guard tasks (a kept state scores no lower than the input; other items than `evaluate --task`): "
                   + ", ".join(f"{name} {report.tasks_before[name]:.3f} -> {report.tasks_after[name]:.3f}"
