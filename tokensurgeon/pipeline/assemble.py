@@ -3,6 +3,7 @@ new rows from the method, padding rows the mean; provenance per row, norms, wors
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from ..methods import InitResult, Provenance
 from ..methods._shared.pieces import piece_means
 from ..methods.base import mean_rows
-from ..runtime.memory import gathered
+from ..runtime.memory import gathered, tensor_sha256
 from ..vocab.alignment import COPIED
 from ..vocab.pair import TokenizerPair
 from .session import Session
@@ -27,20 +28,26 @@ class AssembledMatrix:
     Writing and hashing read it by row slices (``matrix[a:b]``), so the whole output never exists
     in memory: a transplant holds the base matrices and the new rows (in the base dtype), no more.
     tests/jobs/test_export.py checks the rows against a whole-matrix reference.
+
+    The slices read in row order from the first row on (the writer's pass) are hashed as they go, so
+    ``sha256()`` after writing needs no second assembly of the rows.
     """
 
     def __init__(self, base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: torch.Tensor | None,
-                 pad_row: torch.Tensor) -> None:
+                 pad_row: torch.Tensor | None) -> None:
         alignment = pair.alignment
         self.base, self.dtype = base_matrix, base_matrix.dtype
         self.shape = torch.Size((alignment.n_rows, base_matrix.shape[1]))
         kinds = {kind: 0 for kind in COPIED} | {"padding": 2}
         self.kind = torch.tensor([kinds.get(kind, 1) for kind in alignment.match], dtype=torch.int8)
+        if pad_row is None and bool((self.kind == 2).any()):
+            raise ValueError("AssembledMatrix needs a pad row: the alignment has padding rows")
         self.source = torch.tensor(alignment.source, dtype=torch.long)
         self.new_position = torch.full((alignment.n_rows,), -1, dtype=torch.long)
         self.new_position[alignment.new_ids] = torch.arange(len(alignment.new_ids))
         self.new_rows = new_rows.to(device="cpu", dtype=self.dtype) if alignment.new_ids else None
-        self.pad_row = pad_row.to(device="cpu", dtype=self.dtype)
+        self.pad_row = None if pad_row is None else pad_row.to(device="cpu", dtype=self.dtype)
+        self.digest, self.hashed_rows = hashlib.sha256(), 0  # rows [0, hashed_rows) handed out in order
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
@@ -63,11 +70,22 @@ class AssembledMatrix:
         new = (kind == 1).nonzero().flatten()
         if new.numel():
             out[new] = self.new_rows[self.new_position[start:stop][new]]
-        out[(kind == 2).nonzero().flatten()] = self.pad_row
+        padding = (kind == 2).nonzero().flatten()
+        if padding.numel():
+            out[padding] = self.pad_row
+        if start == self.hashed_rows < stop:
+            self.digest.update(out.view(torch.uint8).numpy().data)
+            self.hashed_rows = stop
         return out
 
     def materialise(self) -> torch.Tensor:
         return self[:]
+
+    def sha256(self) -> str:
+        """sha256 of the whole matrix's bytes (row-major), as ``runtime.memory.tensor_sha256`` gives it."""
+        if self.hashed_rows < self.shape[0]:
+            return tensor_sha256(self)
+        return self.digest.hexdigest()
 
 
 def provenance_rows(pair: TokenizerPair, result: InitResult) -> Iterator[dict[str, Any]]:

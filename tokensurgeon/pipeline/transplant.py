@@ -51,14 +51,16 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
     residuals = new_row_departures(session, result)
     audit = audit_transplant(session, result)  # before the float32 rows are handed over below
     defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
-    new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
+    padded = "padding" in pair.alignment.match  # else no row takes the mean: a pass over the base rows saved
+    pad_row = lambda matrix: mean_rows(matrix, defined) if padded else None  # noqa: E731
+    new_embed = AssembledMatrix(base_embed, pair, result.embed, pad_row(base_embed))
     result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
     replacements = {base.input_name: new_embed}
     if base.tied and base.output_name:
         replacements[base.output_name] = new_embed
     new_head = None
     if not base.tied:
-        new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
+        new_head = AssembledMatrix(base_head, pair, result.head, pad_row(base_head))
         replacements[base.output_name] = new_head
         result.head = None
     replacements |= extra_vocab_tensors(session)
@@ -88,8 +90,8 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
               "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
         donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
                "is_model": session.donor_model is not None or donor_config_rows(config.donor) > 0},
-        output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
-                "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
+        output={"path": str(config.out), "rows": n_rows, "embed_sha256": new_embed.sha256(),
+                "head_sha256": new_head.sha256() if new_head is not None else None},
         method={"name": config.method, "options": config.method_options, "seed": config.seed,
                 "device": str(resolve_device(config.device)), "chat_template": config.chat_template}
                | ({"info": result.info} if result.info else {}),

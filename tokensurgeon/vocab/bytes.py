@@ -84,7 +84,7 @@ def spell_bytes(raw: bytes) -> str:
 
 def is_byte_token(token: str) -> bool:
     """Whether a SentencePiece token is a byte-fallback token (``<0xNN>``)."""
-    return _BYTE_TOKEN.match(token) is not None
+    return token.startswith("<0x") and _BYTE_TOKEN.match(token) is not None  # startswith: no regex per token
 
 
 def canonical_bytes(token: str, scheme: str, *, byte_fallback: bool = False) -> bytes:
@@ -99,7 +99,7 @@ def canonical_bytes(token: str, scheme: str, *, byte_fallback: bool = False) -> 
             return bytes(decoder[char] for char in token)
         return token.encode("utf-8")
     if scheme == "metaspace":
-        match = _BYTE_TOKEN.match(token) if byte_fallback else None
+        match = _BYTE_TOKEN.match(token) if byte_fallback and token.startswith("<0x") else None
         if match:
             return bytes([int(match.group(1), 16)])
         return token.replace(_METASPACE, " ").encode("utf-8")
