@@ -93,7 +93,7 @@ def test_transformers_version_without_the_import_is_the_module_s():
 
     import transformers
 
-    script = ("import sys; from tokensurgeon.checkpoint.model_layout import transformers_version; "
+    script = ("import sys; from tokensurgeon.runtime.cache import transformers_version; "
               "print(transformers_version(), 'transformers' in sys.modules)")
     run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
     assert run.stdout.split() == [transformers.__version__, "False"], run.stderr

@@ -14,10 +14,7 @@ transformers version, and a cache hit imports nothing from transformers (~0.7 s 
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
-import importlib.util
 import json
-import sys
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from ..errors import CheckpointError
-from ..runtime.cache import cache_dir, store
+from ..runtime.cache import cache_dir, store, transformers_version
 from ..runtime.progress import first_line
 from ..runtime.quiet import quiet_transformers
 
@@ -156,23 +153,6 @@ def _build_layout(path: Path, keys: list[str], trust_remote_code: bool) -> Embed
     to_module = _key_mapper(model)
     return EmbeddingLayout(names[id(embed)], names.get(id(head), names[id(embed)]), head is embed,
                            int(embed.shape[-1]), extras, {key: to_module(key) for key in keys})
-
-
-def transformers_version() -> str:
-    """transformers' version, read from its installed metadata (no import: ~0.5 s) when that metadata describes
-    the module an import would load, else from the module."""
-    if "transformers" not in sys.modules:
-        spec = importlib.util.find_spec("transformers")
-        try:
-            installed = importlib.metadata.distribution("transformers")
-        except importlib.metadata.PackageNotFoundError:  # on sys.path without metadata (a source tree)
-            installed = None
-        if installed is not None and spec is not None and spec.origin is not None and (
-                Path(spec.origin).resolve() == Path(installed.locate_file("transformers/__init__.py")).resolve()):
-            return installed.version
-    import transformers
-
-    return transformers.__version__
 
 
 def embedding_layout(path: Path, config: dict, keys: list[str], trust_remote_code: bool) -> EmbeddingLayout:
