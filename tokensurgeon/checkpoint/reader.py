@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -218,16 +219,20 @@ def read_embeddings(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor 
     return embed, head
 
 
-def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192) -> tuple[int, int, int] | None:
+def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192, *,
+                      each_block: Callable[[int, torch.Tensor], None] | None = None) -> tuple[int, int, int] | None:
     """(non-finite values, rows holding one, first such row id), or None when every value is finite.
 
     Checked a block of rows at a time, so no matrix-sized mask is ever allocated. A block whose sum is finite holds
     no NaN or inf (any one makes the sum non-finite), and summing is ~7x faster than ``isfinite``: only a block whose
-    sum is not finite (or overflows) is checked value by value.
+    sum is not finite (or overflows) is checked value by value. ``each_block(first row, block)``, when given, is
+    called on every block as it is read: other work over the rows done in the same pass.
     """
     values = rows = 0
     first = None
     for start, block in row_blocks(matrix, rows_per_block):
+        if each_block is not None:
+            each_block(start, block)
         if bool(torch.isfinite(block.sum(dtype=torch.float32))):
             continue
         bad = ~torch.isfinite(block)

@@ -109,10 +109,11 @@ def provenance_rows(pair: TokenizerPair, result: InitResult) -> Iterator[dict[st
         yield row
 
 
-def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, Any]:
+def row_norm_histograms(matrix: AssembledMatrix, base_norms: torch.Tensor, bins: int = 40) -> dict[str, Any]:
     """Histogram counts of the L2 norms of copied (shared) and new input-embedding rows, on common bins:
-    new rows far outside the shared rows' range are the first sign of a bad initialisation."""
-    shared = row_norms(matrix.base, matrix.source[matrix.kind == 0])
+    new rows far outside the shared rows' range are the first sign of a bad initialisation. ``base_norms``: every
+    base row's norm (base_rows.RowStats)."""
+    shared = base_norms[matrix.source[matrix.kind == 0]]
     new = (torch.linalg.vector_norm(matrix.new_rows.float(), dim=1) if matrix.new_rows is not None
            else torch.zeros(0))
     shared, new = shared[shared.isfinite()], new[new.isfinite()]  # --allow-nonfinite rows stay out of the picture
@@ -125,14 +126,6 @@ def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, An
     return {"edges": torch.linspace(low, high, bins + 1).tolist(), "shared": count(shared), "new": count(new),
             "shared_median": shared.median().item() if shared.numel() else None,
             "new_median": new.median().item() if new.numel() else None}
-
-
-def row_norms(matrix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """L2 norms of the given rows, read in row order (``checkpoint.gathered``)."""
-    norms = torch.zeros(len(ids))
-    for positions, rows in gathered(matrix, ids):
-        norms[positions.cpu()] = torch.linalg.vector_norm(rows.float(), dim=1).cpu()
-    return norms
 
 
 def new_row_departures(session: Session, result: InitResult, top: int = 20) -> dict[str, Any]:
