@@ -1,5 +1,5 @@
-"""Where tokensurgeon keeps what it can rebuild (fastText vectors, hypernetworks, test models):
-``$TOKENSURGEON_CACHE`` or ``~/.cache/tokensurgeon``, one folder per kind."""
+"""Where tokensurgeon keeps what it can rebuild (fastText vectors, hypernetworks, test models, model layouts,
+rendered chat turns): ``$TOKENSURGEON_CACHE`` or ``~/.cache/tokensurgeon``, one folder per kind."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def cache_root() -> Path:
 
 
 def cache_dir(kind: str) -> Path:
-    """The folder of one kind of cached artefact ("aux", "hypernet", "models")."""
+    """The folder of one kind of cached artefact ("aux", "hypernet", "models", "layouts", "chat")."""
     return cache_root() / kind
 
 
