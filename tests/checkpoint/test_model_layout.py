@@ -59,3 +59,41 @@ def test_remote_code_models_are_never_cached(tiny_models, counted_builds, tmp_pa
     opened(model)
     assert len(counted_builds) == 2
     assert not (tmp_path / "cache" / "layouts").exists()
+
+
+def test_a_cached_layout_opens_without_importing_transformers(tiny_models, counted_builds):
+    """The model kind check and the cache key need transformers only where the layout is built."""
+    import os
+    import subprocess
+    import sys
+
+    opened(tiny_models["tied"])
+    script = ("import sys; from tokensurgeon.checkpoint import open_checkpoint; "
+              f"open_checkpoint({str(tiny_models['tied'])!r}); print('transformers' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=os.environ.copy())
+    assert run.stdout.strip() == "False", run.stderr
+    assert counted_builds == [tiny_models["tied"]]
+
+
+def test_the_model_kind_is_checked_before_a_layout_is_built(tiny_models, counted_builds, tmp_path):
+    from tokensurgeon.errors import CheckpointError
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_models["tied"], model)
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps(config | {"is_encoder_decoder": True}))
+    with pytest.raises(CheckpointError, match="an encoder-decoder model .* is not supported"):
+        opened(model)
+    assert counted_builds == [] and not (tmp_path / "cache" / "layouts").exists()
+
+
+def test_transformers_version_without_the_import_is_the_module_s():
+    import subprocess
+    import sys
+
+    import transformers
+
+    script = ("import sys; from tokensurgeon.runtime.cache import transformers_version; "
+              "print(transformers_version(), 'transformers' in sys.modules)")
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.stdout.split() == [transformers.__version__, "False"], run.stderr

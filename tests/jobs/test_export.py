@@ -240,6 +240,39 @@ def test_assembled_matrix_rows_equal_assemble_matrix(tiny_models):
     assert tensor_sha256(lazy) == tensor_sha256(whole)
 
 
+def test_assembled_matrix_hashes_the_rows_it_hands_out(tiny_models):
+    """sha256() is the whole matrix's hash however its rows were read before: in order (the writer's pass, hashed
+    on the way), out of order, in part, or not at all."""
+    from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
+    from tokensurgeon.pipeline.assemble import AssembledMatrix
+    from tokensurgeon.runtime.memory import tensor_bytes, tensor_sha256
+    from tokensurgeon.vocab.pair import load_pair
+
+    embed, _ = read_embeddings(open_checkpoint(tiny_models["untied"]))
+    pair = load_pair(tiny_models["untied"], TOKENIZERS / "mistral-v1", n_rows=32_064)
+    new_rows = torch.randn(len(pair.alignment.new_ids), embed.shape[1])
+    expected = tensor_sha256(assemble_matrix(embed, pair, new_rows, embed.float().mean(0)))
+    reads = [lambda m: list(tensor_bytes(m, 1000)), lambda m: (m[5:10], m[0:3], m[3:32_064]), lambda m: m[0:7], lambda m: None]
+    for read in reads:
+        lazy = AssembledMatrix(embed, pair, new_rows, embed.float().mean(0))
+        read(lazy)
+        assert lazy.sha256() == expected
+
+
+def test_assembled_matrix_needs_a_pad_row_only_for_padding_rows(tiny_models):
+    from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
+    from tokensurgeon.pipeline.assemble import AssembledMatrix
+    from tokensurgeon.vocab.pair import load_pair
+
+    embed, _ = read_embeddings(open_checkpoint(tiny_models["untied"]))
+    exact = load_pair(tiny_models["untied"], TOKENIZERS / "mistral-v1")
+    new_rows = torch.randn(len(exact.alignment.new_ids), embed.shape[1])
+    assert "padding" not in exact.alignment.match
+    assert AssembledMatrix(embed, exact, new_rows, None)[0:10].shape == (10, embed.shape[1])
+    with pytest.raises(ValueError, match="pad row"):
+        AssembledMatrix(embed, load_pair(tiny_models["untied"], TOKENIZERS / "mistral-v1", n_rows=32_064), new_rows, None)
+
+
 @pytest.mark.realmodel
 def test_patched_smollm2_exported_to_small_bf16_shards_generates(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer

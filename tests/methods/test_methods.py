@@ -95,3 +95,25 @@ def test_methods_that_upcast_accept_bf16_matrices(context_factory, required_opti
     result = get_init_method(name, **({"k": 8} if name == "omp" else required_options(name))).initialise(ctx)
     assert result.embed.shape == result.head.shape == (len(ctx.new_ids), 16)
     assert torch.isfinite(result.embed.float()).all() and torch.isfinite(result.head.float()).all()
+
+
+def test_base_mean_is_computed_once_per_base_matrix(context_factory, monkeypatch):
+    """base_embed's and base_head's mean rows are computed on first use (or given by the caller), then kept; any
+    other matrix gets its own mean every time."""
+    import tokensurgeon.methods.base as base_module
+
+    ctx = context_factory(True)
+    calls = []
+    original = base_module.mean_rows
+    monkeypatch.setattr(base_module, "mean_rows", lambda matrix, ids: calls.append(len(ids)) or original(matrix, ids))
+    embed_mean = ctx.base_mean(ctx.base_embed)
+    assert torch.equal(embed_mean, original(ctx.base_embed, ctx.defined_base_ids()))
+    assert ctx.base_mean(ctx.base_embed) is embed_mean and len(calls) == 1
+    ctx.base_mean(ctx.base_head)
+    ctx.base_mean(ctx.base_head.clone())
+    ctx.base_mean(ctx.base_head.clone())
+    assert len(calls) == 4 and set(ctx.base_means) == {"embed", "head"}
+    given = torch.zeros(16)
+    fresh = context_factory(True)
+    fresh.base_means["embed"] = given
+    assert fresh.base_mean(fresh.base_embed) is given

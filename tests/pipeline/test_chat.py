@@ -89,6 +89,7 @@ def test_no_template_is_found_without_loading_a_tokenizer(tiny_models, tmp_path,
 
     from tokensurgeon.pipeline.chat import chat_turn, declares_no_template
 
+    monkeypatch.setenv("TOKENSURGEON_CACHE", str(tmp_path / "cache"))  # a rendered turn cached earlier is not a load
     plain = shutil.copytree(TOKENIZERS / "llama2", tmp_path / "plain", copy_function=shutil.copyfile)  # writable
     assert declares_no_template(plain)
     loads = []
@@ -100,3 +101,34 @@ def test_no_template_is_found_without_loading_a_tokenizer(tiny_models, tmp_path,
     (plain / "tokenizer_config.json").write_text(json.dumps(settings | {"chat_template": "{{ messages[0].content }}"}))
     assert not declares_no_template(plain)
     assert chat_turn(plain, "donor").template == "donor" and len(loads) == 1
+
+
+def test_a_rendered_turn_is_cached_by_the_files_it_came_from(tmp_path, monkeypatch):
+    """The second render of the same files loads no tokenizer and gives the same turn; a changed file, a dated
+    template or remote code renders again."""
+    import shutil
+
+    import transformers
+
+    from tokensurgeon.pipeline.chat import chat_turn
+
+    monkeypatch.setenv("TOKENSURGEON_CACHE", str(tmp_path / "cache"))
+    qwen2 = shutil.copytree(TOKENIZERS / "qwen2", tmp_path / "qwen2", copy_function=shutil.copyfile)
+    loads = []
+    original = transformers.AutoTokenizer.from_pretrained
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained",
+                        lambda path, **kw: loads.append(path) or original(path, **kw))
+    first = chat_turn(qwen2, "donor")
+    assert first.end_of_turn == "<|im_end|>" and first.end_of_turn_id == QWEN2_IM_END and len(loads) == 1
+    assert chat_turn(qwen2, "base") == first.__class__(**(first.to_dict() | {"template": "base"})) and len(loads) == 1
+    (qwen2 / "weights.safetensors").write_bytes(b"not read")  # weights are no part of the key
+    assert chat_turn(qwen2, "donor") == first and len(loads) == 1
+    (qwen2 / "chat_template.jinja").write_text("{{ messages[1].content }}")
+    assert chat_turn(qwen2, "donor").rendered == "Paris." and len(loads) == 2
+    assert chat_turn(qwen2, "donor").rendered == "Paris." and len(loads) == 2
+    (qwen2 / "chat_template.jinja").write_text("{{ strftime_now('%Y') }}{{ messages[1].content }}")
+    for _ in range(2):
+        chat_turn(qwen2, "donor")
+    chat_turn(qwen2, "donor", trust_remote_code=True)
+    assert len(loads) == 5
+

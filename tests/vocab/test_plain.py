@@ -103,6 +103,7 @@ def test_packed_behaves_as_the_tuple_it_replaces():
     assert raw[0] == b"\xd8" and raw[1] is None and raw == Packed([b"\xd8", None, b" the"])
     with pytest.raises(IndexError):
         packed[6]
+    assert packed.present() == [0, 2, 3, 4] == [i for i, item in enumerate(items) if item is not None]
 
 
 def test_vocabulary_keeps_no_object_per_token():

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
@@ -29,6 +30,14 @@ def test_gpt2_byte_map_is_a_bijection():
 ])
 def test_canonical_bytes(token, scheme, expected):
     assert canonical_bytes(token, scheme) == expected
+
+
+@given(st.text(alphabet=st.sampled_from(sorted(gpt2_byte_decoder()) + [" ", "\xad", "東", "a"]), max_size=8))
+def test_byte_level_bytes_are_the_character_map_s(token):
+    """GPT-2's map, character by character; a token with any other character is its own UTF-8."""
+    decoder = gpt2_byte_decoder()
+    expected = bytes(decoder[c] for c in token) if all(c in decoder for c in token) else token.encode("utf-8")
+    assert canonical_bytes(token, "byte-level") == expected
 
 
 def test_byte_fallback_tokens_are_raw_bytes():

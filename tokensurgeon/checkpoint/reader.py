@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -89,31 +90,6 @@ def weight_files(path: Path, *, allow_pickle: bool = False) -> tuple[tuple[Path,
     raise NoWeightsError(f"{path}: no model.safetensors or {INDEX_NAME}")
 
 
-SUPPORTED_KINDS = ("decoder-only causal language models and image-text-to-text models with a causal text tower "
-                   "(encoder-decoder and encoder-only models are not)")
-
-
-def check_model_kind(config: dict, where: Path) -> None:
-    """Refuse, in one line and before anything is built, model kinds a transplant does not handle."""
-    from transformers.models.auto.modeling_auto import (MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
-                                                        MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES,
-                                                        MODEL_FOR_MASKED_LM_MAPPING_NAMES)
-
-    model_type = config.get("model_type")
-    architectures = config.get("architectures") or []
-    arch = architectures[0] if isinstance(architectures, list) and architectures else None
-    causal = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values()) | set(MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.values())
-    if arch in causal and not config.get("is_encoder_decoder"):
-        return
-    encoder_only = model_type in MODEL_FOR_MASKED_LM_MAPPING_NAMES
-    if config.get("is_encoder_decoder") or encoder_only:
-        kind = "an encoder-decoder" if config.get("is_encoder_decoder") else "an encoder-only"
-        if model_type in ("bart", "mbart", "mvp"):
-            kind = "an encoder-decoder"
-        raise CheckpointError(f"{where}: {kind} model (model_type {model_type!r}, {arch or 'no architectures'}) is "
-                              f"not supported; supported: {SUPPORTED_KINDS}")
-
-
 def _resolve(candidates: list[str], tensors: dict[str, TensorInfo], saved: dict[str, str] | None = None) -> str | None:
     """The checkpoint's key for a parameter: the key transformers' conversion mapping loads into it, an
     exact name, else a unique suffix match (prefix drift)."""
@@ -171,8 +147,7 @@ def open_checkpoint(path: Path, *, trust_remote_code: bool = False, allow_pickle
     for file in files:
         file_tensors, metadata[file] = weight_format(fmt).layout(file)
         tensors.update(file_tensors)
-    check_model_kind(config, path)
-    layout = embedding_layout(path, config, list(tensors), trust_remote_code)
+    layout = embedding_layout(path, config, list(tensors), trust_remote_code)  # the model kind is checked there
     saved: dict[str, str] = {}  # module name -> saved key
     converted: set[str] = set()
     for key in tensors:
@@ -244,16 +219,20 @@ def read_embeddings(checkpoint: Checkpoint) -> tuple[torch.Tensor, torch.Tensor 
     return embed, head
 
 
-def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192) -> tuple[int, int, int] | None:
+def nonfinite_summary(matrix: torch.Tensor, rows_per_block: int = 8192, *,
+                      each_block: Callable[[int, torch.Tensor], None] | None = None) -> tuple[int, int, int] | None:
     """(non-finite values, rows holding one, first such row id), or None when every value is finite.
 
     Checked a block of rows at a time, so no matrix-sized mask is ever allocated. A block whose sum is finite holds
     no NaN or inf (any one makes the sum non-finite), and summing is ~7x faster than ``isfinite``: only a block whose
-    sum is not finite (or overflows) is checked value by value.
+    sum is not finite (or overflows) is checked value by value. ``each_block(first row, block)``, when given, is
+    called on every block as it is read: other work over the rows done in the same pass.
     """
     values = rows = 0
     first = None
     for start, block in row_blocks(matrix, rows_per_block):
+        if each_block is not None:
+            each_block(start, block)
         if bool(torch.isfinite(block.sum(dtype=torch.float32))):
             continue
         bad = ~torch.isfinite(block)

@@ -76,6 +76,7 @@ class AuditInputs:
         anchor_donor, anchor_base: the ordinary shared tokens' donor and base ids, pairwise.
         donor_embed: (V_donor, d_donor) when the donor is a model, else None (donor-space checks skipped).
         donor_byte_fallback: the donor's <0xNN> ids (counted as under-trained, as for the base).
+        base_norms: the L2 norms of base_embed[base_ids] where the caller has them (else they are read).
     """
 
     new_ids: list[int]
@@ -88,6 +89,7 @@ class AuditInputs:
     anchor_base: list[int]
     donor_embed: torch.Tensor | None = None
     donor_byte_fallback: tuple[int, ...] = ()
+    base_norms: torch.Tensor | None = None
 
 
 def robust_z(values: torch.Tensor, reference: torch.Tensor | None = None, *,
@@ -177,7 +179,7 @@ def audit_rows(inputs: AuditInputs, options: AuditConfig = AuditConfig()) -> Aud
         rows = inputs.rows[start:start + options.block].float()
         row_norms[start:start + len(rows)] = torch.linalg.vector_norm(rows, dim=1).cpu()
         nonfinite[start:start + len(rows)] = ~rows.isfinite().all(dim=1).cpu()
-    base_norms = norms_of(inputs.base_embed, inputs.base_ids)
+    base_norms = inputs.base_norms if inputs.base_norms is not None else norms_of(inputs.base_embed, inputs.base_ids)
     base_median = float(base_norms.median()) if base_norms.numel() else 1.0
     scores = {"nonfinite": torch.where(nonfinite, 1.0, float("nan")),
               "residual": torch.tensor([float("nan") if p.residual is None else p.residual for p in inputs.provenance]),

@@ -38,6 +38,8 @@ class InitContext:
             use, so a method that never re-tokenizes never holds a tokenizer in memory.
         base_path: the base checkpoint directory (methods that run or train against the base model).
         corpus: the user's text files (--corpus), for methods that learn from text.
+        base_means: ``base_mean`` of base_embed ("embed") and base_head ("head"), where the caller already has it
+            or once it was asked for.
     """
 
     alignment: Alignment
@@ -53,6 +55,7 @@ class InitContext:
     tokenizers: Any = None
     base_path: Path | None = None
     corpus: tuple[Path, ...] = ()
+    base_means: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def base_tokenizer(self) -> Any:
@@ -80,7 +83,13 @@ class InitContext:
         return [i for i in self.base_vocab.defined_ids() if i < rows]
 
     def base_mean(self, matrix: torch.Tensor) -> torch.Tensor:
-        return mean_rows(matrix, self.defined_base_ids())
+        """The mean of the matrix's defined rows; base_embed's and base_head's are computed once."""
+        role = "embed" if matrix is self.base_embed else "head" if matrix is self.base_head else None
+        if role is None:
+            return mean_rows(matrix, self.defined_base_ids())
+        if role not in self.base_means:
+            self.base_means[role] = mean_rows(matrix, self.defined_base_ids())
+        return self.base_means[role]
 
 
 def gather_rows(matrix: torch.Tensor, ids: list[int], dtype: torch.dtype | None = None) -> torch.Tensor:

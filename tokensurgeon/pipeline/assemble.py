@@ -3,6 +3,7 @@ new rows from the method, padding rows the mean; provenance per row, norms, wors
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any, Iterator
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from ..methods import InitResult, Provenance
 from ..methods._shared.pieces import piece_means
 from ..methods.base import mean_rows
-from ..runtime.memory import gathered
+from ..runtime.memory import gathered, tensor_sha256
 from ..vocab.alignment import COPIED
 from ..vocab.pair import TokenizerPair
 from .session import Session
@@ -27,20 +28,26 @@ class AssembledMatrix:
     Writing and hashing read it by row slices (``matrix[a:b]``), so the whole output never exists
     in memory: a transplant holds the base matrices and the new rows (in the base dtype), no more.
     tests/jobs/test_export.py checks the rows against a whole-matrix reference.
+
+    The slices read in row order from the first row on (the writer's pass) are hashed as they go, so
+    ``sha256()`` after writing needs no second assembly of the rows.
     """
 
     def __init__(self, base_matrix: torch.Tensor, pair: TokenizerPair, new_rows: torch.Tensor | None,
-                 pad_row: torch.Tensor) -> None:
+                 pad_row: torch.Tensor | None) -> None:
         alignment = pair.alignment
         self.base, self.dtype = base_matrix, base_matrix.dtype
         self.shape = torch.Size((alignment.n_rows, base_matrix.shape[1]))
         kinds = {kind: 0 for kind in COPIED} | {"padding": 2}
         self.kind = torch.tensor([kinds.get(kind, 1) for kind in alignment.match], dtype=torch.int8)
+        if pad_row is None and bool((self.kind == 2).any()):
+            raise ValueError("AssembledMatrix needs a pad row: the alignment has padding rows")
         self.source = torch.tensor(alignment.source, dtype=torch.long)
         self.new_position = torch.full((alignment.n_rows,), -1, dtype=torch.long)
         self.new_position[alignment.new_ids] = torch.arange(len(alignment.new_ids))
         self.new_rows = new_rows.to(device="cpu", dtype=self.dtype) if alignment.new_ids else None
-        self.pad_row = pad_row.to(device="cpu", dtype=self.dtype)
+        self.pad_row = None if pad_row is None else pad_row.to(device="cpu", dtype=self.dtype)
+        self.digest, self.hashed_rows = hashlib.sha256(), 0  # rows [0, hashed_rows) handed out in order
 
     def numel(self) -> int:
         return self.shape[0] * self.shape[1]
@@ -63,11 +70,22 @@ class AssembledMatrix:
         new = (kind == 1).nonzero().flatten()
         if new.numel():
             out[new] = self.new_rows[self.new_position[start:stop][new]]
-        out[(kind == 2).nonzero().flatten()] = self.pad_row
+        padding = (kind == 2).nonzero().flatten()
+        if padding.numel():
+            out[padding] = self.pad_row
+        if start == self.hashed_rows < stop:
+            self.digest.update(out.view(torch.uint8).numpy().data)
+            self.hashed_rows = stop
         return out
 
     def materialise(self) -> torch.Tensor:
         return self[:]
+
+    def sha256(self) -> str:
+        """sha256 of the whole matrix's bytes (row-major), as ``runtime.memory.tensor_sha256`` gives it."""
+        if self.hashed_rows < self.shape[0]:
+            return tensor_sha256(self)
+        return self.digest.hexdigest()
 
 
 def provenance_rows(pair: TokenizerPair, result: InitResult) -> Iterator[dict[str, Any]]:
@@ -91,10 +109,11 @@ def provenance_rows(pair: TokenizerPair, result: InitResult) -> Iterator[dict[st
         yield row
 
 
-def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, Any]:
+def row_norm_histograms(matrix: AssembledMatrix, base_norms: torch.Tensor, bins: int = 40) -> dict[str, Any]:
     """Histogram counts of the L2 norms of copied (shared) and new input-embedding rows, on common bins:
-    new rows far outside the shared rows' range are the first sign of a bad initialisation."""
-    shared = row_norms(matrix.base, matrix.source[matrix.kind == 0])
+    new rows far outside the shared rows' range are the first sign of a bad initialisation. ``base_norms``: every
+    base row's norm (base_rows.RowStats)."""
+    shared = base_norms[matrix.source[matrix.kind == 0]]
     new = (torch.linalg.vector_norm(matrix.new_rows.float(), dim=1) if matrix.new_rows is not None
            else torch.zeros(0))
     shared, new = shared[shared.isfinite()], new[new.isfinite()]  # --allow-nonfinite rows stay out of the picture
@@ -107,14 +126,6 @@ def row_norm_histograms(matrix: AssembledMatrix, bins: int = 40) -> dict[str, An
     return {"edges": torch.linspace(low, high, bins + 1).tolist(), "shared": count(shared), "new": count(new),
             "shared_median": shared.median().item() if shared.numel() else None,
             "new_median": new.median().item() if new.numel() else None}
-
-
-def row_norms(matrix: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-    """L2 norms of the given rows, read in row order (``checkpoint.gathered``)."""
-    norms = torch.zeros(len(ids))
-    for positions, rows in gathered(matrix, ids):
-        norms[positions.cpu()] = torch.linalg.vector_norm(rows.float(), dim=1).cpu()
-    return norms
 
 
 def new_row_departures(session: Session, result: InitResult, top: int = 20) -> dict[str, Any]:

@@ -36,12 +36,14 @@ def audit_transplant(session: Session, result: InitResult, options: AuditConfig 
     anchors = [i for i, kind in enumerate(alignment.match) if kind in ANCHOR_KINDS]
     donor = session.donor_matrices_read[0] if session.donor_matrices_read is not None else None
     rows = session.base.vocab_rows
+    base_ids = [i for i in pair.base_vocab.defined_ids() if i < rows]
     return audit_rows(AuditInputs(
         new_ids=alignment.new_ids, rows=result.embed, provenance=result.provenance,
         spellings=spelled(pair.donor_vocab, alignment.new_ids), base_embed=session.base_embed,
-        base_ids=[i for i in pair.base_vocab.defined_ids() if i < rows], anchor_donor=anchors,
+        base_ids=base_ids, anchor_donor=anchors,
         anchor_base=[alignment.source[i] for i in anchors], donor_embed=donor,
-        donor_byte_fallback=tuple(pair.donor_vocab.byte_fallback)), options)
+        donor_byte_fallback=tuple(pair.donor_vocab.byte_fallback), base_norms=session.embed_stats.norms[base_ids]),
+        options)
 
 
 def read_output_record(out: Path) -> tuple[dict, list[dict]]:

@@ -9,16 +9,23 @@ ordinary pieces the model never saw as one token.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import re
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from ..checkpoint.tokenizer_files import CHAT_TEMPLATE_PATHS
 from ..errors import TokenSurgeonError
+from ..runtime.cache import cache_dir, store, transformers_version
 
 QUESTION, ANSWER = "What is the capital of France?", "Paris."
 TURN = [{"role": "user", "content": QUESTION}, {"role": "assistant", "content": ANSWER}]
+_ENTRY = "turn.json"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".gguf")  # never read by a tokenizer: not in the cache key
+UNSTABLE_TEMPLATE = re.compile(rb"strftime_now|\|\s*random")  # today's date, a random pick: renders differ by run
 
 
 @dataclass(frozen=True)
@@ -65,13 +72,48 @@ def declares_no_template(tokenizer_dir: Path) -> bool:
     return isinstance(settings, dict) and "chat_template" not in settings
 
 
+def turn_key(tokenizer_dir: Path) -> str | None:
+    """The cache key of a directory's rendered turn: transformers' version and, by name and bytes, every file in it
+    but weights (all AutoTokenizer may read); None where a template may render differently from run to run."""
+    digest = hashlib.sha256(transformers_version().encode())
+    for file in sorted(path for path in Path(tokenizer_dir).rglob("*") if path.is_file()):
+        if file.suffix in WEIGHT_SUFFIXES:
+            continue
+        data = file.read_bytes()
+        if UNSTABLE_TEMPLATE.search(data):
+            return None
+        digest.update(hashlib.sha256(str(file.relative_to(tokenizer_dir)).encode() + b"\0" + data).digest())
+    return digest.hexdigest()
+
+
 def chat_turn(tokenizer_dir: Path, source: str, *, trust_remote_code: bool = False) -> ChatTurn:
-    """Render TURN with the tokenizer written to tokenizer_dir (as a user loads it) and find its end of turn."""
+    """Render TURN with the tokenizer written to tokenizer_dir (as a user loads it) and find its end of turn.
+
+    Loading the tokenizer through transformers costs ~1 s (its import, AutoTokenizer's), so the answer is kept in
+    the cache under ``turn_key``; remote code (which can change under the same files) is never cached."""
+    if not trust_remote_code and declares_no_template(Path(tokenizer_dir)):  # remote code may define one
+        return ChatTurn(None)
+    key = None if trust_remote_code else turn_key(tokenizer_dir)
+    entry = cache_dir("chat") / key if key else None
+    if entry is not None:
+        try:
+            saved = json.loads((entry / _ENTRY).read_text())
+            return ChatTurn(source if saved["template"] is not None else None, saved["end_of_turn"],
+                            saved["end_of_turn_id"], saved["rendered"])
+        except (OSError, ValueError, TypeError, KeyError):  # no entry yet, or one this version cannot read
+            pass
+    turn = _rendered_turn(tokenizer_dir, source, trust_remote_code)
+    if entry is not None:
+        failed = store(entry, lambda staging: (staging / _ENTRY).write_text(json.dumps(turn.to_dict())))
+        if failed:
+            warnings.warn(failed, stacklevel=2)
+    return turn
+
+
+def _rendered_turn(tokenizer_dir: Path, source: str, trust_remote_code: bool) -> ChatTurn:
     from jinja2 import TemplateError
     from transformers import AutoTokenizer
 
-    if not trust_remote_code and declares_no_template(Path(tokenizer_dir)):  # remote code may define one
-        return ChatTurn(None)
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir, trust_remote_code=trust_remote_code)
     if not isinstance(tokenizer.chat_template, str):
         return ChatTurn(None)

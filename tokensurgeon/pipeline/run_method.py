@@ -39,6 +39,10 @@ def run_method(config: TransplantConfig, session: Session, progress: Progress | 
                       working(base_head) if base_head is not None else None, donor_embed, donor_head,
                       device, config.seed, phase(progress, "method"),
                       tokenizers=pair, base_path=Path(config.base), corpus=tuple(Path(p) for p in config.corpus))
+    # the session's mean rows serve where the method works on the session's very matrices (no copy, no device move)
+    for role, matrix, stats in (("embed", base_embed, session.embed_stats), ("head", base_head, session.head_stats)):
+        if stats is not None and getattr(ctx, f"base_{role}") is matrix:
+            ctx.base_means[role] = stats.mean
     # peak memory should follow the embeddings: a method that needs a tokenizer reloads it, but a corpus is
     # only ever read through the donor tokenizer (auxiliary spaces), so that one stays when a corpus is given
     pair.release_tokenizers(keep=("donor",) if config.corpus and not reads_donor else ())

@@ -14,6 +14,7 @@ from ..config import TransplantConfig
 from ..errors import CheckpointError, NoWeightsError
 from ..vocab.pair import TokenizerPair, load_pair
 from ..vocab.undertrained import recompute_undertrained, undertrained_rows
+from .base_rows import RowStats, row_stats
 
 
 def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickle: bool = False) -> Checkpoint | None:
@@ -27,9 +28,9 @@ def open_donor_model(path: Path, *, trust_remote_code: bool = False, allow_pickl
         return None
 
 
-def check_finite(matrix: torch.Tensor | None, what: str, path: Path, *, allow: bool) -> list[str]:
-    """Refuse NaN/inf in an embedding matrix (a warning instead with --allow-nonfinite)."""
-    summary = nonfinite_summary(matrix) if matrix is not None else None
+def check_finite(summary: tuple[int, int, int] | None, what: str, path: Path, *, allow: bool) -> list[str]:
+    """Refuse NaN/inf in an embedding matrix, given its ``nonfinite_summary`` (a warning instead with
+    --allow-nonfinite)."""
     if summary is None:
         return []
     values, rows, first = summary
@@ -61,6 +62,8 @@ class Session:
     pair: TokenizerPair
     base_embed: torch.Tensor
     base_head: torch.Tensor | None
+    embed_stats: RowStats  # base_rows.py: finite check, mean row, row norms, hash of base_embed
+    head_stats: RowStats | None  # the same of base_head when untied
     warnings: list[str]
     donor_matrices_read: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
@@ -69,7 +72,8 @@ class Session:
         if self.donor_matrices_read is None:
             matrices = read_embeddings(self.donor_model)
             for matrix, what in zip(matrices, ("donor input embedding", "donor output head")):
-                self.warnings += check_finite(matrix, what, self.config.donor, allow=self.config.allow_nonfinite)
+                summary = nonfinite_summary(matrix) if matrix is not None else None
+                self.warnings += check_finite(summary, what, self.config.donor, allow=self.config.allow_nonfinite)
             self.donor_matrices_read = matrices
         return self.donor_matrices_read
 
@@ -129,7 +133,11 @@ def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda p
         undertrained = undertrained_rows(base_embed, pair.base_vocab.byte_fallback)
         pair.alignment = recompute_undertrained(pair.alignment, pair.base_vocab, pair.donor_vocab,
                                                 pair.base_tokenizer, undertrained)
-    warnings = check_finite(base_embed, "base input embedding", config.base, allow=config.allow_nonfinite)
-    warnings += check_finite(base_head, "base output head", config.base, allow=config.allow_nonfinite)
+    defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
+    embed_stats = row_stats(base_embed, defined)
+    warnings = check_finite(embed_stats.nonfinite, "base input embedding", config.base, allow=config.allow_nonfinite)
+    head_stats = row_stats(base_head, defined) if base_head is not None else None
+    if head_stats is not None:
+        warnings += check_finite(head_stats.nonfinite, "base output head", config.base, allow=config.allow_nonfinite)
     lap("read")
-    return Session(config, base, donor_model, pair, base_embed, base_head, warnings)
+    return Session(config, base, donor_model, pair, base_embed, base_head, embed_stats, head_stats, warnings)

@@ -22,11 +22,10 @@ from ..checkpoint.writer import check_vocab_dims, write_weights
 from ..config import TransplantConfig
 from ..evaluation.rows import evaluate_pair, read_eval_texts
 from ..methods import InitResult
-from ..methods.base import FALLBACK_PATH, mean_rows
+from ..methods.base import FALLBACK_PATH
 from ..report.markdown import write_report
 from ..report.models import ReportWarning, TransplantReport
 from ..runtime.devices import resolve_device
-from ..runtime.memory import tensor_sha256
 from ..runtime.outdir import atomic_directory, check_free_space, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
 from ..vocab.bytes import spell_bytes
@@ -50,15 +49,15 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
     n_rows = pair.alignment.n_rows
     residuals = new_row_departures(session, result)
     audit = audit_transplant(session, result)  # before the float32 rows are handed over below
-    defined = [i for i in pair.base_vocab.defined_ids() if i < base.vocab_rows]
-    new_embed = AssembledMatrix(base_embed, pair, result.embed, mean_rows(base_embed, defined))
+    padded = "padding" in pair.alignment.match  # padding rows take the mean row
+    new_embed = AssembledMatrix(base_embed, pair, result.embed, session.embed_stats.mean if padded else None)
     result.embed = None  # now held in the base dtype by the assembled matrix: free a float32 copy at once
     replacements = {base.input_name: new_embed}
     if base.tied and base.output_name:
         replacements[base.output_name] = new_embed
     new_head = None
     if not base.tied:
-        new_head = AssembledMatrix(base_head, pair, result.head, mean_rows(base_head, defined))
+        new_head = AssembledMatrix(base_head, pair, result.head, session.head_stats.mean if padded else None)
         replacements[base.output_name] = new_head
         result.head = None
     replacements |= extra_vocab_tensors(session)
@@ -84,12 +83,12 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
         version=__version__,
         base={"path": str(config.base), "kind": pair.base_vocab.kind, "vocab_size": pair.base_vocab.size,
               "rows": base.vocab_rows, "hidden_size": base.hidden_size, "tied": base.tied,
-              "embed_sha256": tensor_sha256(base_embed),
-              "head_sha256": tensor_sha256(base_head) if base_head is not None else None},
+              "embed_sha256": session.embed_stats.sha256,
+              "head_sha256": session.head_stats.sha256 if session.head_stats is not None else None},
         donor={"path": str(config.donor), "kind": pair.donor_vocab.kind, "vocab_size": pair.donor_vocab.size,
                "is_model": session.donor_model is not None or donor_config_rows(config.donor) > 0},
-        output={"path": str(config.out), "rows": n_rows, "embed_sha256": tensor_sha256(new_embed),
-                "head_sha256": tensor_sha256(new_head) if new_head is not None else None},
+        output={"path": str(config.out), "rows": n_rows, "embed_sha256": new_embed.sha256(),
+                "head_sha256": new_head.sha256() if new_head is not None else None},
         method={"name": config.method, "options": config.method_options, "seed": config.seed,
                 "device": str(resolve_device(config.device)), "chat_template": config.chat_template}
                | ({"info": result.info} if result.info else {}),
@@ -97,7 +96,7 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
                                           "computed": len(pair.alignment.new_ids)},
         timings={},
         warnings=warnings,
-        norms=row_norm_histograms(new_embed),
+        norms=row_norm_histograms(new_embed, session.embed_stats.norms),
         residuals=residuals,
         chat=chat.to_dict(),
         audit=audit.to_dict(),

@@ -31,6 +31,14 @@ def gpt2_byte_decoder() -> dict[str, int]:
     return {chr(c): b for b, c in zip(printable, chars)}
 
 
+@lru_cache(maxsize=1)
+def _byte_level_tables() -> tuple[dict[int, None], dict[int, int]]:
+    """str.translate tables: GPT-2's printable characters deleted (what is left is not byte-level), and each mapped
+    to the Latin-1 character of its byte (so ``encode("latin-1")`` gives the bytes): ~3x faster than per character."""
+    decoder = gpt2_byte_decoder()
+    return {ord(char): None for char in decoder}, {ord(char): byte for char, byte in decoder.items()}
+
+
 def _walk(node: Any) -> list[dict]:
     """Flatten nested tokenizer.json components (Sequence normalizers, decoders...)."""
     if isinstance(node, dict):
@@ -84,7 +92,7 @@ def spell_bytes(raw: bytes) -> str:
 
 def is_byte_token(token: str) -> bool:
     """Whether a SentencePiece token is a byte-fallback token (``<0xNN>``)."""
-    return _BYTE_TOKEN.match(token) is not None
+    return token.startswith("<0x") and _BYTE_TOKEN.match(token) is not None  # startswith: no regex per token
 
 
 def canonical_bytes(token: str, scheme: str, *, byte_fallback: bool = False) -> bytes:
@@ -94,12 +102,12 @@ def canonical_bytes(token: str, scheme: str, *, byte_fallback: bool = False) -> 
     (b' the', b' the')
     """
     if scheme == "byte-level":
-        decoder = gpt2_byte_decoder()
-        if all(char in decoder for char in token):
-            return bytes(decoder[char] for char in token)
+        printable, to_latin1 = _byte_level_tables()
+        if not token.translate(printable):  # every character is one of the map's
+            return token.translate(to_latin1).encode("latin-1")
         return token.encode("utf-8")
     if scheme == "metaspace":
-        match = _BYTE_TOKEN.match(token) if byte_fallback else None
+        match = _BYTE_TOKEN.match(token) if byte_fallback and token.startswith("<0x") else None
         if match:
             return bytes([int(match.group(1), 16)])
         return token.replace(_METASPACE, " ").encode("utf-8")

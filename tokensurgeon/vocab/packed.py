@@ -61,6 +61,10 @@ class Packed(Sequence):
             yield None if missing else blob[start:end].decode("utf-8") if text else blob[start:end]
             start = end
 
+    def present(self) -> list[int]:
+        """Indices of the entries that are not None, from the flags alone (nothing decoded)."""
+        return [index for index, missing in enumerate(self._missing) if not missing]
+
     def __eq__(self, other: object) -> bool:
         if isinstance(other, Packed):
             return (self._text, self._missing, self._ends, self._blob) == (

@@ -51,6 +51,8 @@ class Vocabulary:
 
     def defined_ids(self) -> list[int]:
         """Ids the tokenizer defines (statistics over embedding rows leave padding rows out)."""
+        if isinstance(self.tokens, Packed):  # its flags say it without decoding 262k strings
+            return self.tokens.present()
         return [i for i, token in enumerate(self.tokens) if token is not None]
 
     def bytes_to_id(self) -> dict[bytes, int]:
