@@ -13,7 +13,8 @@ and patched both carry one, vs the base model's own: mean share of the base cont
 repeated exactly from the start), `evaluate --task arithmetic` accuracy (1-3 digit add/sub/mul, --per-group
 problems each), seconds per step, peak RSS. Draft: acceptance rate and tokens/s of `evaluate --speculative`
 (target Gemma3-270M) for the draft before and after healing and for universal assisted generation with the
-untransplanted SmolLM2.
+untransplanted SmolLM2. --generate N trains on N greedy continuations the teacher writes from prompts of the
+training text instead (heal --generate; the pair's base, the draft's target), the held-out split unchanged.
 
 Every measurement runs in its own child process, one at a time (a shared 2-core machine; each peak RSS is
 its own), and leaves WORK/results/NAME.json, so a rerun resumes. One thread: on the loaded 2-core machine two
@@ -176,7 +177,7 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+guard-", name)[0]]  # lm+lora@5min+lr0.0001
+    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+guard-|\+gen|\+b|\+anchor", name)[0]]  # lm+lora@5min+lr0.0001
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
@@ -187,7 +188,15 @@ def child_model(args, pair: str, name: str) -> dict:
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
                               batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
     clock = time.perf_counter()
-    model, result = recover(patched, {k: v[0] for k, v in splits.items()}, {k: v[1] for k, v in splits.items()},
+    train_texts = {k: v[0] for k, v in splits.items()}
+    if args.generate:  # heal --generate: the base's own greedy continuations of prompts from the training text
+        from tokensurgeon.config import GENERATE_BATCH_SIZE
+        from tokensurgeon.recovery.generate import teacher_continuations
+
+        train_texts = {"teacher": "\n\n".join(teacher_continuations(
+            PAIRS[pair], train_texts, args.generate, context=args.context, batch_size=GENERATE_BATCH_SIZE,
+            device=pick_device(args.device)))}
+    model, result = recover(patched, train_texts, {k: v[1] for k, v in splits.items()},
                             options, teacher=PAIRS[pair], device=args.device)  # unseen texts scored in behaviour()
     wall = time.perf_counter() - clock
     return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "wall_seconds": wall,
@@ -314,8 +323,8 @@ def main() -> None:
     parser.add_argument("--batch-rows", action="store_true", help="heal --batch-rows: only rows in the batch move")
     parser.add_argument("--guard-task", default="", help="comma-separated heal --guard-task values (e.g. arithmetic)")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
-    parser.add_argument("--generate", type=int, default=0, help="draft: heal --generate N (train on N greedy "
-                        "continuations of the target from prompts of the training text)")
+    parser.add_argument("--generate", type=int, default=0, help="heal --generate N: train on N greedy continuations "
+                        "of the teacher (the pair's base, the draft's target) from prompts of the training text")
     parser.add_argument("--train-bytes", type=int, default=60_000, help="bytes of enwiki_head to train on (the "
                         "UDHR training files, ~12-26 KB each, are used whole)")
     parser.add_argument("--device", default="cpu", help="cpu, cuda or auto (CUDA under bf16 autocast when present)")
@@ -347,6 +356,7 @@ def main() -> None:
                   + ("" if args.lr is None else f"+lr{args.lr:g}")
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
+                  + (f"+gen{args.generate}" if args.generate else "")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]
         rows = {name: run_child(args, f"{pair}:{name}") for name in ("base", "untrained")}
