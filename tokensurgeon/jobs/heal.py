@@ -142,11 +142,12 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     inputs += [teacher] if teacher is not None else []
     check_output_path(config.out, inputs, force=config.force)
     checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
-    if teacher is None and (config.objective == "distill" or config.generate):
-        flag, other = ("--objective distill", " or use --objective lm") if config.objective == "distill" else (
-            "--generate", "")
-        raise TokenSurgeonError(f"{flag} needs a teacher: {config.patched}/report.json names no base model that "
-                                f"exists here; pass --teacher DIR{other}")
+    if teacher is None and config.objective == "distill":
+        raise TokenSurgeonError(f"--objective distill needs a teacher: {config.patched}/report.json names no base "
+                                "model that exists here; pass --teacher DIR or use --objective lm")
+    if teacher is None and config.generate:
+        raise TokenSurgeonError(f"--generate needs a teacher: {config.patched}/report.json names no base model that "
+                                "exists here; pass --teacher DIR")
     texts = _read(config.texts)
     splits = {label: split_held_out(text, config.held_out) for label, text in texts.items()}
     held_out = {label: held for label, (_, held) in splits.items()}

@@ -35,8 +35,7 @@ def audit_transplant(session: Session, result: InitResult, options: AuditConfig 
     alignment = pair.alignment
     anchors = [i for i, kind in enumerate(alignment.match) if kind in ANCHOR_KINDS]
     donor = session.donor_matrices_read[0] if session.donor_matrices_read is not None else None
-    rows = session.base.vocab_rows
-    base_ids = [i for i in pair.base_vocab.defined_ids() if i < rows]
+    base_ids = session.defined_base_ids
     return audit_rows(AuditInputs(
         new_ids=alignment.new_ids, rows=result.embed, provenance=result.provenance,
         spellings=spelled(pair.donor_vocab, alignment.new_ids), base_embed=session.base_embed,

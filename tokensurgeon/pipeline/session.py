@@ -64,6 +64,7 @@ class Session:
     base_head: torch.Tensor | None
     embed_stats: RowStats  # base_rows.py: finite check, mean row, row norms, hash of base_embed
     head_stats: RowStats | None  # the same of base_head when untied
+    defined_base_ids: list[int]  # the base vocabulary's defined ids that have a row (the mean row is over these)
     warnings: list[str]
     donor_matrices_read: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
@@ -140,4 +141,5 @@ def open_session(config: TransplantConfig, lap: Callable[[str], None] = lambda p
     if head_stats is not None:
         warnings += check_finite(head_stats.nonfinite, "base output head", config.base, allow=config.allow_nonfinite)
     lap("read")
-    return Session(config, base, donor_model, pair, base_embed, base_head, embed_stats, head_stats, warnings)
+    return Session(config, base, donor_model, pair, base_embed, base_head, embed_stats, head_stats, defined,
+                   warnings)
