@@ -81,7 +81,7 @@ def test_transplant_with_omp_on_cuda_writes_what_the_cpu_writes(tiny_models, tmp
 
 
 def test_refreshed_omp_recovers_nearly_all(pair):
-    """The default (correlate with every atom every 8 steps) may miss an atom outside its pool."""
+    """The default (correlate with every atom every few steps) may miss an atom outside its pool."""
     ctx, expected = sparse_world(pair, False)
     result = get_init_method("omp", k=8).initialise(ctx)
     solved = [row for row, prov in enumerate(result.provenance) if prov.path == "omp"]

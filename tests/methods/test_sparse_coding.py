@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from sklearn.linear_model import orthogonal_mp
 
-from tokensurgeon.methods._shared import sparse_coding
+from tokensurgeon.methods._shared import pursuits, sparse_coding
 from tokensurgeon.methods._shared.sparse_coding import OMPResult, selection_atoms
 from tokensurgeon.methods._shared.sparse_coding import batch_omp as solver_batch_omp
 from tokensurgeon.methods._shared.sparse_coding import omp_batches as solver_omp_batches
@@ -116,6 +116,34 @@ def test_refreshed_path_matches_sklearn_where_its_pool_cannot_miss(monkeypatch, 
     result = solver_omp_batches(targets, dictionary, 9, device="cpu", normalize_atoms=True, refresh=refresh,
                                 refresh_pool=refresh_pool, batch_size=7)
     assert_matches_sklearn(result, sklearn_codes(targets, dictionary, 9, normalize=True))
+
+
+def test_refreshed_path_over_many_blocks_of_atoms_matches_sklearn_when_refreshed_every_step(monkeypatch):
+    """17,000 atoms (not a whole number of ranking blocks): pools come from block maxima and the padding columns
+    are never chosen; refreshed every step, every pick is exact OMP's."""
+    monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
+    targets, dictionary = problem(seed=11, n_atoms=17000, batch=7)
+    result = solver_omp_batches(targets, dictionary, 9, device="cpu", normalize_atoms=True, refresh=1,
+                                refresh_pool=4, batch_size=4)
+    assert result.indices.max() < 17000
+    assert_matches_sklearn(result, sklearn_codes(targets, dictionary, 9, normalize=True))
+
+
+@pytest.mark.parametrize("size", [1, 8, 10, 40])
+def test_pool_holds_each_rows_largest_scores(size):
+    """Block maxima first, then a top-k over the blocks chosen (or a plain top-k where blocks are few): the values
+    are a full top-k's, largest first, on bf16 scores full of ties."""
+    scores = torch.rand(6, 40 * pursuits._RANK_BLOCK, generator=torch.Generator().manual_seed(size)).bfloat16()
+    ids = pursuits._pool(pursuits._as_ordered_ints(scores), size)
+    assert all(len(set(row)) == size for row in ids.tolist())
+    assert torch.equal(scores.gather(1, ids), scores.float().topk(size, dim=1).values.bfloat16())
+
+
+def test_ranking_matrix_is_the_transposed_atoms_padded_to_whole_blocks():
+    atoms = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    ranking = pursuits.ranking_matrix(atoms, torch.bfloat16)
+    assert ranking.shape == (16, 3 * pursuits._RANK_BLOCK) and ranking.is_contiguous()
+    assert torch.equal(ranking[:, :300], atoms.T.bfloat16()) and not ranking[:, 300:].any()
 
 
 def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):
