@@ -26,11 +26,12 @@ def buffer(workspace: dict[str, Tensor] | None, name: str, shape: tuple[int, ...
 
 
 def gather(atoms: Tensor, ids: Tensor, out: Tensor, workspace: dict[str, Tensor] | None) -> Tensor:
-    """atoms[ids] into the float32 rows ``out``; atoms stored in a lower precision are gathered as they are, then
-    upcast (exactly)."""
-    if atoms.dtype == out.dtype:
-        return torch.index_select(atoms, 0, ids, out=out)
-    return out.copy_(torch.index_select(atoms, 0, ids, out=buffer(workspace, "stored", tuple(out.shape), atoms)))
+    """atoms[ids] into the float32 ``out`` (ids.numel() rows of D, in any layout); atoms stored in a lower
+    precision are gathered as they are, then upcast (exactly)."""
+    if atoms.dtype == out.dtype and out.is_contiguous():
+        return torch.index_select(atoms, 0, ids, out=out.view(-1, atoms.shape[1])).view(out.shape)
+    rows = torch.index_select(atoms, 0, ids, out=buffer(workspace, "stored", (ids.numel(), atoms.shape[1]), atoms))
+    return out.copy_(rows.view(out.shape))
 
 
 def _grow_cholesky(chol: Tensor, step: int, cross: Tensor, pivot: Tensor, floor: float) -> None:
@@ -192,41 +193,43 @@ def pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: in
     """
     batch, dim = x.shape
     n_atoms = atoms.shape[0]
-    chosen_atoms = buffer(workspace, "chosen", (batch, k, dim), x)  # (B, k, D)
+    size = min(pool_size, n_atoms)
+    # One stack per target, so that one product per refresh gives the pool's Gram, alpha and the chosen atoms'
+    # products with the pool: rows [0, size) the pooled atoms, row size the residual, then the chosen atoms.
+    # Reused by every refresh and batch: fresh allocations of this size cost page faults on each one.
+    stack = buffer(workspace, "chosen", (batch, size + 1 + k, dim), x)  # (B, M+1+k, D)
+    pooled_rows, residual, chosen_atoms = stack[:, :size], stack[:, size], stack[:, size + 1:]
+    scores = buffer(workspace, "scores", (batch, ranking.shape[1]), x, ranking.dtype)  # (B, N')
     chol = x.new_zeros(batch, k, k)  # lower: row t holds u and norm of step t
     coded = x.new_zeros(batch, k)  # (B, k): c_t = q_t . x
     ids = torch.zeros(batch, k, dtype=torch.long, device=x.device)
-    gamma = x.new_zeros(batch, 0)
-    rows = torch.arange(batch, device=x.device)
-    # Buffers reused by every refresh: fresh allocations of this size cost page faults on each one.
-    size = min(pool_size, n_atoms)
-    scores = buffer(workspace, "scores", (batch, ranking.shape[1]), x, ranking.dtype)  # (B, N')
-    pool_atoms = buffer(workspace, "pool_atoms", (batch * size, dim), x)  # (B*M, D)
-    pool_gram = buffer(workspace, "pool_gram", (batch, size, size), x)  # (B, M, M)
     projections = buffer(workspace, "projections", (batch, k, size), x)  # (B, k, M): q_j . a_p, filled up to t
+    rows = torch.arange(batch, device=x.device)
     for start in range(0, k, refresh):
-        if start:  # the atoms chosen since the last refresh, in one gather rather than one per step
-            since = ids[:, start - refresh:start]  # (B, refresh)
-            chosen_atoms[:, start - refresh:start] = atoms.index_select(0, since.flatten()).view(batch, refresh, dim)
-            gamma = _coefficients(chol[:, :start, :start], coded[:, :start])  # (B, t)
-        residual = x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :start]).squeeze(1)  # (B, D)
+        gamma = _coefficients(chol[:, :start, :start], coded[:, :start])  # (B, t)
+        residual.copy_(x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :start]).squeeze(1))  # (B, D)
         torch.mm(residual.to(ranking.dtype), ranking, out=scores).abs_()
         scores[:, n_atoms:] = -1.0  # the padding columns
         pool = _pool(_as_ordered_ints(_exclude(scores, ids[:, :start])), min(size, n_atoms - start))  # (B, m)
         width = pool.shape[1]
-        pooled = gather(atoms, pool.flatten(), pool_atoms[:batch * width], workspace).view(batch, width, dim)
-        alpha = torch.bmm(pooled, residual.unsqueeze(-1)).squeeze(-1)  # (B, m)
-        gram = torch.bmm(pooled, pooled.transpose(1, 2), out=pool_gram[:, :width, :width])  # (B, m, m)
+        pooled = pooled_rows[:, :width]
+        gather(atoms, pool.flatten(), pooled, workspace)
+        # One product, assigned into its own buffer (CPU bmm(out=strided view) takes a slow path):
+        # rows [0, m) the pool's Gram, row size alpha = A_P r, rows after it A_I A_P^T.
+        products = torch.bmm(stack[:, :size + 1 + start], pooled.transpose(1, 2),
+                             out=buffer(workspace, "products", (batch, size + 1 + start, width), x))
+        gram, alpha = products[:, :width], products[:, size].clone()  # (B, m, m), (B, m)
         stop = min(k, start + refresh)
         basis = projections[:, :stop, :width]
-        if start:  # q_j . a_p = L^-1 (A_I A_P^T); assigned: CPU bmm(out=strided view) takes a slow path
-            basis[:, :start] = torch.linalg.solve_triangular(
-                chol[:, :start, :start], torch.bmm(chosen_atoms[:, :start], pooled.transpose(1, 2)), upper=False)
+        if start:  # q_j . a_p = L^-1 (A_I A_P^T)
+            basis[:, :start] = torch.linalg.solve_triangular(chol[:, :start, :start], products[:, size + 1:],
+                                                             upper=False)
         taken = torch.zeros(pool.shape, dtype=torch.bool, device=x.device)  # (B, m)
         for step in range(start, stop):
             position = alpha.abs().masked_fill_(taken, -1.0).argmax(dim=1)  # (B,)
             taken[rows, position] = True
             ids[:, step] = pool[rows, position]
+            chosen_atoms[:, step] = pooled[rows, position]
             along = basis[:, :step].gather(2, position.view(batch, 1, 1).expand(batch, step, 1))  # (B, t, 1)
             # An atom dependent on earlier ones has a ~0 pivot: the floor keeps the factor solvable.
             norm = (gram[rows, position, position] - along.square().sum(dim=(1, 2))).clamp_min(floor).sqrt()  # (B,)
