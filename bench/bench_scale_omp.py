@@ -148,6 +148,23 @@ def draft(args: argparse.Namespace, base: Path, target: Path) -> None:
                f"new tokens, {os.cpu_count()} CPUs, tokensurgeon on {args.device}", runs)
 
 
+def machine() -> str:
+    """The CPU's name and its bf16 GEMM rate at the solver's shape: walls compare across stops only on one machine
+    (an AMD EPYC without AMX ran the draft's correlations ~5x slower than the Intel machine with it)."""
+    import torch
+
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
+
+    left, right = torch.randn(294, 640).bfloat16(), torch.randn(640, 46080).bfloat16()
+    torch.mm(left, right)
+    start = time.perf_counter()
+    for _ in range(5):
+        torch.mm(left, right)
+    rate = 5 * 2 * 294 * 640 * 46080 / (time.perf_counter() - start) / 1e9
+    return f"machine: {name}, {os.cpu_count()} CPUs, bf16 GEMM (294 x 640 by 640 x 46080) {rate:.0f} GFLOP/s"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default="p1,draft", help="comma-separated: p1, draft")
@@ -163,6 +180,7 @@ def main() -> None:
 
     from tokensurgeon.zoo import ensure_model
 
+    print(machine())
     gemma, smollm = ensure_model("gemma3-270m"), ensure_model("smollm2-135m")
     cases = args.cases.split(",")
     if "p1" in cases:
