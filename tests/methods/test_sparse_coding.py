@@ -140,10 +140,11 @@ def test_pool_holds_each_rows_largest_scores(size):
 
 
 def test_ranking_matrix_is_the_transposed_atoms_padded_to_whole_blocks():
-    atoms = torch.randn(300, 16, generator=torch.Generator().manual_seed(0))
+    n_atoms = 2 * pursuits._RANK_BLOCK + 7  # two whole blocks and part of a third
+    atoms = torch.randn(n_atoms, 16, generator=torch.Generator().manual_seed(0))
     ranking = pursuits.ranking_matrix(atoms, torch.bfloat16)
     assert ranking.shape == (16, 3 * pursuits._RANK_BLOCK) and ranking.is_contiguous()
-    assert torch.equal(ranking[:, :300], atoms.T.bfloat16()) and not ranking[:, 300:].any()
+    assert torch.equal(ranking[:, :n_atoms], atoms.T.bfloat16()) and not ranking[:, n_atoms:].any()
 
 
 def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):

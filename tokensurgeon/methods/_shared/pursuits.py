@@ -162,7 +162,9 @@ def _pool(scores: Tensor, size: int) -> Tensor:
 
     The largest entries lie in the blocks of _RANK_BLOCK columns with the largest maxima, so one pass of block
     maxima and a top-k over the few blocks chosen gives the same values as a top-k over the whole row (which
-    atom wins a tie at the cut may differ), ~3x faster for pools of 8-16 over 46k atoms.
+    atom wins a tie at the cut may differ): for 294 rows over 46k atoms and a pool of 64, 4.4 ms against 9.8 ms
+    (2-core AMD EPYC). The chosen blocks are copied whole (``index_select``): a ``gather`` of them took 8.0 ms.
+    Blocks of 64 took 3.7 ms but break ties at the cut differently, which moved P1's ben ratio by 0.005.
     """
     batch, width = scores.shape
     blocks = width // _RANK_BLOCK
@@ -170,7 +172,8 @@ def _pool(scores: Tensor, size: int) -> Tensor:
         return scores.topk(size, dim=1).indices
     tiles = scores.view(batch, blocks, _RANK_BLOCK)
     best = tiles.amax(dim=2).topk(size, dim=1).indices  # (B, size): the blocks
-    within = tiles.gather(1, best.unsqueeze(-1).expand(-1, -1, _RANK_BLOCK)).view(batch, -1).topk(size, dim=1).indices
+    offsets = (best + blocks * torch.arange(batch, device=scores.device)[:, None]).flatten()  # (B * size,)
+    within = tiles.reshape(-1, _RANK_BLOCK).index_select(0, offsets).view(batch, -1).topk(size, dim=1).indices
     return best.gather(1, within // _RANK_BLOCK) * _RANK_BLOCK + within % _RANK_BLOCK
 
 
