@@ -199,7 +199,8 @@ def pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: in
     size = min(pool_size, n_atoms)
     # One stack per target, so that one product per refresh gives the pool's Gram, alpha and the chosen atoms'
     # products with the pool: rows [0, size) the pooled atoms, row size the residual, then the chosen atoms.
-    # Reused by every refresh and batch: fresh allocations of this size cost page faults on each one.
+    # Reused by every refresh and batch: fresh allocations of this size cost page faults on each one. Named as
+    # batch_omp's chosen-atoms buffer, which takes the same memory once the pursuit is done.
     stack = buffer(workspace, "chosen", (batch, size + 1 + k, dim), x)  # (B, M+1+k, D)
     pooled_rows, residual, chosen_atoms = stack[:, :size], stack[:, size], stack[:, size + 1:]
     scores = buffer(workspace, "scores", (batch, ranking.shape[1]), x, ranking.dtype)  # (B, N')
