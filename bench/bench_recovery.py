@@ -46,6 +46,8 @@ SMOLLM2, GEMMA3 = MODELS / "smollm2-135m", MODELS / "gemma3-270m"
 TRAIN = ("enwiki_head.txt", "udhr/spa.txt", "udhr/ukr.txt", "udhr/jpn.txt", "udhr/ben.txt")
 UNSEEN = ("lee_news.txt", "udhr/ita.txt", "udhr/pol.txt", "udhr/tur.txt", "udhr/vie.txt", "udhr/kor.txt",
           "udhr/heb.txt", "udhr/tha.txt", "udhr/cmn_hant.txt", "udhr/fin.txt")
+WIDE = ("udhr/ces.txt", "udhr/hun.txt", "udhr/ind.txt", "udhr/nld.txt", "udhr/por_PT.txt", "udhr/swe.txt",
+        "udhr/tam.txt", "udhr/urd.txt", "udhr/yor.txt", "udhr/zul.txt")  # --wide: the rest of ../shared's UDHR
 PAIRS = {"p2": SMOLLM2, "p1": GEMMA3}  # patched model -> its base (the teacher)
 CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora"),
            "distill+embeddings": ("distill", "embeddings")}
@@ -60,12 +62,13 @@ def cut(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def training_files(work: Path, train_bytes: int) -> list[Path]:
-    """The training texts as files (heal reads files): enwiki cut to train_bytes, the UDHR files whole."""
-    folder = work / f"train-{train_bytes}"
+def training_files(work: Path, train_bytes: int, wide: bool = False) -> list[Path]:
+    """The training texts as files (heal reads files): enwiki cut to train_bytes, the UDHR files whole; ``wide``
+    adds every UDHR file that is not an unseen text."""
+    folder = work / f"train-{train_bytes}{'-wide' * wide}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name in TRAIN:
+    for name in TRAIN + WIDE * wide:
         path = folder / Path(name).name
         if not path.exists():
             path.write_text(cut(read(name), train_bytes) if name == "enwiki_head.txt" else read(name), encoding="utf-8")
@@ -177,14 +180,15 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+guard-|\+gen|\+b|\+anchor", name)[0]]  # lm+lora@5min+lr0.0001
+    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+guard-|\+gen|\+b|\+anchor", name)[0]]
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
-              for p in training_files(Path(args.work), args.train_bytes)}
+              for p in training_files(Path(args.work), args.train_bytes, args.wide)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size or None, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
                               **({} if args.lr is None else {"lr": args.lr}),
+                              **({} if args.lora_lr is None else {"lora_lr": args.lora_lr}),
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
                               batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
     clock = time.perf_counter()
@@ -216,7 +220,8 @@ def child_draft(args, name: str) -> dict:
         from tokensurgeon.jobs.heal import heal
 
         steps = args.steps if args.minutes is None else 10**6  # --minutes: as many steps as fit
-        report = heal(HealConfig(patched=models / "draft", texts=tuple(training_files(work, args.train_bytes)),
+        texts = tuple(training_files(work, args.train_bytes, args.wide))
+        report = heal(HealConfig(patched=models / "draft", texts=texts,
                                  out=models / f"draft-healed{variant}", teacher=GEMMA3, objective="distill",
                                  train="lora", generate=args.generate,
                                  steps=steps, eval_every=args.eval_every, patience=steps, max_minutes=args.minutes,
@@ -240,7 +245,7 @@ def draft_variant(args) -> str:
     """The healed draft's name suffix: what it trained on, and for how long when not the default steps."""
     return ((f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
             + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
-            + (f"+gen{args.generate}" if args.generate else ""))
+            + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else ""))
 
 
 def geomean(values: list[float]) -> float:
@@ -308,6 +313,8 @@ def main() -> None:
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
     parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
+    parser.add_argument("--lora-lr", type=float, default=None, help="LoRA learning rate (default: heal's)")
+    parser.add_argument("--wide", action="store_true", help="train on every UDHR file that is not unseen too")
     parser.add_argument("--anchor-weight", type=float, default=None, help="heal --anchor-weight (default: heal's)")
     parser.add_argument("--omp-k", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=50)
@@ -346,7 +353,7 @@ def main() -> None:
     build(work, args.omp_k, args.device, pairs + ["draft"] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
           f"{args.batch_size or 'auto'} x {args.context} tokens (lr {args.lr or HealConfig.lr:g}, LoRA r=16 lr "
-          f"{HealConfig.lora_lr:g}), eval every "
+          f"{args.lora_lr or HealConfig.lora_lr:g}), training files: {len(TRAIN + WIDE * args.wide)}, eval every "
           f"{args.eval_every}; unseen "
           f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
@@ -354,6 +361,7 @@ def main() -> None:
     for pair in pairs:
         budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
                   + ("" if args.lr is None else f"+lr{args.lr:g}")
+                  + ("" if args.lora_lr is None else f"+lora-lr{args.lora_lr:g}") + ("+wide" if args.wide else "")
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
                   + (f"+gen{args.generate}" if args.generate else "")
