@@ -131,13 +131,11 @@ def continuations(model, tokenizer, texts: list[str], new_tokens: int, chat: boo
 
 
 def retention(ours: list[str], base: list[str]) -> float:
-    """Mean share of the base continuation's first COMPARE_BYTES bytes that ours repeats exactly from the start."""
-    shares = []
-    for a, b in zip(ours, base):
-        a, b = a.encode("utf-8")[:COMPARE_BYTES], b.encode("utf-8")[:COMPARE_BYTES]
-        same = next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
-        shares.append(same / max(len(b), 1))
-    return sum(shares) / len(shares)
+    """Mean share of the base continuation's first COMPARE_BYTES bytes that ours repeats exactly from the start
+    (the measure heal's --guard-task retention uses)."""
+    from tokensurgeon.recovery.retention import agreement
+
+    return sum(agreement(a, b, COMPARE_BYTES) for a, b in zip(ours, base)) / len(base)
 
 
 def unseen_texts(max_bytes: int) -> dict[str, str]:

@@ -260,9 +260,10 @@ def test_user_errors_are_one_line_exit_2(patched, text, args, message):
     assert len(result.stderr.strip().splitlines()) <= 2
 
 
-def test_distill_without_a_teacher_is_one_line_exit_2(tiny_models, text, tmp_path):
+@pytest.mark.parametrize("args", [["--objective", "distill"], ["--objective", "lm", "--guard-task", "retention"]])
+def test_distill_without_a_teacher_is_one_line_exit_2(tiny_models, text, tmp_path, args):
     result = runner.invoke(app, ["heal", str(tiny_models["tied"]), "--text", str(text), "-o", str(tmp_path / "o"),
-                                 "--objective", "distill"])
+                                 *args])
     assert result.exit_code == 2, result.output
     assert "needs a teacher" in result.stderr and "--teacher" in result.stderr and "Traceback" not in result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()

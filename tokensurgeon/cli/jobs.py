@@ -78,8 +78,10 @@ def heal(
                                                    help=f"Unseen held-out text, never trained on, scored before "
                                                         f"and after: {FILES}."),
     guard_task: Optional[List[str]] = typer.Option(None, "--guard-task",
-                                                   help="A task (arithmetic, or a multiple-choice .jsonl) no kept "
-                                                        "state may score lower on than PATCHED (repeatable)."),
+                                                   help="A task (arithmetic, a multiple-choice .jsonl, or "
+                                                        "retention: agreement with the teacher's continuations of "
+                                                        "held-out prompts) no kept state may score lower on than "
+                                                        "PATCHED (repeatable)."),
     generate: int = typer.Option(HealConfig.generate, help="Train on this many greedy continuations the teacher "
                                                            "writes from prompts cut from the text, not on the text "
                                                            "itself (drafts: what speculative decoding must match)."),

@@ -17,6 +17,11 @@ CPU_BATCH_SIZE = 4  # sequences per step on CPU when --batch-size is not given
 MAX_AUTO_BATCH = 64  # the most sequences per step sized from free GPU memory (recovery/batch.py)
 GENERATE_PROMPT_TOKENS = 32  # teacher tokens of user text before each --generate continuation
 GENERATE_BATCH_SIZE = 32  # prompts the teacher continues at once (greedy, KV-cached: small beside training)
+RETENTION_GUARD = "retention"  # --guard-task value: agreement with the teacher's continuations (recovery/retention.py)
+RETENTION_PROMPTS = 24  # prompts from the held-out text: 24 x 16 greedy tokens is seconds a guard run on CPU
+RETENTION_PROMPT_CHARS = 80  # at most this many characters a prompt, cut at a word boundary
+RETENTION_NEW_TOKENS = 16  # greedy tokens each side writes
+RETENTION_BYTES = 16  # leading bytes of the teacher's continuation compared (bench_recovery's measure)
 
 
 @dataclass(frozen=True)
@@ -48,7 +53,8 @@ class HealConfig:
         patience: stop after this many evaluations in a row without a better held-out score.
         eval_max_bytes: score at most this many bytes of each held-out part (quick, bounded evaluations).
         guard_tasks: evaluation tasks (names or multiple-choice .jsonl files) the kept state must score no lower on
-            than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant).
+            than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant);
+            "retention" (needs a teacher) is agreement with the teacher's greedy continuations of held-out prompts.
         compare_base: also score the transplant's base model on the held-out text (for ratios).
         generate: train on this many greedy continuations the teacher writes from prompts cut from the training
             text, instead of the text itself (recovery/generate.py); the held-out split stays the user's text.

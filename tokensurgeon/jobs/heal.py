@@ -39,7 +39,7 @@ from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
 from ..evaluation.rows import HealRow, text_labels
 from ..recovery.generate import teacher_continuations
-from ..recovery.guard import guard_tasks
+from ..recovery.guard import check_guard_tasks
 from ..recovery.options import RecoveryOptions
 from ..recovery.train import EvalPoint, TextChange, base_of, pick_device, recover
 from ..runtime.outdir import atomic_directory, check_output_path
@@ -136,7 +136,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     """
     clock = Stopwatch()
     teacher = resolve_teacher(config)
-    guard_tasks(config.guard_tasks)  # an unknown task fails now, not after the models are loaded
+    check_guard_tasks(config.guard_tasks, has_teacher=teacher is not None)  # fails now, not after models load
     task_files = [Path(spec) for spec in config.guard_tasks if Path(spec).is_file()]
     inputs = [config.patched, *config.texts, *config.eval_texts, *task_files]
     inputs += [teacher] if teacher is not None else []

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from tokensurgeon.config import RETENTION_GUARD
+from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.evaluation.tasks import Task, get_task
 from tokensurgeon.recovery.options import RecoveryOptions
 
@@ -33,11 +35,25 @@ def better(scores: list[float], best: list[float], before: list[float]) -> bool:
     return sum(scores) < sum(best) and all(s <= b for s, b in zip(scores, before))
 
 
-def guard_tasks(specs: tuple[str, ...]) -> dict[str, Task]:
+_NO_TEACHER = ("--guard-task retention compares with the teacher's own continuations and needs a teacher: the base "
+               "in PATCHED/report.json or --teacher DIR")
+
+
+def guard_tasks(specs: tuple[str, ...], retention: Task | None = None) -> dict[str, Task]:
     """The tasks a kept state must not lose on, keyed by the --guard-task value (two .jsonl files are both
     multiple_choice), as the guard runs them (Task.guard_variant: other items than ``evaluate --task`` scores,
-    so guarding is not tuning on them)."""
-    return {spec: get_task(spec, flag="--guard-task").guard_variant() for spec in specs}
+    so guarding is not tuning on them); "retention" is the task built from the teacher (retention.py)."""
+    if RETENTION_GUARD in specs and retention is None:
+        raise TokenSurgeonError(_NO_TEACHER)
+    return {spec: retention if spec == RETENTION_GUARD else get_task(spec, flag="--guard-task").guard_variant()
+            for spec in specs}
+
+
+def check_guard_tasks(specs: tuple[str, ...], has_teacher: bool) -> None:
+    """Fail on an unknown task, or on retention without a teacher, before any model is loaded."""
+    if RETENTION_GUARD in specs and not has_teacher:
+        raise TokenSurgeonError(_NO_TEACHER)
+    guard_tasks(tuple(spec for spec in specs if spec != RETENTION_GUARD))
 
 
 def task_scores(model: Any, tokenizer: Any, tasks: dict[str, Task]) -> dict[str, float]:

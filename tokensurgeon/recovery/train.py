@@ -24,11 +24,13 @@ from typing import Any, Callable
 import torch
 
 from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
+from tokensurgeon.config import RETENTION_GUARD
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.recovery.batch import measure_batch
 from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
-from tokensurgeon.recovery.guard import better, guard_tasks, keeps_skills, score_texts, task_scores
+from tokensurgeon.evaluation.tasks import Task
+from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
 from tokensurgeon.recovery.trainable import (BatchRows, embedding_params, free_rows, prepare, read_provenance,
@@ -155,10 +157,11 @@ class Objective:
 def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[str, str],
         options: RecoveryOptions, *, teacher: Teacher | None = None, free: list[int] | None = None,
         unseen: dict[str, str] | None = None, device: torch.device | None = None,
-        progress: Progress | None = None) -> tuple[Any, RecoveryResult]:
+        retention: Task | None = None, progress: Progress | None = None) -> tuple[Any, RecoveryResult]:
     """Train model (in place) and leave it in its best state; returns (model, possibly PEFT-wrapped; result).
 
-    replacements in the result are filled by merged_tensors, not here.
+    ``retention`` is the task ``--guard-task retention`` runs (retention.teacher_retention). replacements in
+    the result are filled by merged_tensors, not here.
     """
     device = device or next(model.parameters()).device
     torch.manual_seed(options.seed)
@@ -187,7 +190,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     def snapshot() -> dict[str, torch.Tensor]:
         return {name: p.detach().to("cpu", copy=True) for name, p in trainable.items()}
 
-    unseen, guards = unseen or {}, guard_tasks(options.guard_tasks)
+    unseen, guards = unseen or {}, guard_tasks(options.guard_tasks, retention)
     before = best = score_texts(model, tokenizer, held_out, options)
     unseen_before = score_texts(model, tokenizer, unseen, options)
     tasks_before = tasks_best = task_scores(model, tokenizer, guards)
@@ -314,11 +317,16 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
     from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.vocab import build_vocabulary, load_tokenizer
 
+    from tokensurgeon.recovery.retention import teacher_retention
+
     target = pick_device(device)
     checkpoint = open_checkpoint(patched, trust_remote_code=trust_remote_code)
     teacher_dir = Path(teacher) if teacher is not None else base_of(patched)
     if teacher is not None and not (Path(teacher) / "config.json").is_file():
         raise TokenSurgeonError(f"--teacher {teacher}: not a model directory (no config.json)")
+    check_guard_tasks(options.guard_tasks, has_teacher=teacher_dir is not None)
+    retention = (teacher_retention(teacher_dir, held_out, target, trust_remote_code)  # before the student loads
+                 if RETENTION_GUARD in options.guard_tasks else None)
     model, tokenizer = load_for_eval(patched, device=target, trust_remote_code=trust_remote_code)
     provenance = read_provenance(patched, checkpoint.vocab_rows)
     teacher_model, undertrained = None, set()
@@ -331,7 +339,8 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
             teacher_model = load_teacher(teacher_dir, model, device=target, trust_remote_code=trust_remote_code)
     model, result = fit(model, tokenizer, train_texts, held_out, options,
                         teacher=teacher_model,
-                        free=free_rows(provenance, undertrained), unseen=unseen, device=target, progress=progress)
+                        free=free_rows(provenance, undertrained), unseen=unseen, device=target, retention=retention,
+                        progress=progress)
     if result.improved:
         result.replacements = merged_tensors(model, checkpoint)
     return model, result
