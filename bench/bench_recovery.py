@@ -188,7 +188,8 @@ def child_model(args, pair: str, name: str) -> dict:
                               **({} if args.lr is None else {"lr": args.lr}),
                               **({} if args.lora_lr is None else {"lora_lr": args.lora_lr}),
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
-                              batch_rows=args.batch_rows, guard_tasks=tuple(filter(None, args.guard_task.split(","))))
+                              batch_rows=args.batch_rows,
+                              guard_tasks=tuple(filter(None, args.guard_task.split(","))) or None)  # None: heal's
     clock = time.perf_counter()
     train_texts = {k: v[0] for k, v in splits.items()}
     if args.generate:  # heal --generate: the base's own greedy continuations of prompts from the training text
@@ -326,7 +327,8 @@ def main() -> None:
                              "guard evaluates every --eval-every steps, so keep that small) instead of --steps")
     parser.add_argument("--configs", default="", help="comma-separated subset of the trained configs (default all)")
     parser.add_argument("--batch-rows", action="store_true", help="heal --batch-rows: only rows in the batch move")
-    parser.add_argument("--guard-task", default="", help="comma-separated heal --guard-task values (e.g. arithmetic)")
+    parser.add_argument("--guard-task", default="", help="comma-separated heal --guard-task values (e.g. arithmetic; "
+                        "none: no guard task); empty: heal's default")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--generate", type=int, default=0, help="heal --generate N: train on N greedy continuations "
                         "of the teacher (the pair's base, the draft's target) from prompts of the training text")

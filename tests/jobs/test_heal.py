@@ -19,7 +19,7 @@ from tokensurgeon.pipeline.transplant import transplant
 
 runner = CliRunner()
 QUICK = {"steps": 4, "eval_every": 2, "batch_size": 2, "context": 32, "held_out": 0.2, "eval_max_bytes": 600,
-         "compare_base": False}
+         "compare_base": False, "guard_tasks": ()}  # the guard default (retention) has tests of its own
 LM_ROWS = {"objective": "lm", "train": "rows"}  # the original heal, whatever the defaults are
 
 
@@ -249,6 +249,7 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--train", "rows", "--save-adapter"], "--save-adapter"),
     (["--text", "TEXT", "--teacher", "/nonexistent"], "--teacher"),
     (["--text", "TEXT", "--guard-task", "spelling"], "--guard-task spelling: not a task"),
+    (["--text", "TEXT", "--guard-task", "none", "--guard-task", "arithmetic"], "--guard-task none"),
     (["--text", "TEXT", "--batch-size", "0"], "--batch-size"),
     (["--text", "TEXT", "--generate", "-1"], "--generate"),
 ])
@@ -307,6 +308,21 @@ def test_rows_alias_agreeing_with_train_and_defaults_without_it(patched, text, t
     assert (default.objective, default.train) == ("distill", "lora")  # docs/heal.md's default
 
 
+def test_the_retention_guard_is_the_default_where_there_is_a_teacher(patched, tiny_models, text, tmp_path):
+    """No --guard-task: retention with a teacher (the recorded base), nothing without; "none" turns it off."""
+    quick = QUICK | {"guard_tasks": None, "steps": 2}
+    report = heal(HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "taught", **LM_ROWS, **quick))
+    assert report.teacher is not None and report.options["guard_tasks"] == ["retention"]
+    assert set(report.tasks_before) == {"retention"} and 0 <= report.tasks_before["retention"] <= 1
+    alone = heal(HealConfig(patched=tiny_models["tied"], texts=(text,), out=tmp_path / "alone", objective="lm",
+                            train="embeddings", **quick))
+    assert alone.teacher is None and alone.options["guard_tasks"] == [] and alone.tasks_before == {}
+    off = HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "o", guard_tasks=("none",))
+    assert off.guard_tasks_for(has_teacher=True) == ()
+    given = HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "o", guard_tasks=("arithmetic",))
+    assert given.guard_tasks_for(has_teacher=True) == ("arithmetic",)
+
+
 def test_rows_mode_counts_the_free_rows_only(patched, text, tmp_path):
     source = open_checkpoint(patched["untied"])
     report = heal(HealConfig(patched=source.path, texts=(text,), out=tmp_path / "out", **LM_ROWS, **QUICK))
@@ -353,7 +369,7 @@ def test_rows_all_at_the_default_anchor_weight_pulls_copied_rows_back(patched, t
     assert len(copied) > 1000 and len(computed) > 1000
     result = runner.invoke(app, ["heal", str(source), "--text", str(text), "-o", str(tmp_path / "out"), "--rows", "all",
                                  "--all-rows", "--steps", "4", "--eval-every", "4", "--lr", "0.003",
-                                 "--batch-size", "2",
+                                 "--batch-size", "2", "--guard-task", "none",
                                  "--context", "32", "--held-out", "0.2", "--eval-max-bytes", "600", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)

@@ -81,7 +81,8 @@ def heal(
                                                    help="A task (arithmetic, a multiple-choice .jsonl, or "
                                                         "retention: agreement with the teacher's continuations of "
                                                         "held-out prompts) no kept state may score lower on than "
-                                                        "PATCHED (repeatable)."),
+                                                        "PATCHED (repeatable); none: no task [default: retention "
+                                                        "when there is a teacher]."),
     generate: int = typer.Option(HealConfig.generate, help="Train on this many greedy continuations the teacher "
                                                            "writes from prompts cut from the text, not on the text "
                                                            "itself (drafts: what speculative decoding must match)."),
@@ -128,7 +129,7 @@ def heal(
 
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
                             temperature=temperature, train=train, rows=rows, teacher=teacher,
-                            eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task or ()), steps=steps,
+                            eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None, steps=steps,
                             generate=generate, lr=lr, lora_lr=lora_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_rows=batch_rows, batch_size=batch_size,
                             context=context,

@@ -18,6 +18,8 @@ MAX_AUTO_BATCH = 64  # the most sequences per step sized from free GPU memory (r
 GENERATE_PROMPT_TOKENS = 32  # teacher tokens of user text before each --generate continuation
 GENERATE_BATCH_SIZE = 32  # prompts the teacher continues at once (greedy, KV-cached: small beside training)
 RETENTION_GUARD = "retention"  # --guard-task value: agreement with the teacher's continuations (recovery/retention.py)
+DEFAULT_GUARD_TASKS = (RETENTION_GUARD,)  # with a teacher; docs/heal.md: it refused the P1 states that lost behaviour
+NO_GUARD = "none"  # --guard-task none: no guard task, the held-out rule alone
 RETENTION_PROMPTS = 24  # prompts from the held-out text: 24 x 16 greedy tokens is seconds a guard run on CPU
 RETENTION_PROMPT_CHARS = 80  # at most this many characters a prompt, cut at a word boundary
 RETENTION_NEW_TOKENS = 16  # greedy tokens each side writes
@@ -55,6 +57,7 @@ class HealConfig:
         guard_tasks: evaluation tasks (names or multiple-choice .jsonl files) the kept state must score no lower on
             than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant);
             "retention" (needs a teacher) is agreement with the teacher's greedy continuations of held-out prompts.
+            None: DEFAULT_GUARD_TASKS when there is a teacher, none without (``guard_tasks_for``); ("none",): none.
         compare_base: also score the transplant's base model on the held-out text (for ratios).
         generate: train on this many greedy continuations the teacher writes from prompts cut from the training
             text, instead of the text itself (recovery/generate.py); the held-out split stays the user's text.
@@ -70,7 +73,7 @@ class HealConfig:
     rows: str | None = None
     teacher: Path | None = None
     eval_texts: tuple[Path, ...] = ()
-    guard_tasks: tuple[str, ...] = ()
+    guard_tasks: tuple[str, ...] | None = None
     steps: int = 100
     lr: float = 1e-3
     lora_lr: float = 5e-4
@@ -126,6 +129,10 @@ class HealConfig:
         if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:
             raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight and "
                                     "--lm-mix at least 0")
+        if self.guard_tasks is not None and NO_GUARD in self.guard_tasks:
+            if len(self.guard_tasks) > 1:
+                raise TokenSurgeonError("--guard-task none turns the guard tasks off; it does not go with others")
+            object.__setattr__(self, "guard_tasks", ())
         if self.generate < 0:
             raise TokenSurgeonError("--generate must be at least 0")
         if self.context < 4:
@@ -136,3 +143,10 @@ class HealConfig:
             raise TokenSurgeonError("--eval-max-bytes must be positive")
         if self.max_minutes is not None and not self.max_minutes > 0:
             raise TokenSurgeonError("--max-minutes must be positive")
+
+    def guard_tasks_for(self, has_teacher: bool) -> tuple[str, ...]:
+        """The guard tasks this heal runs: those given, else DEFAULT_GUARD_TASKS when there is a teacher to
+        compare with, else none."""
+        if self.guard_tasks is not None:
+            return self.guard_tasks
+        return DEFAULT_GUARD_TASKS if has_teacher else ()

@@ -85,14 +85,15 @@ def split_held_out(text: str, fraction: float) -> tuple[str, str]:
     return train, text[len(train):]
 
 
-def recovery_options(config: HealConfig) -> RecoveryOptions:
-    """The engine's options from a HealConfig (evaluation context as `evaluate`'s, so ratios compare)."""
+def recovery_options(config: HealConfig, guard_tasks: tuple[str, ...]) -> RecoveryOptions:
+    """The engine's options from a HealConfig (evaluation context as `evaluate`'s, so ratios compare), with the
+    guard tasks resolved (HealConfig.guard_tasks_for)."""
     return RecoveryOptions(
         objective=config.objective, lm_mix=config.lm_mix, temperature=config.temperature, train=config.train,
         steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
         anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
         context=config.context, eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
-        max_minutes=config.max_minutes, guard_tasks=config.guard_tasks,
+        max_minutes=config.max_minutes, guard_tasks=guard_tasks,
         gradient_checkpointing=config.gradient_checkpointing, seed=config.seed)
 
 
@@ -136,8 +137,9 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     """
     clock = Stopwatch()
     teacher = resolve_teacher(config)
-    check_guard_tasks(config.guard_tasks, has_teacher=teacher is not None)  # fails now, not after models load
-    task_files = [Path(spec) for spec in config.guard_tasks if Path(spec).is_file()]
+    guards = config.guard_tasks_for(has_teacher=teacher is not None)
+    check_guard_tasks(guards, has_teacher=teacher is not None)  # fails now, not after the models load
+    task_files = [Path(spec) for spec in guards if Path(spec).is_file()]
     inputs = [config.patched, *config.texts, *config.eval_texts, *task_files]
     inputs += [teacher] if teacher is not None else []
     check_output_path(config.out, inputs, force=config.force)
@@ -161,7 +163,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     tick = (lambda step, steps, note: progress("heal", step, steps, note)) if progress is not None else None
     with torch.random.fork_rng():  # the seed governs this run only, not the caller's generator
         model, result = recover(config.patched, train_texts, held_out,
-                                recovery_options(config), teacher=teacher, unseen=unseen, device=config.device,
+                                recovery_options(config, guards), teacher=teacher, unseen=unseen, device=config.device,
                                 trust_remote_code=config.trust_remote_code, progress=tick)
     clock.lap("train")
     with atomic_directory(config.out) as staging:
@@ -191,7 +193,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
                      "batch_size": result.batch_size,
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
                      "patience": config.patience, "eval_max_bytes": config.eval_max_bytes,
-                     "max_minutes": config.max_minutes, "guard_tasks": list(config.guard_tasks),
+                     "max_minutes": config.max_minutes, "guard_tasks": list(guards),
                      "generate": config.generate, "seed": config.seed},
             device=result.device, adapter=str(config.out / ADAPTER_DIR) if adapter is not None else None,
             texts=[_text_row(row, held_out, config, base_held[i] if base_held else None,

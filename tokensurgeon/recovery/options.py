@@ -41,7 +41,7 @@ class RecoveryOptions:
     eval_every: int = HealConfig.eval_every
     patience: int = HealConfig.patience
     eval_max_bytes: int | None = HealConfig.eval_max_bytes
-    guard_tasks: tuple[str, ...] = HealConfig.guard_tasks
+    guard_tasks: tuple[str, ...] = ()  # heal resolves its default (HealConfig.guard_tasks_for); the engine's is none
     eval_context: int = EvalConfig.context
     eval_batch_size: int = EvalConfig.batch_size  # the most windows per evaluation pass
     max_minutes: float | None = HealConfig.max_minutes
