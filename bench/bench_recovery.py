@@ -138,6 +138,15 @@ def retention(ours: list[str], base: list[str]) -> float:
     return sum(agreement(a, b, COMPARE_BYTES) for a, b in zip(ours, base)) / len(base)
 
 
+def guard_tasks(spec: str) -> tuple[str, ...]:
+    """--guard-task as heal resolves it: the values given, none for "none", else heal's default (every pair here
+    has a teacher: its base)."""
+    from tokensurgeon.config import DEFAULT_GUARD_TASKS, NO_GUARD
+
+    given = tuple(filter(None, spec.split(",")))
+    return () if given == (NO_GUARD,) else given or DEFAULT_GUARD_TASKS
+
+
 def unseen_texts(max_bytes: int) -> dict[str, str]:
     return {Path(n).stem: cut(read(n), max_bytes) for n in UNSEEN}
 
@@ -188,8 +197,7 @@ def child_model(args, pair: str, name: str) -> dict:
                               **({} if args.lr is None else {"lr": args.lr}),
                               **({} if args.lora_lr is None else {"lora_lr": args.lora_lr}),
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
-                              batch_rows=args.batch_rows,
-                              guard_tasks=tuple(filter(None, args.guard_task.split(","))) or None)  # None: heal's
+                              batch_rows=args.batch_rows, guard_tasks=guard_tasks(args.guard_task))
     clock = time.perf_counter()
     train_texts = {k: v[0] for k, v in splits.items()}
     if args.generate:  # heal --generate: the base's own greedy continuations of prompts from the training text
