@@ -138,15 +138,6 @@ def retention(ours: list[str], base: list[str]) -> float:
     return sum(agreement(a, b, COMPARE_BYTES) for a, b in zip(ours, base)) / len(base)
 
 
-def guard_tasks(spec: str) -> tuple[str, ...]:
-    """--guard-task as heal resolves it: the values given, none for "none", else heal's default (every pair here
-    has a teacher: its base)."""
-    from tokensurgeon.config import DEFAULT_GUARD_TASKS, NO_GUARD
-
-    given = tuple(filter(None, spec.split(",")))
-    return () if given == (NO_GUARD,) else given or DEFAULT_GUARD_TASKS
-
-
 def unseen_texts(max_bytes: int) -> dict[str, str]:
     return {Path(n).stem: cut(read(n), max_bytes) for n in UNSEEN}
 
@@ -176,6 +167,7 @@ def child_model(args, pair: str, name: str) -> dict:
     both base and patched carry a chat template (each model its own)."""
     from transformers import AutoTokenizer
 
+    from tokensurgeon.config import guard_tasks_for
     from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.recovery.options import RecoveryOptions
     from tokensurgeon.recovery.train import pick_device, recover
@@ -197,7 +189,9 @@ def child_model(args, pair: str, name: str) -> dict:
                               **({} if args.lr is None else {"lr": args.lr}),
                               **({} if args.lora_lr is None else {"lora_lr": args.lora_lr}),
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
-                              batch_rows=args.batch_rows, guard_tasks=guard_tasks(args.guard_task))
+                              batch_rows=args.batch_rows,  # guard tasks as heal resolves them (the base teaches)
+                              guard_tasks=guard_tasks_for(tuple(filter(None, args.guard_task.split(","))) or None,
+                                                          has_teacher=True))
     clock = time.perf_counter()
     train_texts = {k: v[0] for k, v in splits.items()}
     if args.generate:  # heal --generate: the base's own greedy continuations of prompts from the training text

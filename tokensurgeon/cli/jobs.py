@@ -129,7 +129,8 @@ def heal(
 
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
                             temperature=temperature, train=train, rows=rows, teacher=teacher,
-                            eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None, steps=steps,
+                            eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None,
+                            steps=steps,
                             generate=generate, lr=lr, lora_lr=lora_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_rows=batch_rows, batch_size=batch_size,
                             context=context,

@@ -12,9 +12,9 @@ from typing import Any
 
 from ..errors import TokenSurgeonError
 from .heal import (CPU_BATCH_SIZE, DEFAULT_GUARD_TASKS, DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN,  # noqa: F401
-                   GENERATE_BATCH_SIZE, GENERATE_PROMPT_TOKENS, HEAL_OBJECTIVES, HEAL_ROWS, HEAL_TRAIN, MAX_AUTO_BATCH, NO_GUARD,
-                   RETENTION_BYTES, RETENTION_GUARD, RETENTION_NEW_TOKENS, RETENTION_PROMPT_CHARS, RETENTION_PROMPTS,
-                   HealConfig)
+                   GENERATE_BATCH_SIZE, GENERATE_PROMPT_TOKENS, HEAL_OBJECTIVES, HEAL_ROWS, HEAL_TRAIN, MAX_AUTO_BATCH,
+                   NO_GUARD, RETENTION_BYTES, RETENTION_GUARD, RETENTION_NEW_TOKENS, RETENTION_PROMPT_CHARS,
+                   RETENTION_PROMPTS, HealConfig, guard_tasks_for)
 
 DEFAULT_METHOD = "subword-mean"
 DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses

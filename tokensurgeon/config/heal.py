@@ -57,7 +57,7 @@ class HealConfig:
         guard_tasks: evaluation tasks (names or multiple-choice .jsonl files) the kept state must score no lower on
             than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant);
             "retention" (needs a teacher) is agreement with the teacher's greedy continuations of held-out prompts.
-            None: DEFAULT_GUARD_TASKS when there is a teacher, none without (``guard_tasks_for``); ("none",): none.
+            None: DEFAULT_GUARD_TASKS when there is a teacher, none without; ("none",): none (``guard_tasks_for``).
         compare_base: also score the transplant's base model on the held-out text (for ratios).
         generate: train on this many greedy continuations the teacher writes from prompts cut from the training
             text, instead of the text itself (recovery/generate.py); the held-out split stays the user's text.
@@ -129,10 +129,8 @@ class HealConfig:
         if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:
             raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight and "
                                     "--lm-mix at least 0")
-        if self.guard_tasks is not None and NO_GUARD in self.guard_tasks:
-            if len(self.guard_tasks) > 1:
-                raise TokenSurgeonError("--guard-task none turns the guard tasks off; it does not go with others")
-            object.__setattr__(self, "guard_tasks", ())
+        if self.guard_tasks is not None and NO_GUARD in self.guard_tasks and len(self.guard_tasks) > 1:
+            raise TokenSurgeonError("--guard-task none turns the guard tasks off; it does not go with others")
         if self.generate < 0:
             raise TokenSurgeonError("--generate must be at least 0")
         if self.context < 4:
@@ -145,8 +143,12 @@ class HealConfig:
             raise TokenSurgeonError("--max-minutes must be positive")
 
     def guard_tasks_for(self, has_teacher: bool) -> tuple[str, ...]:
-        """The guard tasks this heal runs: those given, else DEFAULT_GUARD_TASKS when there is a teacher to
-        compare with, else none."""
-        if self.guard_tasks is not None:
-            return self.guard_tasks
+        return guard_tasks_for(self.guard_tasks, has_teacher)
+
+
+def guard_tasks_for(given: tuple[str, ...] | None, has_teacher: bool) -> tuple[str, ...]:
+    """The guard tasks a heal runs: those given (("none",): none), else DEFAULT_GUARD_TASKS when there is a
+    teacher to compare with, else none."""
+    if given is None:
         return DEFAULT_GUARD_TASKS if has_teacher else ()
+    return () if given == (NO_GUARD,) else given

@@ -86,7 +86,4 @@ def teacher_retention(teacher: Path, texts: dict[str, str], device: torch.device
     if not prompts:
         raise TokenSurgeonError("--guard-task retention: the held-out text gives no prompts; give more text")
     model, tokenizer = load_for_eval(teacher, device=device, trust_remote_code=trust_remote_code)
-    model.eval()
-    reference = continue_prompts(model, tokenizer, prompts)
-    del model
-    return Retention(prompts, reference)
+    return Retention(prompts, continue_prompts(model, tokenizer, prompts))

@@ -26,10 +26,10 @@ import torch
 from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
 from tokensurgeon.config import RETENTION_GUARD
 from tokensurgeon.errors import TokenSurgeonError
+from tokensurgeon.evaluation.tasks import Task
 from tokensurgeon.recovery.batch import measure_batch
 from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
-from tokensurgeon.evaluation.tasks import Task
 from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
