@@ -179,13 +179,14 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+guard-|\+gen|\+b|\+anchor", name)[0]]
+    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+guard-|\+gen|\+b|\+anchor|\+kl", name)[0]]
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes, args.wide)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size or None, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
+                              **({} if args.kl_mix is None else {"kl_mix": args.kl_mix}),
                               **({} if args.lr is None else {"lr": args.lr}),
                               **({} if args.lora_lr is None else {"lora_lr": args.lora_lr}),
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
@@ -313,6 +314,7 @@ def main() -> None:
     parser.add_argument("--context", type=int, default=128)
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
+    parser.add_argument("--kl-mix", type=float, default=None, help="heal --kl-mix (default: heal's)")
     parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
     parser.add_argument("--lora-lr", type=float, default=None, help="LoRA learning rate (default: heal's)")
     parser.add_argument("--wide", action="store_true", help="train on every UDHR file that is not unseen too")
@@ -366,6 +368,7 @@ def main() -> None:
                   + ("" if args.lora_lr is None else f"+lora-lr{args.lora_lr:g}") + ("+wide" if args.wide else "")
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
+                  + ("" if args.kl_mix is None else f"+kl{args.kl_mix:g}")
                   + (f"+gen{args.generate}" if args.generate else "")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]

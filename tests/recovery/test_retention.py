@@ -12,9 +12,9 @@ import torch
 from conftest import CORPORA, SMOLLM2_TOKENIZER, build_tiny_model
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.evaluation import load_for_eval
-from tokensurgeon.recovery.guard import check_guard_tasks, guard_tasks
+from tokensurgeon.recovery.guard import check_guard_tasks, guard_tasks, keeps_skills, task_scores
 from tokensurgeon.recovery.options import RecoveryOptions
-from tokensurgeon.recovery.retention import agreement, retention_prompts, teacher_retention
+from tokensurgeon.recovery.retention import Retention, agreement, continue_prompts, retention_prompts, teacher_retention
 from tokensurgeon.recovery.train import recover
 
 TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
@@ -46,13 +46,39 @@ def test_agreement_compares_only_the_leading_bytes():
 
 
 def test_prompts_start_and_end_at_word_boundaries():
-    prompts = retention_prompts({"news": TEXT}, count=10, chars=80)
+    by_text = retention_prompts({"news": TEXT}, count=10, chars=80)
+    assert list(by_text) == ["news"]
+    prompts = by_text["news"]
     assert len(prompts) == 10 and len(set(prompts)) == 10
     for prompt in prompts:
         at = TEXT.index(prompt)
         assert 0 < len(prompt) <= 80 and prompt == prompt.strip()
         assert at == 0 or TEXT[at - 1].isspace()
         assert TEXT[at + len(prompt)].isspace()
+
+
+def test_prompts_are_dealt_to_the_texts_in_turn_and_keyed_by_text():
+    texts = {"a": TEXT[:3000], "empty": " ", "b": TEXT[3000:]}
+    by_text = retention_prompts(texts, count=5, chars=80)
+    assert list(by_text) == ["a", "b"] and [len(v) for v in by_text.values()] == [3, 2]
+    assert all(prompt in texts[label] for label, prompts in by_text.items() for prompt in prompts)
+
+
+def test_the_guard_holds_each_texts_agreement_not_just_the_mean(tiny):
+    """Text a's references are the model's own continuations (agreement 1.0), text b's are not (0.0): the task
+    reports both, and a state whose mean rose while one text fell is not kept."""
+    model, tokenizer = load_for_eval(tiny, device=CPU)
+    prompts = retention_prompts({"a": TEXT[:3000], "b": TEXT[3000:]}, count=4)
+    own = continue_prompts(model, tokenizer, prompts["a"])
+    task = Retention(prompts["a"] + prompts["b"], own + ["\x00 never written"] * len(prompts["b"]),
+                     ["a"] * len(prompts["a"]) + ["b"] * len(prompts["b"]))
+    result = task.run(model, tokenizer)
+    assert [(g["text"], g["n"], g["agreement"]) for g in result.groups] == [("a", 2, 1.0), ("b", 2, 0.0)]
+    assert result.summary["agreement"] == 0.5
+    before = task_scores(model, tokenizer, {"retention": task})
+    assert before == {"retention": 0.5, "retention:a": 1.0, "retention:b": 0.0}
+    assert not keeps_skills({"retention": 0.6, "retention:a": 0.9, "retention:b": 0.3}, before)
+    assert keeps_skills({"retention": 0.6, "retention:a": 1.0, "retention:b": 0.2}, before)
 
 
 def test_a_model_agrees_with_itself_and_a_changed_one_less(tiny):

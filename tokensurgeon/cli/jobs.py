@@ -69,6 +69,9 @@ def heal(
                                                        f"(ALM chunks; token KL for a draft) [default: "
                                                        f"{DEFAULT_HEAL_OBJECTIVE}]."),
     lm_mix: float = typer.Option(HealConfig.lm_mix, help="With --objective distill: weight of the LM loss added."),
+    kl_mix: float = typer.Option(HealConfig.kl_mix, help="With --objective distill across two tokenizers: weight of "
+                                                         "the next-token KL over the tokens both share, where both "
+                                                         "start a token at the same byte."),
     train: Optional[str] = typer.Option(None, help="rows: the rows the transplant computed; embeddings: every row "
                                                    f"(others anchored); lora: embeddings + LoRA, merged [default: "
                                                    f"{DEFAULT_HEAL_TRAIN}]."),
@@ -80,9 +83,9 @@ def heal(
     guard_task: Optional[List[str]] = typer.Option(None, "--guard-task",
                                                    help="A task (arithmetic, a multiple-choice .jsonl, or "
                                                         "retention: agreement with the teacher's continuations of "
-                                                        "held-out prompts) no kept state may score lower on than "
-                                                        "PATCHED (repeatable); none: no task [default: retention "
-                                                        "when there is a teacher]."),
+                                                        "held-out prompts, held per text) no kept state may score "
+                                                        "lower on than PATCHED (repeatable); none: no task "
+                                                        "[default: retention when there is a teacher]."),
     generate: int = typer.Option(HealConfig.generate, help="Train on this many greedy continuations the teacher "
                                                            "writes from prompts cut from the text, not on the text "
                                                            "itself (drafts: what speculative decoding must match)."),
@@ -128,7 +131,7 @@ def heal(
         from ..jobs.heal import heal as run_heal
 
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
-                            temperature=temperature, train=train, rows=rows, teacher=teacher,
+                            kl_mix=kl_mix, temperature=temperature, train=train, rows=rows, teacher=teacher,
                             eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None,
                             steps=steps,
                             generate=generate, lr=lr, lora_lr=lora_lr,

@@ -34,7 +34,8 @@ class HealConfig:
         texts: text files; the last ``held_out`` fraction of each (by bytes) is held out, the rest trained on.
         objective: "lm" (next-token loss on the text) or "distill" (ALM chunk divergence toward the teacher;
             token-level KL when teacher and student share a tokenizer, as for drafts); ``lm_mix`` adds the LM
-            loss to distill with that weight.
+            loss to distill with that weight, ``kl_mix`` the next-token KL over the tokens both vocabularies
+            share, at the positions where both tokenizations start a token at the same byte.
         train: "rows" (rows the transplant computed plus copies of barely trained base rows), "embeddings"
             (every row, ``anchor_weight`` pulling the others back) or "lora" (embeddings plus LoRA adapters of
             rank ``lora_rank`` on the attention and MLP projections, merged into the output).
@@ -68,6 +69,7 @@ class HealConfig:
     out: Path
     objective: str | None = None
     lm_mix: float = 0.0
+    kl_mix: float = 0.0
     temperature: float = 100.0
     train: str | None = None
     rows: str | None = None
@@ -126,9 +128,10 @@ class HealConfig:
         if min(self.steps, self.eval_every, self.patience, batch, self.lora_rank) < 1:
             raise TokenSurgeonError("--steps, --eval-every, --patience, --batch-size and --lora-rank must be at "
                                     "least 1")
-        if not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0) or self.anchor_weight < 0 or self.lm_mix < 0:
-            raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight and "
-                                    "--lm-mix at least 0")
+        if (not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0)
+                or min(self.anchor_weight, self.lm_mix, self.kl_mix) < 0):
+            raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight, --lm-mix "
+                                    "and --kl-mix at least 0")
         if self.guard_tasks is not None and NO_GUARD in self.guard_tasks and len(self.guard_tasks) > 1:
             raise TokenSurgeonError("--guard-task none turns the guard tasks off; it does not go with others")
         if self.generate < 0:

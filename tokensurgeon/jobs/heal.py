@@ -89,7 +89,8 @@ def recovery_options(config: HealConfig, guard_tasks: tuple[str, ...]) -> Recove
     """The engine's options from a HealConfig (evaluation context as `evaluate`'s, so ratios compare), with the
     guard tasks resolved (HealConfig.guard_tasks_for)."""
     return RecoveryOptions(
-        objective=config.objective, lm_mix=config.lm_mix, temperature=config.temperature, train=config.train,
+        objective=config.objective, lm_mix=config.lm_mix, kl_mix=config.kl_mix, temperature=config.temperature,
+        train=config.train,
         steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
         anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
         context=config.context, eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
@@ -188,7 +189,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
             improved=result.improved, stopped_by=result.stopped_by, tokens_per_second=result.tokens_per_second,
             seconds_per_step=result.seconds_per_step,
             options={"steps": config.steps, "lr": config.lr, "lora_lr": config.lora_lr, "lora_rank": config.lora_rank,
-                     "lm_mix": config.lm_mix, "temperature": config.temperature,
+                     "lm_mix": config.lm_mix, "kl_mix": config.kl_mix, "temperature": config.temperature,
                      "anchor_weight": config.anchor_weight, "batch_rows": config.batch_rows,
                      "batch_size": result.batch_size,
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
@@ -233,7 +234,8 @@ def card_lines(report: HealReport) -> list[str]:
         lines[0] += (f" The training text was {report.options['generate']} greedy continuations the teacher wrote "
                      "from prompts cut from the user's text.")
     if report.tasks_before:
-        lines += ["", "Guard tasks (a kept state scores no lower than the input; other items than `evaluate --task`): "
+        lines += ["", "Guard tasks (a kept state scores no lower than the input on each, and on each text of "
+                  "retention; other items than `evaluate --task`): "
                   + ", ".join(f"{name} {report.tasks_before[name]:.3f} -> {report.tasks_after[name]:.3f}"
                               for name in report.tasks_before)]
     for title, rows in (("Bits per byte on the held-out end of each training text:", report.texts),

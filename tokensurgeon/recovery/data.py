@@ -140,3 +140,46 @@ def chunk_mask(batch_samples: list[Sample], n_chunks: int, student: Side, teache
             if not s.prefix:
                 mask[i, chunks[0]] = 0
     return mask
+
+
+def chunk_starts(batch_samples: list[Sample], student: Side, teacher: Side) -> tuple[torch.Tensor, ...]:
+    """(row, student position, teacher position) of every chunk's first token, where both sides score it: there
+    the two models predict the next token from the same bytes, so their next-token distributions compare."""
+    rows, at_student, at_teacher = [], [], []
+    for i, sample in enumerate(batch_samples):
+        firsts = [_first_tokens(chunks, sample.n_chunks, s.prefix)
+                  for s, chunks in ((student, sample.student_chunks), (teacher, sample.teacher_chunks))]
+        for a, b in zip(*firsts):
+            if a is not None and b is not None:
+                rows.append(i)
+                at_student.append(a)
+                at_teacher.append(b)
+    return tuple(torch.tensor(v, dtype=torch.long) for v in (rows, at_student, at_teacher))
+
+
+def _first_tokens(chunks: list[int], n_chunks: int, prefix: list[int]) -> list[int | None]:
+    """Per chunk, the position (collate's layout) predicting its first token; None where that token is unscored
+    (the first token of a side without BOS)."""
+    first: list[int | None] = [None] * n_chunks
+    started = [False] * n_chunks
+    for j, c in enumerate(chunks):
+        if c < n_chunks and not started[c]:
+            started[c] = True
+            first[c] = len(prefix) + j - 1 if prefix or j else None
+    return first
+
+
+def shared_tokens(student: Side, teacher: Side) -> tuple[torch.Tensor, torch.Tensor]:
+    """Ids of the ordinary tokens both vocabularies hold, by canonical bytes: (student ids, teacher ids), paired.
+    The first id of each byte string on either side (a vocabulary may spell one string twice)."""
+    teacher_ids: dict[bytes, int] = {}
+    for i, raw in enumerate(teacher.vocabulary.canonical):
+        if raw is not None:
+            teacher_ids.setdefault(raw, i)
+    pairs, seen = [], set()
+    for i, raw in enumerate(student.vocabulary.canonical):
+        if raw is not None and raw in teacher_ids and raw not in seen:
+            seen.add(raw)
+            pairs.append((i, teacher_ids[raw]))
+    ids = torch.tensor(pairs, dtype=torch.long).reshape(-1, 2)
+    return ids[:, 0], ids[:, 1]

@@ -2,8 +2,9 @@
 
 A state is kept when its held-out bits per byte beat the best state's on the mean and lose on no text against
 the input; with guard tasks (``heal --guard-task``), also when it scores no lower on any of them than the input
-did. Bits per byte only sees the training text's kind: on P2, 40 steps of distillation lowered held-out bits per
-byte while arithmetic fell from 6 to 0 of 45 problems (docs/heal.md), a skill the text never shows.
+did (retention: on any text). Bits per byte only sees the training text's kind: on P2, 40 steps of distillation
+lowered held-out bits per byte while arithmetic fell from 6 to 0 of 45 problems (docs/heal.md), a skill the text
+never shows.
 """
 
 from __future__ import annotations
@@ -57,11 +58,16 @@ def check_guard_tasks(specs: tuple[str, ...], has_teacher: bool) -> None:
 
 
 def task_scores(model: Any, tokenizer: Any, tasks: dict[str, Task]) -> dict[str, float]:
-    """Each task's first metric (accuracy for arithmetic and multiple choice), keyed as ``tasks``."""
+    """Each task's first metric (accuracy for arithmetic and multiple choice), keyed as ``tasks``, and its guard
+    parts keyed ``spec:part`` (retention's texts): keeps_skills holds every one."""
     if not tasks:
         return {}
     model.eval()
-    scores = {spec: task.run(model, tokenizer).summary[task.metrics[0]] for spec, task in tasks.items()}
+    scores = {}
+    for spec, task in tasks.items():
+        result = task.run(model, tokenizer)
+        scores[spec] = result.summary[task.metrics[0]]
+        scores.update({f"{spec}:{part}": value for part, value in task.guard_parts(result).items()})
     model.train()
     return scores
 

@@ -19,6 +19,9 @@ class RecoveryOptions:
         objective: "distill" (ALM chunk divergence toward the teacher; token-level KL when the tokenizers
             are one) or "lm" (next-token loss on the text).
         lm_mix: weight of the LM loss added to the distillation loss (objective "distill").
+        kl_mix: weight of the next-token KL over the tokens both vocabularies share, at chunk starts, added to
+            the ALM loss (objective "distill" across two tokenizers): ALM matches the likelihood of the text's
+            own chunks, not which continuation the model prefers, which greedy decoding follows.
         temperature: ALM temperature (the paper's default 100); the loss is scaled by it (objectives.py).
         lora_lr: learning rate of the LoRA adapters (lr is the embeddings').
         max_minutes: stop training after this many minutes (None: no budget).
@@ -27,6 +30,7 @@ class RecoveryOptions:
 
     objective: str = DEFAULT_HEAL_OBJECTIVE
     lm_mix: float = HealConfig.lm_mix
+    kl_mix: float = HealConfig.kl_mix
     temperature: float = HealConfig.temperature
     train: str = DEFAULT_HEAL_TRAIN
     steps: int = HealConfig.steps
@@ -57,5 +61,5 @@ class RecoveryOptions:
         batch = 1 if self.batch_size is None else self.batch_size  # None: sized by fit() (batch.py)
         if min(self.steps, batch, self.eval_every, self.patience) < 1 or self.context < 4:
             raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
-        if self.temperature <= 0 or self.lm_mix < 0 or self.lr <= 0 or self.lora_lr <= 0:
-            raise TokenSurgeonError("temperature and learning rates must be > 0 and lm-mix >= 0")
+        if self.temperature <= 0 or min(self.lm_mix, self.kl_mix) < 0 or self.lr <= 0 or self.lora_lr <= 0:
+            raise TokenSurgeonError("temperature and learning rates must be > 0, lm-mix and kl-mix >= 0")

@@ -5,6 +5,8 @@ teacher (the transplant's base) continues prompts cut from the held-out text gre
 training; at every evaluation the student continues the same prompts and scores the share of the
 teacher's leading bytes it repeats exactly. On P1 a 20-minute run lowered training loss while this share
 fell from 0.733 to 0.431 (docs/heal.md): a guard that holds it no lower than the input's keeps that out.
+The guard holds it per text, as bits per byte is held: on P2 the mean rose (0.167 -> 0.280, mostly on
+UDHR prompts) while continuations of unseen English news fell 0.611 -> 0.425 (docs/heal.md).
 """
 
 from __future__ import annotations
@@ -32,17 +34,20 @@ def agreement(ours: str, reference: str, compare_bytes: int = RETENTION_BYTES) -
 
 
 def retention_prompts(texts: dict[str, str], count: int = RETENTION_PROMPTS,
-                      chars: int = RETENTION_PROMPT_CHARS) -> list[str]:
-    """``count`` prompts spread over the texts, each at most ``chars`` characters, starting and ending at a word
-    boundary: a prompt cut inside a word tokenizes differently under the two tokenizers, which the guard would
-    then measure instead of behaviour."""
-    out = []
-    for snippet in prompt_starts(texts, count, prompt_tokens=max(1, chars // 16)):
-        snippet = snippet[:chars]
-        cut = snippet.rfind(" ")
-        snippet = (snippet[:cut] if cut > 0 else snippet).strip()
-        if snippet:
-            out.append(snippet)
+                      chars: int = RETENTION_PROMPT_CHARS) -> dict[str, list[str]]:
+    """``count`` prompts dealt to the texts in turn (keyed by text label; a text too short for any is left out),
+    each at most ``chars`` characters, starting and ending at a word boundary: a prompt cut inside a word
+    tokenizes differently under the two tokenizers, which the guard would then measure instead of behaviour."""
+    labels = [label for label, text in texts.items() if text.strip()]
+    out: dict[str, list[str]] = {}
+    for turn, label in enumerate(labels):
+        n = len(range(turn, count, len(labels)))
+        for snippet in prompt_starts({label: texts[label]}, n, prompt_tokens=max(1, chars // 16)):
+            snippet = snippet[:chars]
+            cut = snippet.rfind(" ")
+            snippet = (snippet[:cut] if cut > 0 else snippet).strip()
+            if snippet:
+                out.setdefault(label, []).append(snippet)
     return out
 
 
@@ -53,27 +58,38 @@ def continue_prompts(model: Any, tokenizer: Any, prompts: list[str]) -> list[str
 
 
 class Retention(Task):
-    """Agreement with the teacher's own continuations of fixed prompts; a guard task, not an ``evaluate --task``
-    (it needs the teacher's continuations, which heal writes before training)."""
+    """Agreement with the teacher's own continuations of fixed prompts, overall and per text; a guard task, not an
+    ``evaluate --task`` (it needs the teacher's continuations, which heal writes before training)."""
 
     name = "retention"
     metrics = ("agreement",)
 
-    def __init__(self, prompts: list[str], reference: list[str]) -> None:
-        if not prompts or len(prompts) != len(reference):
-            raise ValueError("retention: one reference continuation per prompt, at least one prompt")
-        self.prompts, self.reference = list(prompts), list(reference)
+    def __init__(self, prompts: list[str], reference: list[str], texts: list[str] | None = None) -> None:
+        texts = ["text"] * len(prompts) if texts is None else list(texts)
+        if not prompts or not len(prompts) == len(reference) == len(texts):
+            raise ValueError("retention: one reference continuation and one text label per prompt, at least one")
+        self.prompts, self.reference, self.texts = list(prompts), list(reference), texts
 
     def describe(self) -> dict[str, Any]:
-        return {"task": self.name, "prompts": len(self.prompts), "compare_bytes": RETENTION_BYTES}
+        return {"task": self.name, "prompts": len(self.prompts), "texts": sorted(set(self.texts)),
+                "compare_bytes": RETENTION_BYTES}
 
     def run(self, model: Any, tokenizer: Any, *, label: str = "", progress: Any = None) -> TaskResult:
         ours = continue_prompts(model, tokenizer, self.prompts)
         shares = [agreement(a, b) for a, b in zip(ours, self.reference)]
+        by_text: dict[str, list[float]] = {}
+        for text, share in zip(self.texts, shares):
+            by_text.setdefault(text, []).append(share)
+        groups = [{"text": text, "n": len(values), "agreement": sum(values) / len(values)}
+                  for text, values in by_text.items()]
         summary = {"n": len(shares), "agreement": sum(shares) / len(shares)}
         examples = [{"prompt": p, "reference": r, "output": o}
                     for p, r, o in list(zip(self.prompts, self.reference, ours))[:3]]
-        return TaskResult(self.name, label, self.metrics, [dict(summary)], summary, examples)
+        return TaskResult(self.name, label, self.metrics, groups, summary, examples)
+
+    def guard_parts(self, result: TaskResult) -> dict[str, float]:
+        """Each text's agreement: the guard holds every one no lower than the input's, not just the mean."""
+        return {group["text"]: group["agreement"] for group in result.groups} if len(result.groups) > 1 else {}
 
 
 def teacher_retention(teacher: Path, texts: dict[str, str], device: torch.device,
@@ -82,8 +98,10 @@ def teacher_retention(teacher: Path, texts: dict[str, str], device: torch.device
     continuations as reference. The teacher is loaded for this call only, before training: no memory added."""
     from tokensurgeon.evaluation.bpb import load_for_eval
 
-    prompts = retention_prompts(texts)
+    by_text = retention_prompts(texts)
+    prompts = [prompt for prompts in by_text.values() for prompt in prompts]
     if not prompts:
         raise TokenSurgeonError("--guard-task retention: the held-out text gives no prompts; give more text")
     model, tokenizer = load_for_eval(teacher, device=device, trust_remote_code=trust_remote_code)
-    return Retention(prompts, continue_prompts(model, tokenizer, prompts))
+    return Retention(prompts, continue_prompts(model, tokenizer, prompts),
+                     [label for label, prompts in by_text.items() for _ in prompts])

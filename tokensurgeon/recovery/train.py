@@ -29,7 +29,8 @@ from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.evaluation.tasks import Task
 from tokensurgeon.recovery.batch import measure_batch
 from tokensurgeon.recovery.options import RecoveryOptions
-from tokensurgeon.recovery.data import Sample, Side, chunk_mask, collate, samples, side
+from tokensurgeon.recovery.data import (Sample, Side, chunk_mask, chunk_starts, collate, samples, shared_tokens,
+                                        side)
 from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
@@ -114,6 +115,8 @@ class Objective:
                  teacher_side: Side | None) -> None:
         self.options, self.student, self.teacher, self.teacher_side = options, student, teacher, teacher_side
         self.identity = teacher_side is None and teacher is not None  # one tokenizer: token-level KL
+        self.shared = (shared_tokens(student, teacher_side) if options.kl_mix and teacher_side is not None
+                       else None)  # (student ids, teacher ids) of the kl_mix term
 
     def __call__(self, model: Any, batch_samples: list[Sample], device: torch.device
                  ) -> tuple[torch.Tensor, int, torch.Tensor]:
@@ -127,9 +130,9 @@ class Objective:
             else:
                 teacher_batch = collate([(s.teacher, s.teacher_chunks) for s in batch_samples],
                                         self.teacher_side.prefix).to(device)
-                hidden = self.teacher.hidden(model, teacher_batch.input_ids, teacher_batch.attention_mask)
+                teacher_hidden = self.teacher.hidden(model, teacher_batch.input_ids, teacher_batch.attention_mask)
                 with torch.no_grad():
-                    teacher_tokens = token_logprobs(hidden, self.teacher.head, teacher_batch.targets,
+                    teacher_tokens = token_logprobs(teacher_hidden, self.teacher.head, teacher_batch.targets,
                                                     softcap=self.teacher.softcap, block=options.block)
         hidden = hidden_states(model, batch.input_ids, batch.attention_mask)
         head, scored = head_weight(model), batch.targets >= 0
@@ -151,7 +154,23 @@ class Objective:
                                 chunk_logprobs(logprobs, batch.chunks, n), mask, options.temperature)
             if options.lm_mix:
                 loss = loss + options.lm_mix * lm_loss(logprobs, scored)
+            if self.shared is not None:
+                loss = loss + options.kl_mix * self.shared_kl(teacher_hidden, hidden, head, softcap(model),
+                                                              batch_samples, device)
         return loss, tokens, batch.input_ids[batch.attention_mask.bool()].unique()
+
+    def shared_kl(self, teacher_hidden: torch.Tensor, hidden: torch.Tensor, head: torch.Tensor,
+                  student_softcap: float | None, batch_samples: list[Sample], device: torch.device) -> torch.Tensor:
+        """KL(teacher || student) of next-token distributions over the shared tokens (each renormalised), at the
+        chunk starts: there both read the same bytes, and this is where greedy decoding picks its next token."""
+        rows, at_student, at_teacher = (t.to(device) for t in chunk_starts(batch_samples, self.student,
+                                                                            self.teacher_side))
+        student_ids, teacher_ids = self.shared
+        keep = (student_ids < head.shape[0]) & (teacher_ids < self.teacher.head.shape[0])  # ids with rows
+        student_ids, teacher_ids = student_ids[keep].to(device), teacher_ids[keep].to(device)
+        return token_kl(teacher_hidden[rows, at_teacher], self.teacher.head[teacher_ids], hidden[rows, at_student],
+                        head[student_ids], torch.ones(len(rows), device=device), teacher_softcap=self.teacher.softcap,
+                        softcap=student_softcap, block=self.options.block)
 
 
 def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[str, str],

@@ -55,6 +55,11 @@ class Task:
         """The task's settings, for reports (seed, counts, file)."""
         return {"task": self.name}
 
+    def guard_parts(self, result: TaskResult) -> dict[str, float]:
+        """Scores besides the first metric that heal's guard holds each no lower than the input's, keyed by part
+        (retention: each text's agreement); none by default."""
+        return {}
+
     def guard_variant(self) -> "Task":
         """The task as heal's guard runs it at every evaluation: by default itself. A generated task returns other
         items than ``evaluate --task`` scores, and fewer (the guard runs often), so guarding is not tuning on them."""
