@@ -76,6 +76,12 @@ def training_files(work: Path, train_bytes: int, wide: bool = False) -> list[Pat
     return paths
 
 
+def guard_news() -> str:
+    """heal --guard-text for --guard-news: lee_news's characters 20,000-100,000, apart from both the unseen bits per
+    byte (its first --eval-max-bytes) and the behaviour prompts (past 100,000)."""
+    return read("lee_news.txt")[20_000:100_000]
+
+
 def build(work: Path, omp_k: int, device: str, names: list[str]) -> None:
     """The patched models ``names`` (of p2, p1, draft), made once with transplant() (the CLI's function)."""
     from tokensurgeon.config import TransplantConfig
@@ -179,7 +185,8 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    objective, train = CONFIGS[re.split(r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+guard-|\+gen|\+b|\+anchor|\+kl", name)[0]]
+    variants = r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+guard-|\+gen|\+b|\+anchor|\+kl"
+    objective, train = CONFIGS[re.split(variants, name)[0]]
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes, args.wide)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
@@ -203,7 +210,8 @@ def child_model(args, pair: str, name: str) -> dict:
             PAIRS[pair], train_texts, args.generate, context=args.context, batch_size=GENERATE_BATCH_SIZE,
             device=pick_device(args.device)))}
     model, result = recover(patched, train_texts, {k: v[1] for k, v in splits.items()},
-                            options, teacher=PAIRS[pair], device=args.device)  # unseen texts scored in behaviour()
+                            options, teacher=PAIRS[pair], device=args.device,  # unseen texts scored in behaviour()
+                            guard_texts={"lee_news_mid": guard_news()} if args.guard_news else None)
     wall = time.perf_counter() - clock
     return {"config": name, "steps": result.steps_run, "best_step": result.best_step, "wall_seconds": wall,
             "held_out": [asdict(row) for row in result.held_out], "history": [asdict(h) for h in result.history],
@@ -315,6 +323,8 @@ def main() -> None:
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
     parser.add_argument("--kl-mix", type=float, default=None, help="heal --kl-mix (default: heal's)")
+    parser.add_argument("--guard-news", action="store_true", help="heal --guard-text with lee_news's characters "
+                        "20,000-100,000 (English news apart from the unseen text and the behaviour prompts)")
     parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
     parser.add_argument("--lora-lr", type=float, default=None, help="LoRA learning rate (default: heal's)")
     parser.add_argument("--wide", action="store_true", help="train on every UDHR file that is not unseen too")
@@ -369,6 +379,7 @@ def main() -> None:
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
                   + ("" if args.kl_mix is None else f"+kl{args.kl_mix:g}")
+                  + ("+guard-news" if args.guard_news else "")
                   + (f"+gen{args.generate}" if args.generate else "")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))
         configs = [name for name in CONFIGS if not args.configs or name in args.configs.split(",")]

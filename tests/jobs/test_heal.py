@@ -252,9 +252,13 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--guard-task", "none", "--guard-task", "arithmetic"], "--guard-task none"),
     (["--text", "TEXT", "--batch-size", "0"], "--batch-size"),
     (["--text", "TEXT", "--generate", "-1"], "--generate"),
+    (["--text", "TEXT", "--guard-text", "/nonexistent.txt"], "does not exist"),
+    (["--text", "TEXT", "--guard-text", "TEXT"], "is also a --text"),
+    (["--text", "TEXT", "--guard-task", "none", "--guard-text", "UNSEEN"], "no retention guard runs"),
+    (["--text", "TEXT", "--guard-task", "arithmetic", "--guard-text", "UNSEEN"], "no retention guard runs"),
 ])
-def test_user_errors_are_one_line_exit_2(patched, text, args, message):
-    args = [str(text) if arg == "TEXT" else arg for arg in args]
+def test_user_errors_are_one_line_exit_2(patched, text, unseen, args, message):
+    args = [{"TEXT": str(text), "UNSEEN": str(unseen)}.get(arg, arg) for arg in args]
     result = runner.invoke(app, ["heal", str(patched["tied"]), "-o", str(patched["untied"]), *args])
     assert result.exit_code == 2, result.output
     assert message in result.stderr and "Traceback" not in result.output + result.stderr
@@ -270,17 +274,21 @@ def test_distill_without_a_teacher_is_one_line_exit_2(tiny_models, text, tmp_pat
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
 
 
-@pytest.mark.parametrize("where", ["teacher", "teacher_parent", "eval_text_parent", "patched"])
+@pytest.mark.parametrize("where", ["teacher", "teacher_parent", "eval_text_parent", "guard_text_parent",
+                                   "patched"])
 def test_output_never_is_or_holds_an_input(tiny_models, patched, text, tmp_path, where):
     work = tmp_path / "work"
     teacher = shutil.copytree(tiny_models["tied"], work / "teacher")
-    evals = work / "evals"
+    evals, guards = work / "evals", work / "guards"
     evals.mkdir()
-    eval_text = shutil.copy(text, evals / "e.txt")
-    out = {"teacher": teacher, "teacher_parent": work, "eval_text_parent": evals, "patched": patched["tied"]}[where]
+    guards.mkdir()
+    eval_text, guard_text = shutil.copy(text, evals / "e.txt"), shutil.copy(text, guards / "g.txt")
+    out = {"teacher": teacher, "teacher_parent": work, "eval_text_parent": evals, "guard_text_parent": guards,
+           "patched": patched["tied"]}[where]
     snapshot = sorted(str(p) for p in work.rglob("*"))
     result = runner.invoke(app, ["heal", str(patched["tied"]), "--text", str(text), "--eval-text", str(eval_text),
-                                 "--teacher", str(teacher), "-o", str(out), "--force"])
+                                 "--guard-text", str(guard_text), "--teacher", str(teacher), "-o", str(out),
+                                 "--force"])
     assert result.exit_code == 2, result.output
     assert "choose another -o" in result.stderr and len(result.stderr.strip().splitlines()) <= 2
     assert sorted(str(p) for p in work.rglob("*")) == snapshot and (patched["tied"] / "config.json").is_file()
@@ -321,6 +329,19 @@ def test_the_retention_guard_is_the_default_where_there_is_a_teacher(patched, ti
     assert off.guard_tasks_for(has_teacher=True) == ()
     given = HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "o", guard_tasks=("arithmetic",))
     assert given.guard_tasks_for(has_teacher=True) == ("arithmetic",)
+
+
+def test_guard_text_gives_the_retention_guard_its_prompts(patched, text, tmp_path):
+    """Two --guard-text files: the guard holds each one's agreement (keyed by its label), not the held-out split's."""
+    guards = []
+    for name, source in (("news", "lee_news.txt"), ("ita", "udhr/ita.txt")):
+        guards.append(tmp_path / f"{name}.txt")
+        guards[-1].write_text((CORPORA / source).read_text(encoding="utf-8")[:2000], encoding="utf-8")
+    report = heal(HealConfig(patched=patched["tied"], texts=(text,), out=tmp_path / "o", guard_texts=tuple(guards),
+                             **LM_ROWS, **(QUICK | {"guard_tasks": None, "steps": 2})))
+    assert report.options["guard_texts"] == [str(g) for g in guards]
+    assert set(report.tasks_before) == {"retention", "retention:news.txt", "retention:ita.txt"}
+    assert all(0 <= value <= 1 for value in report.tasks_before.values())
 
 
 def test_rows_mode_counts_the_free_rows_only(patched, text, tmp_path):

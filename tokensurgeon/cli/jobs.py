@@ -86,6 +86,10 @@ def heal(
                                                         "held-out prompts, held per text) no kept state may score "
                                                         "lower on than PATCHED (repeatable); none: no task "
                                                         "[default: retention when there is a teacher]."),
+    guard_text: Optional[List[Path]] = typer.Option(None, "--guard-text",
+                                                    help=f"Text the retention guard cuts its prompts from, instead of "
+                                                         f"the held-out split: the kind of text whose behaviour must "
+                                                         f"not change; never a --text: {FILES}."),
     generate: int = typer.Option(HealConfig.generate, help="Train on this many greedy continuations the teacher "
                                                            "writes from prompts cut from the text, not on the text "
                                                            "itself (drafts: what speculative decoding must match)."),
@@ -133,6 +137,7 @@ def heal(
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
                             kl_mix=kl_mix, temperature=temperature, train=train, rows=rows, teacher=teacher,
                             eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None,
+                            guard_texts=text_paths(guard_text),
                             steps=steps,
                             generate=generate, lr=lr, lora_lr=lora_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_rows=batch_rows, batch_size=batch_size,

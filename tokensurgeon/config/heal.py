@@ -59,6 +59,8 @@ class HealConfig:
             than the input; a generated task runs other items than ``evaluate --task`` (Task.guard_variant);
             "retention" (needs a teacher) is agreement with the teacher's greedy continuations of held-out prompts.
             None: DEFAULT_GUARD_TASKS when there is a teacher, none without; ("none",): none (``guard_tasks_for``).
+        guard_texts: files the retention guard cuts its prompts from, instead of the held-out split: the kinds of
+            text whose behaviour must not change (never training text: the guard would then test what it fits).
         compare_base: also score the transplant's base model on the held-out text (for ratios).
         generate: train on this many greedy continuations the teacher writes from prompts cut from the training
             text, instead of the text itself (recovery/generate.py); the held-out split stays the user's text.
@@ -76,6 +78,7 @@ class HealConfig:
     teacher: Path | None = None
     eval_texts: tuple[Path, ...] = ()
     guard_tasks: tuple[str, ...] | None = None
+    guard_texts: tuple[Path, ...] = ()
     steps: int = 100
     lr: float = 1e-3
     lora_lr: float = 5e-4
@@ -101,9 +104,14 @@ class HealConfig:
     def __post_init__(self) -> None:
         if not self.texts:
             raise TokenSurgeonError("heal needs text to train on: pass --text FILE (repeatable)")
-        for text in (*self.texts, *self.eval_texts):
+        for text in (*self.texts, *self.eval_texts, *self.guard_texts):
             if not Path(text).is_file():
                 raise TokenSurgeonError(f"text file {text} does not exist")
+        trained = {Path(text).resolve() for text in self.texts}
+        for text in self.guard_texts:
+            if Path(text).resolve() in trained:
+                raise TokenSurgeonError(f"--guard-text {text} is also a --text: the guard's prompts must come from "
+                                        "text that is not trained on")
         if self.rows is not None:
             if self.rows not in HEAL_ROWS:
                 raise TokenSurgeonError(f"--rows must be 'new' or 'all' (aliases of --train rows|embeddings), "

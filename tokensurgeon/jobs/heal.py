@@ -33,7 +33,7 @@ from .. import __version__
 from ..checkpoint import open_checkpoint
 from ..checkpoint.formats.safetensors import INDEX_NAME
 from ..checkpoint.writer import write_weights
-from ..config import CPU_BATCH_SIZE, GENERATE_BATCH_SIZE, EvalConfig, HealConfig
+from ..config import CPU_BATCH_SIZE, GENERATE_BATCH_SIZE, RETENTION_GUARD, EvalConfig, HealConfig
 from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
@@ -140,8 +140,12 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     teacher = resolve_teacher(config)
     guards = config.guard_tasks_for(has_teacher=teacher is not None)
     check_guard_tasks(guards, has_teacher=teacher is not None)  # fails now, not after the models load
+    if config.guard_texts and RETENTION_GUARD not in guards:
+        raise TokenSurgeonError("--guard-text gives the retention guard its prompts, and no retention guard runs "
+                                "here (it needs a teacher, and --guard-task values replace it unless one is "
+                                "retention)")
     task_files = [Path(spec) for spec in guards if Path(spec).is_file()]
-    inputs = [config.patched, *config.texts, *config.eval_texts, *task_files]
+    inputs = [config.patched, *config.texts, *config.eval_texts, *config.guard_texts, *task_files]
     inputs += [teacher] if teacher is not None else []
     check_output_path(config.out, inputs, force=config.force)
     checkpoint = open_checkpoint(config.patched, trust_remote_code=config.trust_remote_code)
@@ -165,6 +169,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     with torch.random.fork_rng():  # the seed governs this run only, not the caller's generator
         model, result = recover(config.patched, train_texts, held_out,
                                 recovery_options(config, guards), teacher=teacher, unseen=unseen, device=config.device,
+                                guard_texts=_read(config.guard_texts) or None,
                                 trust_remote_code=config.trust_remote_code, progress=tick)
     clock.lap("train")
     with atomic_directory(config.out) as staging:
@@ -195,6 +200,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,
                      "patience": config.patience, "eval_max_bytes": config.eval_max_bytes,
                      "max_minutes": config.max_minutes, "guard_tasks": list(guards),
+                     "guard_texts": [str(p) for p in config.guard_texts],
                      "generate": config.generate, "seed": config.seed},
             device=result.device, adapter=str(config.out / ADAPTER_DIR) if adapter is not None else None,
             texts=[_text_row(row, held_out, config, base_held[i] if base_held else None,

@@ -328,10 +328,12 @@ def pick_device(name: str) -> torch.device:
 
 def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str], options: RecoveryOptions, *,
             teacher: Path | None = None, unseen: dict[str, str] | None = None, device: str = "auto",
-            trust_remote_code: bool = False, progress: Progress | None = None) -> tuple[Any, RecoveryResult]:
+            guard_texts: dict[str, str] | None = None, trust_remote_code: bool = False,
+            progress: Progress | None = None) -> tuple[Any, RecoveryResult]:
     """Load PATCHED and its teacher, train by options, return (model in its best state, result with replacements).
 
-    The teacher defaults to the base in PATCHED's report.json; without one only --objective lm can run.
+    The teacher defaults to the base in PATCHED's report.json; without one only --objective lm can run. The
+    retention guard cuts its prompts from ``guard_texts`` when given, else from the held-out split.
     """
     from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.vocab import build_vocabulary, load_tokenizer
@@ -344,7 +346,7 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
     if teacher is not None and not (Path(teacher) / "config.json").is_file():
         raise TokenSurgeonError(f"--teacher {teacher}: not a model directory (no config.json)")
     check_guard_tasks(options.guard_tasks, has_teacher=teacher_dir is not None)
-    retention = (teacher_retention(teacher_dir, held_out, target, trust_remote_code)  # before the student loads
+    retention = (teacher_retention(teacher_dir, guard_texts or held_out, target, trust_remote_code)  # before student
                  if RETENTION_GUARD in options.guard_tasks else None)
     model, tokenizer = load_for_eval(patched, device=target, trust_remote_code=trust_remote_code)
     provenance = read_provenance(patched, checkpoint.vocab_rows)
