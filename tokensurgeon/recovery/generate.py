@@ -19,23 +19,29 @@ Tick = Callable[[int, int], None]  # (continuations written, total)
 
 
 def prompt_starts(texts: dict[str, str], count: int, prompt_tokens: int = GENERATE_PROMPT_TOKENS) -> list[str]:
-    """``count`` snippets dealt to the texts in turn (grouped by text in the result), spread evenly over each,
-    each starting after a space or newline and long enough for ``prompt_tokens`` tokens (16 characters a token)."""
-    bodies = [text for text in texts.values() if text.strip()]
-    if not bodies:
-        return []
+    """prompt_starts_by_text's snippets, grouped by text in one list."""
+    return [snippet for snippets in prompt_starts_by_text(texts, count, prompt_tokens).values() for snippet in snippets]
+
+
+def prompt_starts_by_text(texts: dict[str, str], count: int, prompt_tokens: int = GENERATE_PROMPT_TOKENS
+                          ) -> dict[str, list[str]]:
+    """``count`` snippets dealt to the texts in turn, keyed by text (a text that gives none is left out), spread
+    evenly over each, each starting after a space or newline and long enough for ``prompt_tokens`` tokens (16
+    characters a token)."""
+    labels = [label for label, text in texts.items() if text.strip()]
     span = 16 * prompt_tokens
-    per_text = [len(range(i, count, len(bodies))) for i in range(len(bodies))]
-    out = []
-    for text, n in zip(bodies, per_text):
+    out: dict[str, list[str]] = {}
+    for turn, label in enumerate(labels):
+        text, n = texts[label], len(range(turn, count, len(labels)))
         room = max(len(text) - span, 0)
         for j in range(n):
             at = room * j // max(n, 1)
             if at:  # start at a word: after the next whitespace
                 cut = min((i for i in (text.find(" ", at), text.find("\n", at)) if i >= 0), default=at - 1)
                 at = cut + 1
-            out.append(text[at:at + span])
-    return [snippet for snippet in out if snippet.strip()]
+            if text[at:at + span].strip():
+                out.setdefault(label, []).append(text[at:at + span])
+    return out
 
 
 def teacher_continuations(teacher: Path, texts: dict[str, str], count: int, *, context: int, batch_size: int,

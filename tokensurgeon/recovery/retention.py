@@ -20,7 +20,7 @@ from tokensurgeon.config import RETENTION_BYTES, RETENTION_NEW_TOKENS, RETENTION
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.evaluation.tasks import Task, TaskResult
 from tokensurgeon.evaluation.tasks.arithmetic import greedy_complete
-from tokensurgeon.recovery.generate import prompt_starts
+from tokensurgeon.recovery.generate import prompt_starts_by_text
 
 
 def agreement(ours: str, reference: str, compare_bytes: int = RETENTION_BYTES) -> float:
@@ -38,11 +38,9 @@ def retention_prompts(texts: dict[str, str], count: int = RETENTION_PROMPTS,
     """``count`` prompts dealt to the texts in turn (keyed by text label; a text too short for any is left out),
     each at most ``chars`` characters, starting and ending at a word boundary: a prompt cut inside a word
     tokenizes differently under the two tokenizers, which the guard would then measure instead of behaviour."""
-    labels = [label for label, text in texts.items() if text.strip()]
     out: dict[str, list[str]] = {}
-    for turn, label in enumerate(labels):
-        n = len(range(turn, count, len(labels)))
-        for snippet in prompt_starts({label: texts[label]}, n, prompt_tokens=max(1, chars // 16)):
+    for label, snippets in prompt_starts_by_text(texts, count, prompt_tokens=max(1, chars // 16)).items():
+        for snippet in snippets:
             snippet = snippet[:chars]
             cut = snippet.rfind(" ")
             snippet = (snippet[:cut] if cut > 0 else snippet).strip()
@@ -64,11 +62,10 @@ class Retention(Task):
     name = "retention"
     metrics = ("agreement",)
 
-    def __init__(self, prompts: list[str], reference: list[str], texts: list[str] | None = None) -> None:
-        texts = ["text"] * len(prompts) if texts is None else list(texts)
+    def __init__(self, prompts: list[str], reference: list[str], texts: list[str]) -> None:
         if not prompts or not len(prompts) == len(reference) == len(texts):
             raise ValueError("retention: one reference continuation and one text label per prompt, at least one")
-        self.prompts, self.reference, self.texts = list(prompts), list(reference), texts
+        self.prompts, self.reference, self.texts = list(prompts), list(reference), list(texts)
 
     def describe(self) -> dict[str, Any]:
         return {"task": self.name, "prompts": len(self.prompts), "texts": sorted(set(self.texts)),

@@ -117,6 +117,7 @@ class Objective:
         self.identity = teacher_side is None and teacher is not None  # one tokenizer: token-level KL
         self.shared = (shared_tokens(student, teacher_side) if options.kl_mix and teacher_side is not None
                        else None)  # (student ids, teacher ids) of the kl_mix term
+        self.shared_rows: tuple[torch.Tensor, torch.Tensor] | None = None  # those with a row on both sides, on device
 
     def __call__(self, model: Any, batch_samples: list[Sample], device: torch.device
                  ) -> tuple[torch.Tensor, int, torch.Tensor]:
@@ -165,9 +166,11 @@ class Objective:
         chunk starts: there both read the same bytes, and this is where greedy decoding picks its next token."""
         rows, at_student, at_teacher = (t.to(device) for t in chunk_starts(batch_samples, self.student,
                                                                             self.teacher_side))
-        student_ids, teacher_ids = self.shared
-        keep = (student_ids < head.shape[0]) & (teacher_ids < self.teacher.head.shape[0])  # ids with rows
-        student_ids, teacher_ids = student_ids[keep].to(device), teacher_ids[keep].to(device)
+        if self.shared_rows is None:  # the student's row count is known from its first batch on
+            student_ids, teacher_ids = self.shared
+            keep = (student_ids < head.shape[0]) & (teacher_ids < self.teacher.head.shape[0])
+            self.shared_rows = student_ids[keep].to(device), teacher_ids[keep].to(device)
+        student_ids, teacher_ids = self.shared_rows
         return token_kl(teacher_hidden[rows, at_teacher], self.teacher.head[teacher_ids], hidden[rows, at_student],
                         head[student_ids], torch.ones(len(rows), device=device), teacher_softcap=self.teacher.softcap,
                         softcap=student_softcap, block=self.options.block)
