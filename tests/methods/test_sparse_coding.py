@@ -13,6 +13,7 @@ from tokensurgeon.methods._shared import pursuits, sparse_coding
 from tokensurgeon.methods._shared.sparse_coding import OMPResult, selection_atoms
 from tokensurgeon.methods._shared.sparse_coding import batch_omp as solver_batch_omp
 from tokensurgeon.methods._shared.sparse_coding import omp_batches as solver_omp_batches
+from tokensurgeon.runtime.matmul import fast_selection_dtype
 
 # These tests check the solver against textbook OMP (sklearn: unit atoms, the correlations refreshed every
 # step); the product defaults (config.OMPConfig, shared with the omp method) are set per test where they matter.
@@ -157,14 +158,6 @@ def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):
     assert fast.residual_norm.mean() < 1.02 * full.residual_norm.mean()
     overlap = [len(set(a) & set(b)) for a, b in zip(fast.indices.tolist(), full.indices.tolist())]
     assert sum(overlap) / (16 * len(overlap)) > 0.8
-
-
-@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, torch.float32), (True, False, torch.bfloat16),
-                                                         (False, True, torch.bfloat16)])
-def test_cpu_selection_is_bf16_only_with_native_bf16_matmul(monkeypatch, avx512_bf16, amx, expected):
-    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
-    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
-    assert sparse_coding.fast_selection_dtype(torch.device("cpu")) == expected
 
 
 def test_candidates_equal_exact_when_the_pool_holds_the_exact_picks():
@@ -341,7 +334,7 @@ def test_refreshed_path_on_cuda_with_fast_ranking_matches_sklearn_where_its_pool
     targets, dictionary = problem(seed=22)
     result = solver_omp_batches(targets, dictionary, 9, device="cuda", normalize_atoms=True, refresh=4,
                                 refresh_pool=300, batch_size=7,
-                                select_dtype=sparse_coding.fast_selection_dtype(torch.device("cuda")))
+                                select_dtype=fast_selection_dtype(torch.device("cuda")))
     assert result.indices.device.type == "cpu"
     assert_matches_sklearn(result, sklearn_codes(targets, dictionary, 9, normalize=True))
 

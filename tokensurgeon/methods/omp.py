@@ -23,8 +23,9 @@ import torch
 
 from ..config import OMPConfig
 from ..errors import MethodError
+from ..runtime.matmul import fast_selection_dtype
 from ._shared.pieces import is_partial_utf8, piece_means
-from ._shared.sparse_coding import fast_selection_dtype, omp_batches
+from ._shared.sparse_coding import omp_batches
 from .base import InitContext, InitMethod, InitResult, Provenance, gather_rows, weighted_rows
 
 _REPLAY_BLOCK = 16384  # rows replayed or measured at a time; a multiple of weighted_rows' block keeps the bytes
@@ -107,14 +108,18 @@ class OMPMethod(InitMethod):
         missing = [j for j, i in enumerate(target_ids) if i >= rows]
         targets[missing] = 0  # ids past the donor's rows have no donor embedding: no signal to match
         k = min(self.k, donor_matrix.shape[1])  # more atoms than dimensions are linearly dependent
-        # anchors as stored: the solver upcasts the rows it gathers, so bf16 anchors need no float32 copy
-        return omp_batches(targets, gather_rows(donor_matrix, anchor_donor, donor_matrix.dtype), k, device=ctx.device,
+        # bf16 ranking: anchors as stored (the solver upcasts the rows it gathers, so bf16 anchors need no float32
+        # copy); float32 ranking: float32 anchors, which the solver ranks and gathers from (no second copy)
+        select = self.select_dtype(ctx)
+        stored = torch.float32 if select == torch.float32 else donor_matrix.dtype
+        anchors = gather_rows(donor_matrix, anchor_donor, stored)
+        return omp_batches(targets, anchors, k, device=ctx.device,
                            normalize_atoms=self.normalize_atoms, candidates=self.candidates,
                            refresh=self.refresh, refresh_pool=self.refresh_pool, progress=ctx.progress,
-                           select_dtype=self.select_dtype(ctx))
+                           select_dtype=select)
 
     def select_dtype(self, ctx: InitContext) -> torch.dtype:
-        """bf16 full correlations where the hardware has native bf16 (``fast_select``), else float32."""
+        """bf16 full correlations where they multiply faster than float32 here (``fast_select``), else float32."""
         return fast_selection_dtype(torch.device(ctx.device)) if self.fast_select else torch.float32
 
     def provenance(self, ctx: InitContext, paths: list[str], solve: list[int], codes, residuals: list[float],

@@ -147,14 +147,25 @@ def pursue_residual(x: Tensor, atoms: Tensor, k: int, floor: float) -> tuple[Ten
 
 
 def ranking_matrix(atoms: Tensor, dtype: torch.dtype) -> Tensor:
-    """The refreshed path's full-correlation operand: the atoms transposed to a contiguous (D, N') matrix in
-    ``dtype``, N' rounded up to whole blocks of _RANK_BLOCK with zero columns (never pooled: their scores are
-    set below every real one). A contiguous (D, N) operand multiplies ~1.45x faster than the (N, D) rows'
-    transposed view (bf16 on AMX), and whole blocks let ``_pool`` look at block maxima first."""
+    """The refreshed path's full-correlation operand, (D, N) or (D, N').
+
+    float32: the transposed view of the float32 atoms (upcast once where they are stored lower), no copy; the
+    solver then gathers from those same rows (``ranked_rows``). A lower precision: a contiguous transposed copy,
+    N' rounded up to whole blocks of _RANK_BLOCK with zero columns, since (D, N) bf16 multiplies ~1.45x faster
+    than the (N, D) rows' transposed view on AMX; float32 multiplies as fast either way on the CPUs measured
+    (294 x 640 by 640 x 46,080: ~100-120 ms both ways on a 2-core Xeon). ``pursue_refreshed`` pads its scores to
+    whole blocks either way, so that ``_pool`` can look at block maxima first."""
+    if dtype == torch.float32:
+        return atoms.to(dtype).T
     width = -(-atoms.shape[0] // _RANK_BLOCK) * _RANK_BLOCK
     ranking = atoms.new_zeros(atoms.shape[1], width, dtype=dtype)
     ranking[:, :atoms.shape[0]] = atoms.T
     return ranking
+
+
+def ranked_rows(ranking: Tensor) -> Tensor | None:
+    """The float32 atoms (N, D) that a float32 ``ranking_matrix`` is a view of; None for a lower-precision copy."""
+    return ranking.T if ranking.dtype == torch.float32 and ranking.T.is_contiguous() else None
 
 
 def _pool(scores: Tensor, size: int) -> Tensor:
@@ -203,7 +214,8 @@ def pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: in
     # batch_omp's chosen-atoms buffer, which takes the same memory once the pursuit is done.
     stack = buffer(workspace, "chosen", (batch, size + 1 + k, dim), x)  # (B, M+1+k, D)
     pooled_rows, residual, chosen_atoms = stack[:, :size], stack[:, size], stack[:, size + 1:]
-    scores = buffer(workspace, "scores", (batch, ranking.shape[1]), x, ranking.dtype)  # (B, N')
+    padded = -(-n_atoms // _RANK_BLOCK) * _RANK_BLOCK  # whole blocks for _pool; the padding is never pooled
+    scores = buffer(workspace, "scores", (batch, padded), x, ranking.dtype)  # (B, N')
     chol = x.new_zeros(batch, k, k)  # lower: row t holds u and norm of step t
     coded = x.new_zeros(batch, k)  # (B, k): c_t = q_t . x
     ids = torch.zeros(batch, k, dtype=torch.long, device=x.device)
@@ -212,7 +224,7 @@ def pursue_refreshed(x: Tensor, atoms: Tensor, k: int, floor: float, refresh: in
     for start in range(0, k, refresh):
         gamma = _coefficients(chol[:, :start, :start], coded[:, :start])  # (B, t)
         residual.copy_(x - torch.bmm(gamma.unsqueeze(1), chosen_atoms[:, :start]).squeeze(1))  # (B, D)
-        torch.mm(residual.to(ranking.dtype), ranking, out=scores).abs_()
+        torch.mm(residual.to(ranking.dtype), ranking, out=scores[:, :ranking.shape[1]]).abs_()
         scores[:, n_atoms:] = -1.0  # the padding columns
         pool = _pool(_as_ordered_ints(_exclude(scores, ids[:, :start])), min(size, n_atoms - start))  # (B, m)
         width = pool.shape[1]

@@ -30,9 +30,9 @@ import torch
 
 from ...errors import MethodError
 from ...runtime.cache import cache_root
+from ...runtime.matmul import fast_selection_dtype
 from ...runtime.outdir import atomic_directory
 from ...vocab import Vocabulary, gpt2_byte_decoder
-from .sparse_coding import fast_selection_dtype
 
 _CACHE_FORMAT = 1
 
@@ -82,8 +82,8 @@ def most_similar(targets: torch.Tensor, candidates: torch.Tensor, k: int, device
                  block: int = 256) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(indices, cosine) of each target's k most similar candidates, both (b, k), a block of targets at a time.
 
-    targets (M, d) and candidates (N, d) are unit rows. Where the hardware multiplies bf16 natively
-    (``fast_selection_dtype``, ~5x float32 on AVX512-BF16 CPUs) a bf16 product picks a margin of
+    targets (M, d) and candidates (N, d) are unit rows. Where bf16 multiplies faster than float32
+    (``fast_selection_dtype``: ~5x on AMX CPUs, slower on some AVX512-BF16 ones) a bf16 product picks a margin of
     candidates and float32 re-ranks them, so the k found and their similarities are float32's unless
     bf16 rounding pushes a true top-k candidate below the margin (k + 32). Blocks are small so the
     (block, N) similarities stay in cache while topk reads them: 256 rows against 40k candidates ran

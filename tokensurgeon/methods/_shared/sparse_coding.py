@@ -20,7 +20,7 @@ from torch import Tensor
 
 from ...config import OMPConfig
 from ...runtime.progress import Tick
-from .pursuits import buffer, gather, pursue_gram, pursue_refreshed, pursue_residual, ranking_matrix
+from .pursuits import buffer, gather, pursue_gram, pursue_refreshed, pursue_residual, ranked_rows, ranking_matrix
 
 _GRAM_SHARE = 0.5  # the (N, N) Gram may take at most this share of free memory
 _GRAM_CAP = 1 << 30  # ...and at most 1 GiB (N <= 16k anchors)
@@ -68,17 +68,6 @@ def gram_fits(n_atoms: int, device: torch.device) -> bool:
     """
     size = n_atoms * n_atoms * 4
     return size <= _GRAM_CAP and size <= _GRAM_SHARE * free_memory_bytes(device)
-
-
-def fast_selection_dtype(device: torch.device) -> torch.dtype:
-    """bfloat16 where the hardware multiplies it natively, else float32: the refreshed path's full correlations
-    only rank atoms into pools whose correlations stay float32, so bf16 changes a pool only at near ties, and
-    its GEMM is ~5x faster on CPUs with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported(including_emulation=False) else torch.float32
-    cpu = torch.cpu
-    native = [getattr(cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
-    return torch.bfloat16 if device.type == "cpu" and any(check() for check in native) else torch.float32
 
 
 def selection_atoms(dictionary: Tensor, normalize_atoms: bool) -> tuple[Tensor, Tensor]:
@@ -205,6 +194,8 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     ranking = None  # (D, N'), built once for every batch
     if exact_without_gram and refresh > 1:
         ranking = ranking_matrix(selection_atoms(dictionary, normalize_atoms)[0], select_dtype)
+        if not normalize_atoms and ranked_rows(ranking) is not None:
+            dictionary = ranked_rows(ranking)  # the float32 rows ranked: no second copy of the anchors
     # Working set per target in floats: ~3 vectors over N, the chosen atoms, and on the Batch-OMP
     # paths the chosen atoms' Gram rows over the atoms searched.
     floats = 3 * n_atoms + k * dim + (refresh_pool * (dim + k + refresh_pool) if exact_without_gram else k * searched)
