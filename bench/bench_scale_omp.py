@@ -45,6 +45,7 @@ class Run:
     wall: float | None = None
     rss: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    ranking: str | None = None  # OMP's full-correlation precision (report.json: method.info.selection_dtype)
 
 
 def ensure_mergekit() -> Path:
@@ -78,7 +79,9 @@ def measured(run: Run, command: list[str], env: dict | None = None, cap_s: float
     run.wall, run.rss = time.perf_counter() - start, usage.ru_maxrss / 1024 / 1024
     report = run.out / "report.json"
     if report.exists():
-        run.timings = json.loads(report.read_text()).get("timings", {})
+        written = json.loads(report.read_text())
+        run.timings = written.get("timings", {})
+        run.ranking = written.get("method", {}).get("info", {}).get("selection_dtype")
     print(f"{run.tool}: {run.wall:.1f} s, peak RSS {run.rss:.2f} GB", flush=True)
     return run
 
@@ -97,6 +100,7 @@ def print_runs(title: str, runs: list[Run]) -> None:
         wall = f"{run.wall:>9.1f}" if run.wall is not None else f"{'DNF':>9}"
         rss = f"{run.rss:>13.2f}" if run.rss is not None else f"{'-':>13}"
         phases = ", ".join(f"{name} {seconds:.1f}" for name, seconds in run.timings.items())
+        phases += f"; ranking in {run.ranking}" if run.ranking else ""
         print(f"{run.tool:<24}{wall}{rss}  {phases}")
     finished = {run.tool: run.wall for run in runs if run.wall is not None}
     if "tokensurgeon" in finished and "mergekit" in finished:
@@ -149,20 +153,23 @@ def draft(args: argparse.Namespace, base: Path, target: Path) -> None:
 
 
 def machine() -> str:
-    """The CPU's name and its bf16 GEMM rate at the solver's shape: walls compare across stops only on one machine
-    (an AMD EPYC without AMX ran the draft's correlations ~5x slower than the Intel machine with it)."""
+    """The CPU's name and its bf16 and float32 GEMM rates at the solver's shape: walls compare across stops only on
+    one machine (an AMD EPYC without AMX ran the draft's correlations ~5x slower than the Intel machine with it, and
+    a Xeon without AMX multiplies bf16 at half its float32 rate)."""
     import torch
 
     cpuinfo = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
     name = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "unknown CPU")
-
-    left, right = torch.randn(294, 640).bfloat16(), torch.randn(640, 46080).bfloat16()
-    torch.mm(left, right)
-    start = time.perf_counter()
-    for _ in range(5):
+    rates = []
+    for dtype in (torch.bfloat16, torch.float32):
+        left, right = torch.randn(294, 640).to(dtype), torch.randn(640, 46080).to(dtype)
         torch.mm(left, right)
-    rate = 5 * 2 * 294 * 640 * 46080 / (time.perf_counter() - start) / 1e9
-    return f"machine: {name}, {os.cpu_count()} CPUs, bf16 GEMM (294 x 640 by 640 x 46080) {rate:.0f} GFLOP/s"
+        start = time.perf_counter()
+        for _ in range(5):
+            torch.mm(left, right)
+        rates.append(5 * 2 * 294 * 640 * 46080 / (time.perf_counter() - start) / 1e9)
+    return (f"machine: {name}, {os.cpu_count()} CPUs, GEMM (294 x 640 by 640 x 46080) bf16 {rates[0]:.0f}, "
+            f"float32 {rates[1]:.0f} GFLOP/s")
 
 
 def main() -> None:
