@@ -148,6 +148,28 @@ def test_ranking_matrix_is_the_transposed_atoms_padded_to_whole_blocks():
     assert torch.equal(ranking[:, :n_atoms], atoms.T.bfloat16()) and not ranking[:, n_atoms:].any()
 
 
+def test_float32_ranking_is_a_view_of_the_float32_atoms():
+    """No second copy of the anchors: float32 ranks through the atoms' own rows, which the solver gathers from."""
+    atoms = torch.randn(2 * pursuits._RANK_BLOCK + 7, 16, generator=torch.Generator().manual_seed(0))
+    ranking = pursuits.ranking_matrix(atoms, torch.float32)
+    assert ranking.shape == (16, atoms.shape[0]) and ranking.data_ptr() == atoms.data_ptr()
+    assert pursuits.ranked_rows(ranking) is not None and pursuits.ranked_rows(ranking).data_ptr() == atoms.data_ptr()
+    upcast = pursuits.ranked_rows(pursuits.ranking_matrix(atoms.bfloat16(), torch.float32))  # one float32 copy
+    assert upcast.dtype == torch.float32 and torch.equal(upcast, atoms.bfloat16().float())
+    assert pursuits.ranked_rows(pursuits.ranking_matrix(atoms, torch.bfloat16)) is None
+
+
+def test_float32_ranking_of_bf16_anchors_solves_as_their_float32_values(monkeypatch):
+    """bf16 anchors ranked in float32 are upcast once and solved from that copy: exactly the codes of the same
+    values handed over in float32, on the refreshed path (N not a whole number of ranking blocks)."""
+    monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
+    targets, dictionary = problem(6, n_atoms=3 * pursuits._RANK_BLOCK + 5, dim=64, batch=32)
+    low = omp_batches(targets, dictionary.bfloat16(), 12, device="cpu", refresh=4, refresh_pool=16)
+    full = omp_batches(targets, dictionary.bfloat16().float(), 12, device="cpu", refresh=4, refresh_pool=16)
+    assert torch.equal(low.indices, full.indices) and torch.equal(low.coefficients, full.coefficients)
+    assert (full.residual_norm / targets.norm(dim=1)).mean() < 0.7  # a real fit (zero codes leave 1.0)
+
+
 def test_bf16_ranking_leaves_the_residual_of_float32_ranking(monkeypatch):
     """bf16 only ranks atoms into the pools; the codes are solved in float32 and nearly as good."""
     monkeypatch.setattr(sparse_coding, "gram_fits", lambda n_atoms, device: False)
