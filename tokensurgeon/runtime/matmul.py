@@ -4,8 +4,9 @@ solver's full correlations, the nearest-neighbour searches), whose picks float32
 A CPU flag is not enough to decide: torch multiplies bf16 at ~370 GFLOP/s on a 2-core AMD EPYC with AVX512-BF16,
 and at ~150 GFLOP/s on a 2-core Intel Xeon with AVX512-BF16 but no AMX, where float32 reaches ~270 (a 1024 x 640
 by 640 x 46,080 product). So on a CPU that claims native bf16 both precisions are timed once, and the choice is
-kept on disk per machine, torch version and thread count: the same machine always ranks in the same precision,
-so the same inputs give the same bytes out.
+kept on disk per machine and torch version (not per thread count: the ratio is the instruction set's, ~0.5-0.6x
+here at one thread and at two), so the same machine always ranks in the same precision and the same inputs give
+the same bytes out.
 """
 
 from __future__ import annotations
@@ -43,13 +44,13 @@ def fast_selection_dtype(device: torch.device) -> torch.dtype:
 
 
 def _machine_key() -> str:
-    """The CPU model and flags, torch's version and its thread count: what the timing depends on."""
+    """The CPU model and flags and torch's version: what the choice depends on."""
     try:
         cpuinfo = Path("/proc/cpuinfo").read_text()
         described = [line for line in cpuinfo.splitlines() if line.startswith(("model name", "flags"))][:2]
     except OSError:
         described = [platform.processor()]
-    parts = [*described, torch.__version__, str(torch.get_num_threads())]
+    parts = [*described, torch.__version__]
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
