@@ -17,7 +17,6 @@ import json
 import platform
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -40,7 +39,7 @@ def fast_selection_dtype(device: torch.device) -> torch.dtype:
     native = [getattr(cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if device.type != "cpu" or not any(check() for check in native):
         return torch.float32
-    return _cpu_choice(_machine_key())
+    return _cpu_choice()
 
 
 def _machine_key() -> str:
@@ -55,10 +54,10 @@ def _machine_key() -> str:
 
 
 @functools.cache
-def _cpu_choice(key: str) -> torch.dtype:
+def _cpu_choice() -> torch.dtype:
     """The recorded choice for this machine, or a new timing recorded for the next run (a failure to record
-    costs a new timing next time, never an error)."""
-    entry = cache_dir("probes") / key
+    costs a new timing next time, never an error); decided once per process."""
+    entry = cache_dir("probes") / _machine_key()
     try:
         return getattr(torch, json.loads((entry / "ranking.json").read_text())["dtype"])
     except (OSError, ValueError, KeyError, AttributeError, TypeError):
@@ -69,10 +68,10 @@ def _cpu_choice(key: str) -> torch.dtype:
     return choice
 
 
-def _timed_choice(seconds: Callable[[torch.dtype], float] | None = None) -> torch.dtype:
-    """bf16 if its product is at least _BF16_MARGIN times faster than float32's (``seconds``: the probe)."""
-    seconds = seconds or _product_seconds
-    return torch.bfloat16 if seconds(torch.float32) >= _BF16_MARGIN * seconds(torch.bfloat16) else torch.float32
+def _timed_choice() -> torch.dtype:
+    """bf16 if its product is at least _BF16_MARGIN times faster than float32's."""
+    faster = _product_seconds(torch.float32) >= _BF16_MARGIN * _product_seconds(torch.bfloat16)
+    return torch.bfloat16 if faster else torch.float32
 
 
 def _product_seconds(dtype: torch.dtype) -> float:

@@ -194,8 +194,8 @@ def omp_batches(targets: Tensor, dictionary: Tensor, k: int, *, device: str | to
     ranking = None  # (D, N'), built once for every batch
     if exact_without_gram and refresh > 1:
         ranking = ranking_matrix(selection_atoms(dictionary, normalize_atoms)[0], select_dtype)
-        if not normalize_atoms and ranked_rows(ranking) is not None:
-            dictionary = ranked_rows(ranking)  # the float32 rows ranked: no second copy of the anchors
+        rows = None if normalize_atoms else ranked_rows(ranking)
+        dictionary = dictionary if rows is None else rows  # the float32 rows ranked: no second copy of the anchors
     # Working set per target in floats: ~3 vectors over N, the chosen atoms, and on the Batch-OMP
     # paths the chosen atoms' Gram rows over the atoms searched.
     floats = 3 * n_atoms + k * dim + (refresh_pool * (dim + k + refresh_pool) if exact_without_gram else k * searched)
