@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 
 from tokensurgeon.checkpoint import open_checkpoint, read_embeddings
 from tokensurgeon.cli import app
-from tokensurgeon.config import DRAFT_METHOD, TransplantConfig
+from tokensurgeon.config import DEFAULT_METHOD, TransplantConfig
 from tokensurgeon.pipeline.transplant import transplant
 
 runner = CliRunner()
@@ -62,15 +62,18 @@ def test_omp_through_the_cli_matches_python(tiny_models, tmp_path):
                                                  load_file(via_python / "model.safetensors").values()))
 
 
-def test_draft_default_method_is_omp_in_python_and_cli(tiny_models, tmp_path):
-    """One default for drafts, whoever asks: TransplantConfig and the CLI both pick DRAFT_METHOD (omp)."""
+def test_draft_default_method_in_python_and_cli(tiny_models, tmp_path):
+    """Drafts take the default method, whoever asks: TransplantConfig and the CLI both pick subword-mean (an omp
+    draft for Gemma3 accepted none of its proposals), and --method omp still makes an omp draft."""
     target = tiny_models["donor_llama2"]
-    config = TransplantConfig(base=tiny_models["tied"], donor=target, out=tmp_path / "py", draft_for=target,
-                              method_options={"k": 4})
-    assert config.method == DRAFT_METHOD == "omp"
-    assert TransplantConfig(base=tiny_models["tied"], donor=target, out=tmp_path / "x").method == "subword-mean"
+    config = TransplantConfig(base=tiny_models["tied"], donor=target, out=tmp_path / "py", draft_for=target)
+    assert config.method == DEFAULT_METHOD == "subword-mean"
     result = runner.invoke(app, ["transplant", str(tiny_models["tied"]), "--as-draft-for", str(target),
-                                 "-o", str(tmp_path / "cli"), "--option", "k=4", "--json"])
+                                 "-o", str(tmp_path / "cli"), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.stdout)["method"]["name"] == "omp"
-    assert any(row["path"] == "omp" for row in provenance(tmp_path / "cli"))
+    assert json.loads(result.stdout)["method"]["name"] == "subword-mean"
+    assert any(row["path"] == "subword-mean" for row in provenance(tmp_path / "cli"))
+    result = runner.invoke(app, ["transplant", str(tiny_models["tied"]), "--as-draft-for", str(target),
+                                 "-o", str(tmp_path / "omp"), "--method", "omp", "--option", "k=4", "--json"])
+    assert result.exit_code == 0, result.output
+    assert any(row["path"] == "omp" for row in provenance(tmp_path / "omp"))

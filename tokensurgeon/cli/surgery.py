@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..config import DEFAULT_METHOD, DRAFT_METHOD, TransplantConfig
+from ..config import DEFAULT_METHOD, TransplantConfig
 from ..errors import TokenSurgeonError
 from .common import FILES, parse_options, read_texts, run_job, show, text_paths, trust_remote_code_option, user_errors
 
@@ -60,8 +60,7 @@ def transplant(
                                                       "(may be omitted with --as-draft-for)."),
     out: Path = typer.Option(..., "-o", "--out", help="Output directory for the patched checkpoint."),
     method: Optional[str] = typer.Option(None, help=f"Initialisation method for new tokens (see `methods`) "
-                                                    f"[default: {DEFAULT_METHOD}; {DRAFT_METHOD} with "
-                                                    "--as-draft-for]."),
+                                                    f"[default: {DEFAULT_METHOD}]."),
     option: Optional[List[str]] = typer.Option(None, "--option", help="Method option KEY=VALUE (repeatable)."),
     seed: int = typer.Option(TransplantConfig.seed, help="Random seed (methods that sample)."),
     device: str = typer.Option(TransplantConfig.device, help="auto, cpu or cuda."),

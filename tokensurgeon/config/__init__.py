@@ -17,7 +17,6 @@ from .heal import (CPU_BATCH_SIZE, DEFAULT_GUARD_TASKS, DEFAULT_HEAL_OBJECTIVE, 
                    RETENTION_PROMPTS, HealConfig, guard_tasks_for)
 
 DEFAULT_METHOD = "subword-mean"
-DRAFT_METHOD = "omp"  # a draft's donor is its target model, whose embeddings OMP uses
 UNDERTRAINED_NORM = 0.5  # a base row under this fraction of the median row norm counts as barely trained
 
 
@@ -97,7 +96,7 @@ class TransplantConfig:
     base: Path
     donor: Path
     out: Path
-    method: str | None = None  # None: DEFAULT_METHOD, or DRAFT_METHOD with draft_for
+    method: str | None = None  # None: DEFAULT_METHOD, drafts too (an omp draft accepted nothing: docs/speculative.md)
     method_options: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
     device: str = "auto"
@@ -115,7 +114,7 @@ class TransplantConfig:
 
     def __post_init__(self) -> None:
         if self.method is None:
-            object.__setattr__(self, "method", DRAFT_METHOD if self.draft_for is not None else DEFAULT_METHOD)
+            object.__setattr__(self, "method", DEFAULT_METHOD)
         if self.draft_for is not None:
             if Path(self.draft_for).resolve() != Path(self.donor).resolve():
                 raise TokenSurgeonError(f"--as-draft-for {self.draft_for}: the target must also be the donor, "
