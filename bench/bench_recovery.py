@@ -3,7 +3,8 @@ steps on P2 and P1, and a SmolLM2 draft for Gemma3 before and after `heal DRAFT 
 
 Pairs, built with transplant() into WORK/models when missing: P2 = SmolLM2-135M <- Llama-3 tokenizer
 (subword-mean); P1 = Gemma3-270M <- SmolLM2-135M (omp, k = --omp-k);
-draft = SmolLM2-135M made a draft for Gemma3-270M (--as-draft-for, subword-mean).
+draft = SmolLM2-135M made a draft for Gemma3-270M (--as-draft-for; --draft-method subword-mean, the default, or
+omp).
 
 Training text: the first --train-bytes (60 KB) of enwiki_head plus four UDHR languages (spa, ukr, jpn, ben); the
 last 10% of each is the in-file held-out split the guard reads. Files never trained on at all (UNSEEN) give the
@@ -51,6 +52,7 @@ WIDE = ("udhr/ces.txt", "udhr/hun.txt", "udhr/ind.txt", "udhr/nld.txt", "udhr/po
 PAIRS = {"p2": SMOLLM2, "p1": GEMMA3}  # patched model -> its base (the teacher)
 CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora"),
            "distill+embeddings": ("distill", "embeddings")}
+DRAFT_METHODS = ("omp", "subword-mean")
 PROMPT_BYTES, COMPARE_BYTES = 80, 16
 
 
@@ -83,7 +85,7 @@ def guard_news() -> str:
 
 
 def build(work: Path, omp_k: int, device: str, names: list[str]) -> None:
-    """The patched models ``names`` (of p2, p1, draft), made once with transplant() (the CLI's function)."""
+    """The patched models ``names`` (of p2, p1, draft-METHOD), made once with transplant() (the CLI's function)."""
     from tokensurgeon.config import TransplantConfig
     from tokensurgeon.pipeline.transplant import transplant
 
@@ -92,8 +94,8 @@ def build(work: Path, omp_k: int, device: str, names: list[str]) -> None:
         "p2": dict(base=SMOLLM2, donor=SHARED / "tokenizers" / "llama3",
                    method="subword-mean"),
         "p1": dict(base=GEMMA3, donor=SMOLLM2, method="omp", method_options={"k": omp_k}),
-        "draft": dict(base=SMOLLM2, donor=GEMMA3, draft_for=GEMMA3, method="subword-mean"),
-    }
+    } | {f"draft-{method}": dict(base=SMOLLM2, donor=GEMMA3, draft_for=GEMMA3, method=method)
+         for method in DRAFT_METHODS}
     for name in names:
         if not (models / name / "report.json").is_file():
             transplant(TransplantConfig(out=models / name, device=device, **specs[name]))
@@ -231,8 +233,9 @@ def child_draft(args, name: str) -> dict:
 
         steps = args.steps if args.minutes is None else 10**6  # --minutes: as many steps as fit
         texts = tuple(training_files(work, args.train_bytes, args.wide))
-        report = heal(HealConfig(patched=models / "draft", texts=texts,
-                                 out=models / f"draft-healed{variant}", teacher=GEMMA3, objective="distill",
+        report = heal(HealConfig(patched=models / draft_model(args), texts=texts,
+                                 out=models / f"{draft_model(args)}-healed{variant}", teacher=GEMMA3,
+                                 objective="distill",
                                  train="lora", generate=args.generate,
                                  steps=steps, eval_every=args.eval_every, patience=steps, max_minutes=args.minutes,
                                  batch_size=args.batch_size or None, context=args.context,
@@ -244,16 +247,24 @@ def child_draft(args, name: str) -> dict:
     from tokensurgeon.config import SpeculativeConfig
     from tokensurgeon.evaluation.speculative import speculative_benchmark
 
-    drafts = [models / "draft", SMOLLM2] if name == "draft-before" else [models / f"draft-healed{variant}"]
+    drafts = ([models / draft_model(args), SMOLLM2] if name.startswith("draft-before")
+              else [models / f"{draft_model(args)}-healed{variant}"])
     config = SpeculativeConfig(prompts=args.spec_prompts, max_new_tokens=args.spec_tokens, device=args.device)
     report = speculative_benchmark(GEMMA3, drafts, {"lee_news": cut(read("lee_news.txt"), 200_000)[100_000:]},
                                    config)
     return {"config": name} | report.to_dict()
 
 
+def draft_model(args) -> str:
+    """The draft's folder in WORK/models: named by its transplant method."""
+    return f"draft-{args.draft_method}"
+
+
 def draft_variant(args) -> str:
-    """The healed draft's name suffix: what it trained on, and for how long when not the default steps."""
-    return ((f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
+    """The healed draft's name suffix: what it trained on, and for how long when not the default steps (and the
+    method, unless subword-mean, whose results kept the names they had before --draft-method)."""
+    return (("" if args.draft_method == "subword-mean" else f"+{args.draft_method}")
+            + (f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
             + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
             + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else ""))
 
@@ -344,6 +355,8 @@ def main() -> None:
     parser.add_argument("--guard-task", default="", help="comma-separated heal --guard-task values (e.g. arithmetic; "
                         "none: no guard task); empty: heal's default")
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--draft-method", choices=DRAFT_METHODS, default="subword-mean",
+                        help="the draft's transplant method (subword-mean: transplant's default, drafts included)")
     parser.add_argument("--generate", type=int, default=0, help="heal --generate N: train on N greedy continuations "
                         "of the teacher (the pair's base, the draft's target) from prompts of the training text")
     parser.add_argument("--train-bytes", type=int, default=60_000, help="bytes of enwiki_head to train on (the "
@@ -364,7 +377,7 @@ def main() -> None:
 
     clock = time.perf_counter()
     pairs = list(filter(None, args.pairs.split(",")))
-    build(work, args.omp_k, args.device, pairs + ["draft"] * args.draft)
+    build(work, args.omp_k, args.device, pairs + [draft_model(args)] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
           f"{args.batch_size or 'auto'} x {args.context} tokens (lr {args.lr or HealConfig.lr:g}, LoRA r=16 lr "
           f"{args.lora_lr or HealConfig.lora_lr:g}), training files: {len(TRAIN + WIDE * args.wide)}, eval every "
@@ -389,9 +402,10 @@ def main() -> None:
         print(pair_table(rows), flush=True)
     if args.draft:
         variant = draft_variant(args)
-        before, heal_row, after = (run_child(args, name) for name in ("draft-before", f"draft-heal{variant}",
+        before_name = "draft-before" + ("" if args.draft_method == "subword-mean" else f"+{args.draft_method}")
+        before, heal_row, after = (run_child(args, name) for name in (before_name, f"draft-heal{variant}",
                                                                      f"draft-after{variant}"))
-        print(f"\nDRAFT: {work / 'models' / 'draft'} for {GEMMA3}, {args.spec_prompts} lee_news prompts x "
+        print(f"\nDRAFT: {work / 'models' / draft_model(args)} for {GEMMA3}, {args.spec_prompts} lee_news prompts x "
               f"{args.spec_tokens} new tokens, k=5")
         print(draft_table(before, heal_row, after))
     print(f"total wall {time.perf_counter() - clock:.0f} s")

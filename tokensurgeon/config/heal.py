@@ -11,7 +11,7 @@ from ..errors import TokenSurgeonError
 HEAL_OBJECTIVES = ("distill", "lm")
 HEAL_TRAIN = ("rows", "embeddings", "lora")
 HEAL_ROWS = {"new": "rows", "all": "embeddings"}  # the old --rows values, kept as aliases of --train
-DEFAULT_HEAL_OBJECTIVE = "distill"  # P2 bench (docs/heal.md), ~180 CPU steps: better ratio and more behaviour than lm
+DEFAULT_HEAL_OBJECTIVE = "distill"  # docs/heal.md: on P2 and on P1 at 30 CPU minutes, better ratio and behaviour
 DEFAULT_HEAL_TRAIN = "lora"
 CPU_BATCH_SIZE = 4  # sequences per step on CPU when --batch-size is not given
 MAX_AUTO_BATCH = 64  # the most sequences per step sized from free GPU memory (recovery/batch.py)
