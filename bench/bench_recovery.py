@@ -260,11 +260,15 @@ def draft_model(args) -> str:
     return f"draft-{args.draft_method}"
 
 
+def method_tag(args) -> str:
+    """The draft method in result names; none for subword-mean, whose results kept the names they had before
+    --draft-method."""
+    return "" if args.draft_method == "subword-mean" else f"+{args.draft_method}"
+
+
 def draft_variant(args) -> str:
-    """The healed draft's name suffix: what it trained on, and for how long when not the default steps (and the
-    method, unless subword-mean, whose results kept the names they had before --draft-method)."""
-    return (("" if args.draft_method == "subword-mean" else f"+{args.draft_method}")
-            + (f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
+    """The healed draft's name suffix: its method, what it trained on, and for how long."""
+    return (method_tag(args) + (f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
             + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
             + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else ""))
 
@@ -402,8 +406,8 @@ def main() -> None:
         print(pair_table(rows), flush=True)
     if args.draft:
         variant = draft_variant(args)
-        before_name = "draft-before" + ("" if args.draft_method == "subword-mean" else f"+{args.draft_method}")
-        before, heal_row, after = (run_child(args, name) for name in (before_name, f"draft-heal{variant}",
+        before, heal_row, after = (run_child(args, name) for name in (f"draft-before{method_tag(args)}",
+                                                                     f"draft-heal{variant}",
                                                                      f"draft-after{variant}"))
         print(f"\nDRAFT: {work / 'models' / draft_model(args)} for {GEMMA3}, {args.spec_prompts} lee_news prompts x "
               f"{args.spec_tokens} new tokens, k=5")
