@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from tokensurgeon.config import AuditConfig
-from tokensurgeon.evaluation.audit import AuditInputs, audit_rows, robust_z, weight_sums
+from tokensurgeon.evaluation.audit import AuditInputs, AuditReport, audit_rows, robust_z, weight_sums
 from tokensurgeon.methods import InitContext, Provenance, get_init_method
 from tokensurgeon.vocab.alignment import Alignment
 from tokensurgeon.vocab.tokenizer import Vocabulary
@@ -166,3 +166,14 @@ def test_planted_rows_in_the_real_p1_donor():
     assert result.embed.isfinite().all() and report.counts["nonfinite"] == 0
     assert not set(planted["repoint"]) & flagged
     assert len(flagged - every) <= 1, flagged - every
+
+
+def test_a_large_flagged_share_warns_and_a_few_flagged_rows_do_not():
+    """The transplant warns when the audit flags more than AuditConfig.warn_share of the computed rows (the omp draft
+    for Gemma3 that accepted no proposal: 22%), and stays quiet for a few (P1: 1 of 3,004)."""
+    few = AuditReport(checked=3004, checks=["norm"], counts={"norm": 1}, flagged=1)
+    many = AuditReport(checked=215_887, checks=["norm", "gain"], counts={"norm": 46_011, "gain": 0}, flagged=46_973)
+    assert few.warnings() == [] and AuditReport(checked=0, checks=[], counts={}, flagged=0).warnings() == []
+    assert many.warnings() == ["the audit flagged 46,973 of 215,887 computed rows (22%; norm 46,011): check the output "
+                               "before use (evaluate), or try another --method"]
+    assert few.warnings(share=0.0001) and not many.warnings(share=0.5)

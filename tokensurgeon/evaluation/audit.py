@@ -62,6 +62,16 @@ class AuditReport:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def warnings(self, share: float = AuditConfig.warn_share) -> list[str]:
+        """One line when more than ``share`` of the computed rows were flagged: the method's rows are then
+        suspect as a whole, not a few tokens (report.json lists them under audit)."""
+        if not self.checked or self.flagged <= share * self.checked:
+            return []
+        reasons = ", ".join(f"{reason} {count:,}" for reason, count in self.counts.items() if count)
+        return [f"the audit flagged {self.flagged:,} of {self.checked:,} computed rows "
+                f"({self.flagged / self.checked:.0%}; {reasons}): check the output before use (evaluate), "
+                "or try another --method"]
+
 
 @dataclass
 class AuditInputs:

@@ -65,7 +65,8 @@ def write_patched(session: Session, config: TransplantConfig, result: InitResult
     other_ids = remapped_other_ids(pair, base.config, base.path)
     if base.format == "pickle":  # the pickle writer takes whole tensors
         replacements = {name: matrix.materialise() for name, matrix in replacements.items()}
-    warnings = ReportWarning.all("nonfinite", session.warnings) + build_warnings(pair, result)
+    warnings = (ReportWarning.all("nonfinite", session.warnings) + build_warnings(pair, result)
+                + ReportWarning.all("audit", audit.warnings()))
 
     write_weights(base, staging, replacements, progress=phase(progress, "write"))
     check_vocab_dims(base, staging, n_rows)

@@ -14,7 +14,7 @@ from ..evaluation.rows import EvalRow
 
 class ReportWarning(str):
     """A warning's text (what report.json, report.md and the terminal show) with its kind, which
-    views sort and style by: "number-scheme", "fallback", "tokenizer", "draft", "nonfinite"."""
+    views sort and style by: "number-scheme", "fallback", "tokenizer", "draft", "nonfinite", "audit"."""
 
     kind: str
 
