@@ -16,6 +16,7 @@ problems each), seconds per step, peak RSS. Draft: acceptance rate and tokens/s 
 (target Gemma3-270M) for the draft before and after healing and for universal assisted generation with the
 untransplanted SmolLM2. --generate N trains on N greedy continuations the teacher writes from prompts of the
 training text instead (heal --generate; the pair's base, the draft's target), the held-out split unchanged.
+--draft-train all heals the draft with heal --train all (every weight) instead of lora.
 
 Every measurement runs in its own child process, one at a time (a shared 2-core machine; each peak RSS is
 its own), and leaves WORK/results/NAME.json, so a rerun resumes. One thread: on the loaded 2-core machine two
@@ -236,7 +237,7 @@ def child_draft(args, name: str) -> dict:
         report = heal(HealConfig(patched=models / draft_model(args), texts=texts,
                                  out=models / f"{draft_model(args)}-healed{variant}", teacher=GEMMA3,
                                  objective="distill",
-                                 train="lora", generate=args.generate,
+                                 train=args.draft_train, generate=args.generate,
                                  steps=steps, eval_every=args.eval_every, patience=steps, max_minutes=args.minutes,
                                  batch_size=args.batch_size or None, context=args.context,
                                  eval_max_bytes=args.eval_max_bytes, device=args.device, force=True))
@@ -270,7 +271,8 @@ def draft_variant(args) -> str:
     """The healed draft's name suffix: its method, what it trained on, and for how long."""
     return (method_tag(args) + (f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
             + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
-            + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else ""))
+            + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else "")
+            + ("" if args.draft_train == "lora" else f"+{args.draft_train}"))
 
 
 def geomean(values: list[float]) -> float:
@@ -361,6 +363,8 @@ def main() -> None:
     parser.add_argument("--draft", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--draft-method", choices=DRAFT_METHODS, default="subword-mean",
                         help="the draft's transplant method (subword-mean: transplant's default, drafts included)")
+    parser.add_argument("--draft-train", choices=("lora", "all"), default="lora",
+                        help="heal --train for the draft (all: every weight, the body at heal's --body-lr)")
     parser.add_argument("--generate", type=int, default=0, help="heal --generate N: train on N greedy continuations "
                         "of the teacher (the pair's base, the draft's target) from prompts of the training text")
     parser.add_argument("--train-bytes", type=int, default=60_000, help="bytes of enwiki_head to train on (the "

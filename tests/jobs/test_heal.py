@@ -156,6 +156,29 @@ def test_lora_output_is_a_plain_merged_checkpoint(patched, text, unseen, tmp_pat
     assert "Recovery training" in (out / "README.md").read_text()
 
 
+def test_train_all_distils_every_weight_from_the_recorded_base(patched, text, tmp_path):
+    """--train all through the CLI: the recorded base teaches as a second copy (the student's body moves), the
+    body trains at --body-lr, and the output is a plain checkpoint in the stored dtype, its body changed too. (The
+    LM mix gives the random tiny model a held-out gain the guard can keep; distillation alone toward it has none.)"""
+    from transformers import AutoModelForCausalLM
+
+    source, out = open_checkpoint(patched["untied"]), tmp_path / "out"
+    result = runner.invoke(app, ["heal", str(source.path), "--text", str(text), "-o", str(out), "--train", "all",
+                                 "--body-lr", "0.001", "--lr", "0.01", "--lm-mix", "1", "--steps", "4", "--eval-every", "2",
+                                 "--batch-size", "2", "--context", "32", "--held-out", "0.2",
+                                 "--eval-max-bytes", "600", "--guard-task", "none", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert (data["objective"], data["train"], data["options"]["body_lr"]) == ("distill", "all", 0.001)
+    assert data["improved"] and set(data["trainable"]) == set(source.tensors)
+    before, after = weights(source.path), weights(out)
+    changed = changed_tensors(before, after)
+    assert {source.input_name, source.output_name} <= changed and any("mlp" in name for name in changed)
+    assert all(after[name].dtype == before[name].dtype for name in before)
+    AutoModelForCausalLM.from_pretrained(out)
+    assert "every weight" in (out / "README.md").read_text()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_distill_with_lora_on_cuda_writes_a_checkpoint_that_loads_on_cpu(patched, text, tmp_path):
     """The GPU path: bf16 autocast, the teacher pass through the shared body, adapters merged from CUDA tensors
@@ -251,6 +274,7 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--guard-task", "spelling"], "--guard-task spelling: not a task"),
     (["--text", "TEXT", "--guard-task", "none", "--guard-task", "arithmetic"], "--guard-task none"),
     (["--text", "TEXT", "--batch-size", "0"], "--batch-size"),
+    (["--text", "TEXT", "--train", "all", "--body-lr", "0"], "--body-lr"),
     (["--text", "TEXT", "--generate", "-1"], "--generate"),
     (["--text", "TEXT", "--guard-text", "/nonexistent.txt"], "does not exist"),
     (["--text", "TEXT", "--guard-text", "TEXT"], "is also a --text"),

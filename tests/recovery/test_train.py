@@ -20,8 +20,8 @@ from tokensurgeon.evaluation.tasks.base import TaskResult
 from tokensurgeon.recovery.data import samples, side
 from tokensurgeon.recovery.student import load_teacher
 from tokensurgeon.recovery.options import RecoveryOptions
-from tokensurgeon.recovery.train import Objective, merged_tensors, recover
-from tokensurgeon.recovery.trainable import BatchRows, keep_rows, prepare
+from tokensurgeon.recovery.train import Objective, fit, merged_tensors, recover
+from tokensurgeon.recovery.trainable import BatchRows, embedding_params, keep_rows, learning_rates, prepare
 
 TEXT = (CORPORA / "lee_news.txt").read_text(encoding="utf-8")[:6000]
 
@@ -62,7 +62,7 @@ def test_identity_transplant_is_at_the_minimum(tiny, kl_mix):
     assert max(p.grad.abs().max().item() for p in trainable.values()) < 1e-6
 
 
-@pytest.mark.parametrize("train", ["rows", "embeddings", "lora"])
+@pytest.mark.parametrize("train", ["rows", "embeddings", "lora", "all"])
 def test_gradients_reach_only_what_train_names(tiny, train):
     model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
     options = _options(objective="lm", train=train)
@@ -73,6 +73,9 @@ def test_gradients_reach_only_what_train_names(tiny, train):
     graded = {name for name, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
     # lora_B starts at zero, so lora_A's first gradient is zero too: it is trainable but not graded yet
     assert graded <= set(trainable) and graded == {n for n in trainable if "lora_A" not in n}
+    if train == "all":
+        assert graded == {n for n, _ in model.named_parameters()}
+        return
     assert all("embed_tokens" in n or (train == "lora" and "lora_" in n) for n in graded)
     if train == "lora":
         assert any("lora_" in n for n in graded)
@@ -98,6 +101,40 @@ def test_merged_output_equals_peft_logits(tiny):
     with torch.no_grad():
         ours, merged = model(input_ids=ids).logits, plain(ids).logits
     assert torch.allclose(merged, ours, atol=1e-4)
+
+
+def test_train_all_learns_the_body_at_its_own_rate_beside_a_separate_teacher(tiny):
+    """train all: the teacher is a second copy (the body it would share moves), the body trains at body_lr and the
+    embeddings at lr, and every changed weight is written, giving the trained model's logits."""
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    assert load_teacher(tiny, model, device=torch.device("cpu")).shares_body
+    teacher = load_teacher(tiny, model, device=torch.device("cpu"), share_body=False)
+    assert not teacher.shares_body
+    options = _options(train="all", lr=1e-3, body_lr=1e-5)
+    model, trainable, _ = prepare(model, options, list(range(1000, 2000)))
+    groups = learning_rates(trainable, embedding_params(model), options)
+    assert [(g["lr"], len(g["params"])) for g in groups] == [(1e-3, 1), (1e-5, len(trainable) - 1)]
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for param in trainable.values():
+            param.add_(torch.randn_like(param) * 0.01)
+    replacements = merged_tensors(model, open_checkpoint(tiny))
+    assert set(replacements) == set(open_checkpoint(tiny).tensors)
+    plain = AutoModelForCausalLM.from_pretrained(tiny, dtype=torch.float32)
+    result = plain.load_state_dict(replacements, strict=False)
+    assert result.missing_keys == ["lm_head.weight"] and not result.unexpected_keys  # tied: stored once
+    ids = torch.tensor([tokenizer(TEXT[:200])["input_ids"]])
+    model.eval()
+    with torch.no_grad():
+        assert torch.allclose(plain(ids).logits, model(input_ids=ids).logits, atol=1e-5)
+
+
+def test_train_all_refuses_a_teacher_that_reads_the_students_body(tiny):
+    model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
+    teacher = load_teacher(tiny, model, device=torch.device("cpu"))
+    with pytest.raises(AssertionError, match="shared-body teacher"):
+        fit(model, tokenizer, {"news": TEXT[:3000]}, {"news": TEXT[3000:4000]},
+            _options(objective="distill", train="all"), teacher=teacher)
 
 
 def test_guard_returns_the_input_when_nothing_improves(tiny, tmp_path):

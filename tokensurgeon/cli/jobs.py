@@ -73,7 +73,8 @@ def heal(
                                                          "the next-token KL over the tokens both share, where both "
                                                          "start a token at the same byte."),
     train: Optional[str] = typer.Option(None, help="rows: the rows the transplant computed; embeddings: every row "
-                                                   f"(others anchored); lora: embeddings + LoRA, merged [default: "
+                                                   f"(others anchored); lora: embeddings + LoRA, merged; all: every "
+                                                   f"weight (the teacher as a second copy) [default: "
                                                    f"{DEFAULT_HEAL_TRAIN}]."),
     teacher: Optional[Path] = typer.Option(HealConfig.teacher, help="Distillation teacher [default: the base in "
                                                                     "PATCHED/report.json]; a draft's target."),
@@ -98,6 +99,8 @@ def heal(
     lr: float = typer.Option(HealConfig.lr, help="AdamW learning rate of the embeddings."),
     lora_lr: float = typer.Option(HealConfig.lora_lr, help="AdamW learning rate of the LoRA adapters."),
     lora_rank: int = typer.Option(HealConfig.lora_rank, help="LoRA rank (--train lora)."),
+    body_lr: float = typer.Option(HealConfig.body_lr, help="AdamW learning rate of the transformer weights "
+                                                           "(--train all)."),
     save_adapter: bool = typer.Option(HealConfig.save_adapter, "--save-adapter",
                                       help="Also write the PEFT adapter (LoRA + embeddings) to OUT/adapter."),
     temperature: float = typer.Option(HealConfig.temperature, help="ALM temperature (--objective distill)."),
@@ -127,7 +130,7 @@ def heal(
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
     trust_remote_code: bool = trust_remote_code_option(),
 ) -> None:
-    """Recovery training of PATCHED (LM or distillation; rows, embeddings or LoRA); keep the best held-out state.
+    """Recovery training of PATCHED (LM or distillation; rows, embeddings, LoRA or all); keep the best held-out state.
 
     Example: `tokensurgeon heal ./smollm2-llama3 --text news.txt --eval-text udhr/ukr.txt -o ./smollm2-llama3-healed`
     """
@@ -139,7 +142,7 @@ def heal(
                             eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None,
                             guard_texts=text_paths(guard_text),
                             steps=steps,
-                            generate=generate, lr=lr, lora_lr=lora_lr,
+                            generate=generate, lr=lr, lora_lr=lora_lr, body_lr=body_lr,
                             lora_rank=lora_rank, anchor_weight=anchor_weight, batch_rows=batch_rows, batch_size=batch_size,
                             context=context,
                             held_out=held_out, eval_every=eval_every, patience=patience,

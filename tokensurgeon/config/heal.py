@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import TokenSurgeonError
 
 HEAL_OBJECTIVES = ("distill", "lm")
-HEAL_TRAIN = ("rows", "embeddings", "lora")
+HEAL_TRAIN = ("rows", "embeddings", "lora", "all")
 HEAL_ROWS = {"new": "rows", "all": "embeddings"}  # the old --rows values, kept as aliases of --train
 DEFAULT_HEAL_OBJECTIVE = "distill"  # docs/heal.md: on P2 and on P1 at 30 CPU minutes, better ratio and behaviour
 DEFAULT_HEAL_TRAIN = "lora"
@@ -37,8 +37,9 @@ class HealConfig:
             loss to distill with that weight, ``kl_mix`` the next-token KL over the tokens both vocabularies
             share, at the positions where both tokenizations start a token at the same byte.
         train: "rows" (rows the transplant computed plus copies of barely trained base rows), "embeddings"
-            (every row, ``anchor_weight`` pulling the others back) or "lora" (embeddings plus LoRA adapters of
-            rank ``lora_rank`` on the attention and MLP projections, merged into the output).
+            (every row, ``anchor_weight`` pulling the others back), "lora" (embeddings plus LoRA adapters of
+            rank ``lora_rank`` on the attention and MLP projections, merged into the output) or "all" (every
+            weight, the body at ``body_lr``; the teacher is then a second model copy, never the student's body).
         rows: deprecated alias of the previous heal: objective "lm" with train "rows" ("new") or "embeddings"
             ("all"); an objective or train given beside it must agree with it.
         teacher: the distillation teacher; None = the base recorded in PATCHED/report.json.
@@ -83,6 +84,7 @@ class HealConfig:
     lr: float = 1e-3
     lora_lr: float = 5e-4
     lora_rank: int = 16
+    body_lr: float = 1e-4  # --train all: the transformer weights'; embeddings keep lr
     anchor_weight: float = 1.0
     batch_rows: bool = True  # docs/heal.md: P2 ratio 1.419 -> 1.413, retention 0.289 -> 0.328; P1 retention kept
     batch_size: int | None = None
@@ -136,10 +138,10 @@ class HealConfig:
         if min(self.steps, self.eval_every, self.patience, batch, self.lora_rank) < 1:
             raise TokenSurgeonError("--steps, --eval-every, --patience, --batch-size and --lora-rank must be at "
                                     "least 1")
-        if (not (self.lr > 0 and self.lora_lr > 0 and self.temperature > 0)
+        if (not (self.lr > 0 and self.lora_lr > 0 and self.body_lr > 0 and self.temperature > 0)
                 or min(self.anchor_weight, self.lm_mix, self.kl_mix) < 0):
-            raise TokenSurgeonError("--lr, --lora-lr and --temperature must be positive, --anchor-weight, --lm-mix "
-                                    "and --kl-mix at least 0")
+            raise TokenSurgeonError("--lr, --lora-lr, --body-lr and --temperature must be positive, --anchor-weight, "
+                                    "--lm-mix and --kl-mix at least 0")
         if self.guard_tasks is not None and NO_GUARD in self.guard_tasks and len(self.guard_tasks) > 1:
             raise TokenSurgeonError("--guard-task none turns the guard tasks off; it does not go with others")
         if self.generate < 0:

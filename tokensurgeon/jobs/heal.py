@@ -91,7 +91,7 @@ def recovery_options(config: HealConfig, guard_tasks: tuple[str, ...]) -> Recove
     return RecoveryOptions(
         objective=config.objective, lm_mix=config.lm_mix, kl_mix=config.kl_mix, temperature=config.temperature,
         train=config.train,
-        steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank,
+        steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank, body_lr=config.body_lr,
         anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
         context=config.context, eval_every=config.eval_every, patience=config.patience, eval_max_bytes=config.eval_max_bytes,
         max_minutes=config.max_minutes, guard_tasks=guard_tasks,
@@ -194,6 +194,7 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
             improved=result.improved, stopped_by=result.stopped_by, tokens_per_second=result.tokens_per_second,
             seconds_per_step=result.seconds_per_step,
             options={"steps": config.steps, "lr": config.lr, "lora_lr": config.lora_lr, "lora_rank": config.lora_rank,
+                     "body_lr": config.body_lr,
                      "lm_mix": config.lm_mix, "kl_mix": config.kl_mix, "temperature": config.temperature,
                      "anchor_weight": config.anchor_weight, "batch_rows": config.batch_rows,
                      "batch_size": result.batch_size,
@@ -231,7 +232,7 @@ def card_lines(report: HealReport) -> list[str]:
 
     objective = {"lm": "next-token loss on text", "distill": f"distillation toward `{report.teacher}`"}
     trained = {"rows": "the transplant's computed embedding rows", "embeddings": "every embedding row",
-               "lora": "the embeddings and LoRA adapters (merged)"}
+               "lora": "the embeddings and LoRA adapters (merged)", "all": "every weight"}
     lines = [f"Recovery training of {trained.get(report.train, report.train)} by "
              f"{objective.get(report.objective, report.objective)} for {report.steps_run} steps "
              f"({report.tokens_per_second:,.0f} tokens/s); the best held-out state (step {report.best_step}) is kept"

@@ -24,6 +24,7 @@ class RecoveryOptions:
             own chunks, not which continuation the model prefers, which greedy decoding follows.
         temperature: ALM temperature (the paper's default 100); the loss is scaled by it (objectives.py).
         lora_lr: learning rate of the LoRA adapters (lr is the embeddings').
+        body_lr: learning rate of the transformer weights under train "all".
         max_minutes: stop training after this many minutes (None: no budget).
         block: positions per block of float32 logits.
     """
@@ -37,6 +38,7 @@ class RecoveryOptions:
     lr: float = HealConfig.lr
     lora_lr: float = HealConfig.lora_lr
     lora_rank: int = HealConfig.lora_rank
+    body_lr: float = HealConfig.body_lr
     lora_targets: tuple[str, ...] = LORA_TARGETS
     anchor_weight: float = HealConfig.anchor_weight
     batch_rows: bool = HealConfig.batch_rows
@@ -61,5 +63,6 @@ class RecoveryOptions:
         batch = 1 if self.batch_size is None else self.batch_size  # None: sized by fit() (batch.py)
         if min(self.steps, batch, self.eval_every, self.patience) < 1 or self.context < 4:
             raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
-        if self.temperature <= 0 or min(self.lm_mix, self.kl_mix) < 0 or self.lr <= 0 or self.lora_lr <= 0:
+        if self.temperature <= 0 or min(self.lm_mix, self.kl_mix) < 0 or min(self.lr, self.lora_lr,
+                                                                              self.body_lr) <= 0:
             raise TokenSurgeonError("temperature and learning rates must be > 0, lm-mix and kl-mix >= 0")

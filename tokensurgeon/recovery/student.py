@@ -127,14 +127,16 @@ def same_body(student: Any, teacher: Checkpoint) -> bool:
     return True
 
 
-def load_teacher(path: Path, student: Any, *, device: torch.device, trust_remote_code: bool = False) -> Teacher:
-    """The teacher at path: its rows only when its body is the student's, else the whole model, frozen."""
+def load_teacher(path: Path, student: Any, *, device: torch.device, share_body: bool = True,
+                 trust_remote_code: bool = False) -> Teacher:
+    """The teacher at path: its rows only when its body is the student's (and share_body: the body will not
+    train), else the whole model, frozen."""
     from tokensurgeon.evaluation import load_for_eval
     from tokensurgeon.vocab import load_tokenizer
 
     checkpoint = open_checkpoint(path, trust_remote_code=trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
-    if same_body(student, checkpoint):
+    if share_body and same_body(student, checkpoint):
         embed, head = read_embeddings(checkpoint)
         embed = embed.to(device=device, dtype=torch.float32)
         head = embed if head is None else head.to(device=device, dtype=torch.float32)

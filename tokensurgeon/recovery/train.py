@@ -2,14 +2,16 @@
 
 What trains (``train``): ``rows`` = the rows the transplant computed plus copied rows the base barely
 trained; ``embeddings`` = every row, copied rows anchored to their start; ``lora`` = embeddings plus
-PEFT LoRA adapters on the attention and MLP projections. The held-out guard stays: the in-file held-out
-part of every training text is scored (bits per byte) before training and every ``eval_every`` steps,
-and a state counts only when it lowers the mean and raises no text above its start; when none does,
-the result is the input, unchanged. ``eval_texts`` are scored before and after but never choose a state.
+PEFT LoRA adapters on the attention and MLP projections; ``all`` = every weight. The held-out guard
+stays: the in-file held-out part of every training text is scored (bits per byte) before training and
+every ``eval_every`` steps, and a state counts only when it lowers the mean and raises no text above its
+start; when none does, the result is the input, unchanged. ``eval_texts`` are scored before and after
+but never choose a state.
 
 Memory, by design: one model copy (the teacher pass reuses the student's body with adapters off and
 the base rows swapped in), the base embedding (and untied head), logits for one block of positions at
-a time, Adam state of the trainable tensors only, and one CPU copy of them for the best state.
+a time, Adam state of the trainable tensors only, and one CPU copy of them for the best state. ``all``
+trains the body too, so the teacher is a second, frozen copy, and Adam holds two more of the model.
 """
 
 from __future__ import annotations
@@ -34,8 +36,8 @@ from tokensurgeon.recovery.data import (Sample, Side, chunk_mask, chunk_starts, 
 from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
 from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
-from tokensurgeon.recovery.trainable import (BatchRows, embedding_params, free_rows, prepare, read_provenance,
-                                             trainable_counts)
+from tokensurgeon.recovery.trainable import (BatchRows, embedding_params, free_rows, learning_rates, prepare,
+                                             read_provenance, trainable_counts)
 from tokensurgeon.vocab.undertrained import undertrained_rows
 
 Progress = Callable[[int, int, str], None]  # (step, steps, note: the loss and tokens/s so far)
@@ -190,6 +192,8 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     if options.objective == "distill" and teacher is None:
         raise TokenSurgeonError("--objective distill needs a teacher: the transplant's base (report.json) or "
                                 "--teacher DIR")
+    if options.train == "all" and teacher is not None and teacher.shares_body:
+        raise AssertionError("train all moves the body a shared-body teacher reads (load_teacher(share_body=False))")
     student_side = side(tokenizer)
     shared_tokenizer = teacher is not None and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     teacher_side = side(teacher.tokenizer) if options.objective == "distill" and not shared_tokenizer else None
@@ -197,9 +201,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
     batch_rows = BatchRows(list(embedding_params(model).values())) if options.batch_rows else None
-    groups = [{"params": [p for n, p in trainable.items() if "lora_" not in n], "lr": options.lr},
-              {"params": [p for n, p in trainable.items() if "lora_" in n], "lr": options.lora_lr}]
-    optimizer = torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(learning_rates(trainable, embedding_params(model), options), weight_decay=0.0)
     objective = Objective(options, student_side, teacher, teacher_side)
     sampler = _Sampler(per_text, options.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()  # CPU: float32
@@ -294,6 +296,9 @@ def merged_tensors(model: Any, checkpoint: Checkpoint) -> dict[str, torch.Tensor
     """
     base = unwrap(model)
     changed = {name: p.detach() for name, p in embedding_params(model).items()}
+    if not hasattr(model, "get_base_model"):  # no adapters: every weight that trained (train all) changed
+        rows = {id(p) for p in changed.values()}
+        changed |= {name: p.detach() for name, p in base.named_parameters() if p.requires_grad and id(p) not in rows}
     for name, module in base.named_modules():
         if hasattr(module, "get_delta_weight") and hasattr(module, "base_layer"):
             weight = module.base_layer.weight.detach()
@@ -360,7 +365,8 @@ def recover(patched: Path, train_texts: dict[str, str], held_out: dict[str, str]
         undertrained = undertrained_rows(read_embeddings(teacher_checkpoint)[0],
                                          build_vocabulary(teacher_tokenizer).byte_fallback)
         if options.objective == "distill":  # the teacher's rows (or model) are needed only to distil
-            teacher_model = load_teacher(teacher_dir, model, device=target, trust_remote_code=trust_remote_code)
+            teacher_model = load_teacher(teacher_dir, model, device=target, share_body=options.train != "all",
+                                         trust_remote_code=trust_remote_code)
     model, result = fit(model, tokenizer, train_texts, held_out, options,
                         teacher=teacher_model,
                         free=free_rows(provenance, undertrained), unseen=unseen, device=target, retention=retention,

@@ -103,9 +103,10 @@ def prepare(model: Any, options: RecoveryOptions, free: list[int] | None
 
     rows: free rows only (a gradient hook zeroes the others, so Adam never moves them); embeddings: every
     row, the rows not in free anchored; lora: that plus LoRA adapters (PEFT freezes the embeddings, so
-    they are re-enabled after wrapping). free None (no provenance): rows cannot run, every row is anchored.
+    they are re-enabled after wrapping); all: every weight, the embeddings as under embeddings. free None
+    (no provenance): rows cannot run, every row is anchored.
     """
-    model.requires_grad_(False)
+    model.requires_grad_(options.train == "all")
     if options.train == "lora":
         model = add_lora(model, rank=options.lora_rank, targets=options.lora_targets)
     embeddings = embedding_params(model)
@@ -129,6 +130,17 @@ def prepare(model: Any, options: RecoveryOptions, free: list[int] | None
         unwrap(model).gradient_checkpointing_enable()
         unwrap(model).enable_input_require_grads()
     return model, trainable, anchors
+
+
+def learning_rates(trainable: dict[str, torch.nn.Parameter], embeddings: dict[str, torch.nn.Parameter],
+                   options: RecoveryOptions) -> list[dict[str, Any]]:
+    """AdamW parameter groups: embeddings at lr, LoRA adapters at lora_lr, any other weight (train all) at body_lr."""
+    rows = {id(p) for p in embeddings.values()}
+    by_kind: dict[str, list[torch.nn.Parameter]] = {"lr": [], "lora_lr": [], "body_lr": []}
+    for name, param in trainable.items():
+        kind = "lr" if id(param) in rows else "lora_lr" if "lora_" in name else "body_lr"
+        by_kind[kind].append(param)
+    return [{"params": params, "lr": getattr(options, kind)} for kind, params in by_kind.items() if params]
 
 
 def trainable_counts(trainable: dict[str, torch.nn.Parameter], options: RecoveryOptions,
