@@ -177,3 +177,21 @@ def test_a_large_flagged_share_warns_and_a_few_flagged_rows_do_not():
     assert many.warnings() == ["the audit flagged 46,973 of 215,887 computed rows (22%; norm 46,011): check the output "
                                "before use (evaluate), or try another --method"]
     assert few.warnings(share=0.0001) and not many.warnings(share=0.5)
+
+
+def test_inspect_audit_prints_the_warning_a_transplant_would():
+    """`inspect OUT --audit` shows the same warning line as the transplant that wrote OUT, and none for a few rows."""
+    from io import StringIO
+
+    from rich.console import Console
+
+    from tokensurgeon.cli.render import print_audit
+
+    def printed(report: AuditReport) -> str:
+        out = StringIO()
+        print_audit(Console(file=out, width=400), report)
+        return out.getvalue()
+
+    many = AuditReport(checked=215_887, checks=["norm"], counts={"norm": 46_011}, flagged=46_973)
+    assert f"warning: {many.warnings()[0]}" in printed(many)
+    assert "warning" not in printed(AuditReport(checked=3004, checks=["norm"], counts={"norm": 1}, flagged=1))

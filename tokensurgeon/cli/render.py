@@ -217,9 +217,12 @@ def print_tasks(console: Console, results: list) -> None:
 
 
 def print_audit(console: Console, report) -> None:
-    """The audit (evaluation.audit.AuditReport): counts per reason, then the worst flagged rows."""
+    """The audit (evaluation.audit.AuditReport): counts per reason, the warning a transplant would print, then
+    the worst flagged rows."""
     console.print(f"audited {report.checked:,} computed rows ({', '.join(report.checks)}): "
                   f"{report.flagged:,} flagged", highlight=False)
+    for warning in report.warnings():
+        console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     counts = Table("reason", "rows", "flags beyond", title="Audit")
     for reason, count in report.counts.items():
         counts.add_row(reason, f"{count:,}", str(report.limits.get(reason, "")))
