@@ -200,8 +200,9 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     per_text = [samples(text, label, student_side, teacher_side, options.context)
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
-    batch_rows = BatchRows(list(embedding_params(model).values())) if options.batch_rows else None
-    optimizer = torch.optim.AdamW(learning_rates(trainable, embedding_params(model), options), weight_decay=0.0)
+    embeddings = embedding_params(model)
+    batch_rows = BatchRows(list(embeddings.values())) if options.batch_rows else None
+    optimizer = torch.optim.AdamW(learning_rates(trainable, embeddings, options), weight_decay=0.0)
     objective = Objective(options, student_side, teacher, teacher_side)
     sampler = _Sampler(per_text, options.seed)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()  # CPU: float32
