@@ -52,7 +52,7 @@ WIDE = ("udhr/ces.txt", "udhr/hun.txt", "udhr/ind.txt", "udhr/nld.txt", "udhr/po
         "udhr/tam.txt", "udhr/urd.txt", "udhr/yor.txt", "udhr/zul.txt")  # --wide: the rest of ../shared's UDHR
 PAIRS = {"p2": SMOLLM2, "p1": GEMMA3}  # patched model -> its base (the teacher)
 CONFIGS = {"lm+rows": ("lm", "rows"), "lm+lora": ("lm", "lora"), "distill+lora": ("distill", "lora"),
-           "distill+embeddings": ("distill", "embeddings")}
+           "distill+embeddings": ("distill", "embeddings"), "distill+all": ("distill", "all")}
 DRAFT_METHODS = ("omp", "subword-mean")
 PROMPT_BYTES, COMPARE_BYTES = 80, 16
 
