@@ -65,9 +65,9 @@ def cut(text: str, max_bytes: int) -> str:
     return text.encode("utf-8")[:max_bytes].decode("utf-8", errors="ignore")
 
 
-def training_files(work: Path, train_bytes: int, wide: bool = False) -> list[Path]:
+def training_files(work: Path, train_bytes: int, wide: bool = False, extra: tuple[str, ...] = ()) -> list[Path]:
     """The training texts as files (heal reads files): enwiki cut to train_bytes, the UDHR files whole; ``wide``
-    adds every UDHR file that is not an unseen text."""
+    adds every UDHR file that is not an unseen text, ``extra`` files of the caller's as they are."""
     folder = work / f"train-{train_bytes}{'-wide' * wide}"
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
@@ -76,7 +76,7 @@ def training_files(work: Path, train_bytes: int, wide: bool = False) -> list[Pat
         if not path.exists():
             path.write_text(cut(read(name), train_bytes) if name == "enwiki_head.txt" else read(name), encoding="utf-8")
         paths.append(path)
-    return paths
+    return paths + [Path(name) for name in extra]
 
 
 def guard_news() -> str:
@@ -188,10 +188,10 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    variants = r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+guard-|\+gen|\+b|\+anchor|\+kl"
+    variants = r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+extra-|\+guard-|\+gen|\+b|\+anchor|\+kl"
     objective, train = CONFIGS[re.split(variants, name)[0]]
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
-              for p in training_files(Path(args.work), args.train_bytes, args.wide)}
+              for p in training_files(Path(args.work), args.train_bytes, args.wide, args.extra_text)}
     steps = args.steps if args.minutes is None else 10**6  # equal wall time: as many steps as fit
     options = RecoveryOptions(objective=objective, train=train, steps=steps, eval_every=args.eval_every,
                               patience=steps, batch_size=args.batch_size or None, context=args.context,
@@ -233,7 +233,7 @@ def child_draft(args, name: str) -> dict:
         from tokensurgeon.jobs.heal import heal
 
         steps = args.steps if args.minutes is None else 10**6  # --minutes: as many steps as fit
-        texts = tuple(training_files(work, args.train_bytes, args.wide))
+        texts = tuple(training_files(work, args.train_bytes, args.wide, args.extra_text))
         report = heal(HealConfig(patched=models / draft_model(args), texts=texts,
                                  out=models / f"{draft_model(args)}-healed{variant}", teacher=GEMMA3,
                                  objective="distill",
@@ -272,6 +272,7 @@ def draft_variant(args) -> str:
     return (method_tag(args) + (f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
             + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
             + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else "")
+            + "".join(f"+extra-{Path(p).stem}" for p in args.extra_text)
             + ("" if args.draft_train == "lora" else f"+{args.draft_train}"))
 
 
@@ -345,6 +346,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
     parser.add_argument("--lora-lr", type=float, default=None, help="LoRA learning rate (default: heal's)")
     parser.add_argument("--wide", action="store_true", help="train on every UDHR file that is not unseen too")
+    parser.add_argument("--extra-text", action="append", default=[], help="one more training file (repeatable; "
+                        "e.g. bench/vocab_text.py's teacher samples)")
     parser.add_argument("--anchor-weight", type=float, default=None, help="heal --anchor-weight (default: heal's)")
     parser.add_argument("--omp-k", type=int, default=8)
     parser.add_argument("--prompts", type=int, default=50)
@@ -388,7 +391,8 @@ def main() -> None:
     build(work, args.omp_k, args.device, pairs + [draft_model(args)] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
           f"{args.batch_size or 'auto'} x {args.context} tokens (lr {args.lr or HealConfig.lr:g}, LoRA r=16 lr "
-          f"{args.lora_lr or HealConfig.lora_lr:g}), training files: {len(TRAIN + WIDE * args.wide)}, eval every "
+          f"{args.lora_lr or HealConfig.lora_lr:g}), training files: "
+          f"{len(TRAIN + WIDE * args.wide) + len(args.extra_text)}, eval every "
           f"{args.eval_every}; unseen "
           f"texts: first {args.eval_max_bytes} bytes; {args.prompts} prompts x {args.new_tokens} greedy tokens, first "
           f"{COMPARE_BYTES} bytes compared; arithmetic: {args.per_group} problems per op and 1-3 digits; "
@@ -397,6 +401,7 @@ def main() -> None:
         budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
                   + ("" if args.lr is None else f"+lr{args.lr:g}")
                   + ("" if args.lora_lr is None else f"+lora-lr{args.lora_lr:g}") + ("+wide" if args.wide else "")
+                  + "".join(f"+extra-{Path(p).stem}" for p in args.extra_text)
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
                   + ("" if args.kl_mix is None else f"+kl{args.kl_mix:g}")
