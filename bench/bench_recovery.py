@@ -267,12 +267,17 @@ def method_tag(args) -> str:
     return "" if args.draft_method == "subword-mean" else f"+{args.draft_method}"
 
 
+def extra_tag(args) -> str:
+    """The run-name suffix of --extra-text files, one per file by its stem."""
+    return "".join(f"+extra-{Path(p).stem}" for p in args.extra_text)
+
+
 def draft_variant(args) -> str:
     """The healed draft's name suffix: its method, what it trained on, and for how long."""
     return (method_tag(args) + (f"@{args.steps}steps" if args.minutes is None else f"@{args.minutes:g}min")
             + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
             + (f"+gen{args.generate}" if args.generate else "") + ("+wide" if args.wide else "")
-            + "".join(f"+extra-{Path(p).stem}" for p in args.extra_text)
+            + extra_tag(args)
             + ("" if args.draft_train == "lora" else f"+{args.draft_train}"))
 
 
@@ -401,7 +406,7 @@ def main() -> None:
         budget = (("" if args.minutes is None else f"@{args.minutes:g}min") + ("+batch-rows" if args.batch_rows else "")
                   + ("" if args.lr is None else f"+lr{args.lr:g}")
                   + ("" if args.lora_lr is None else f"+lora-lr{args.lora_lr:g}") + ("+wide" if args.wide else "")
-                  + "".join(f"+extra-{Path(p).stem}" for p in args.extra_text)
+                  + extra_tag(args)
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
                   + ("" if args.kl_mix is None else f"+kl{args.kl_mix:g}")
