@@ -40,6 +40,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
+from bench_scale_omp import machine
 
 SHARED = Path(os.environ.get("TOKENSURGEON_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
 CORPORA = SHARED / "corpora"
@@ -392,6 +393,7 @@ def main() -> None:
     from tokensurgeon.config import HealConfig
 
     clock = time.perf_counter()
+    print(machine(), flush=True)  # 30-minute figures compare across stops only on one kind of machine
     pairs = list(filter(None, args.pairs.split(",")))
     build(work, args.omp_k, args.device, pairs + [draft_model(args)] * args.draft)
     print(f"{f'{args.steps} steps' if args.minutes is None else f'{args.minutes:g} minutes'} of training, steps of "
