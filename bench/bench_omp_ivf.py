@@ -65,12 +65,15 @@ def main() -> None:
         residuals[step] = targets - torch.einsum("bk,bkd->bd", code.coefficients, atoms[code.indices])
     print(f"N={args.atoms} D={atoms.shape[1]} targets={args.targets}, exact top-{POOL} pools against IVF pools")
     print(f"{'clusters':>8} {'step':>5} {'probed':>7} {'searched':>9} {'recall':>7} {'best first':>10}")
+    units = atoms / norms[:, None].clamp_min(1e-12)
+    files = {}  # clusters -> (centroids (C, D), each atom's cluster (N,), each cluster's longest atom (C,))
     for clusters in args.clusters:
-        centroids, assign = spherical_kmeans(atoms / norms[:, None].clamp_min(1e-12), clusters, 10, args.seed)
-        longest = torch.zeros(clusters).scatter_reduce(0, assign, norms, "amax")  # (C,)
-        for step, residual in residuals.items():
-            exact = (residual @ atoms.T).abs()  # (B, N)
-            truth = exact.topk(POOL, dim=1).indices
+        centroids, assign = spherical_kmeans(units, clusters, 10, args.seed)
+        files[clusters] = centroids, assign, torch.zeros(clusters).scatter_reduce(0, assign, norms, "amax")
+    for step, residual in residuals.items():
+        exact = (residual @ atoms.T).abs()  # (B, N), once per step for every inverted file
+        truth = exact.topk(POOL, dim=1).indices
+        for clusters, (centroids, assign, longest) in files.items():
             scores = (residual @ centroids.T).abs() * longest  # (B, C)
             for probed in (clusters // 32, clusters // 16, clusters // 8):
                 allowed = torch.zeros(len(residual), clusters, dtype=torch.bool)
