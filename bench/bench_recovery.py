@@ -189,7 +189,7 @@ def child_model(args, pair: str, name: str) -> dict:
         return {"config": name} | behaviour(args, model, tokenizer, chat)
     from tokensurgeon.jobs.heal import split_held_out
 
-    variants = r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+extra-|\+guard-|\+gen|\+b|\+anchor|\+kl"
+    variants = r"@|\+batch-rows|\+lr|\+lora-lr|\+wide|\+extra-|\+guard-|\+gen|\+b|\+anchor|\+kl|\+hidden|\+body-lr"
     objective, train = CONFIGS[re.split(variants, name)[0]]
     splits = {p.stem: split_held_out(p.read_text(encoding="utf-8"), 0.1)
               for p in training_files(Path(args.work), args.train_bytes, args.wide, args.extra_text)}
@@ -198,6 +198,8 @@ def child_model(args, pair: str, name: str) -> dict:
                               patience=steps, batch_size=args.batch_size or None, context=args.context,
                               eval_max_bytes=args.eval_max_bytes, lm_mix=args.lm_mix, max_minutes=args.minutes,
                               **({} if args.kl_mix is None else {"kl_mix": args.kl_mix}),
+                              **({} if args.hidden_mix is None else {"hidden_mix": args.hidden_mix}),
+                              **({} if args.body_lr is None else {"body_lr": args.body_lr}),
                               **({} if args.lr is None else {"lr": args.lr}),
                               **({} if args.lora_lr is None else {"lora_lr": args.lora_lr}),
                               **({} if args.anchor_weight is None else {"anchor_weight": args.anchor_weight}),
@@ -347,6 +349,8 @@ def main() -> None:
     parser.add_argument("--eval-max-bytes", type=int, default=1500)
     parser.add_argument("--lm-mix", type=float, default=0.0)
     parser.add_argument("--kl-mix", type=float, default=None, help="heal --kl-mix (default: heal's)")
+    parser.add_argument("--hidden-mix", type=float, default=None, help="heal --hidden-mix (default: heal's)")
+    parser.add_argument("--body-lr", type=float, default=None, help="heal --body-lr, --train all (default: heal's)")
     parser.add_argument("--guard-news", action="store_true", help="heal --guard-text with lee_news's characters "
                         "20,000-100,000 (English news apart from the unseen text and the behaviour prompts)")
     parser.add_argument("--lr", type=float, default=None, help="embedding learning rate (default: heal's)")
@@ -412,6 +416,8 @@ def main() -> None:
                   + ("" if args.batch_size == 4 else f"+b{args.batch_size or 'auto'}")
                   + ("" if args.anchor_weight is None else f"+anchor{args.anchor_weight:g}")
                   + ("" if args.kl_mix is None else f"+kl{args.kl_mix:g}")
+                  + ("" if args.hidden_mix is None else f"+hidden{args.hidden_mix:g}")
+                  + ("" if args.body_lr is None else f"+body-lr{args.body_lr:g}")
                   + ("+guard-news" if args.guard_news else "")
                   + (f"+gen{args.generate}" if args.generate else "")
                   + "".join(f"+guard-{task}" for task in filter(None, args.guard_task.split(","))))

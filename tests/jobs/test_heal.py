@@ -258,6 +258,7 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     assert data["options"]["lr"] == 0.01 and data["options"]["max_minutes"] == 5 and data["options"]["lora_rank"] == 2
     help_text = runner.invoke(app, ["heal", "--help"]).output
     assert help_text.count("Example") == 1 and "--objective" in help_text and "--save-adapter" in help_text
+    assert "--hidden-mix" in help_text
 
 
 @pytest.mark.parametrize("args, message", [
@@ -276,6 +277,9 @@ def test_cli_options_reach_the_engine(patched, text, unseen, tmp_path):
     (["--text", "TEXT", "--batch-size", "0"], "--batch-size"),
     (["--text", "TEXT", "--train", "all", "--body-lr", "0"], "--body-lr"),
     (["--text", "TEXT", "--generate", "-1"], "--generate"),
+    (["--text", "TEXT", "--hidden-mix", "-1"], "--hidden-mix"),
+    (["--text", "TEXT", "--objective", "lm", "--hidden-mix", "1"], "terms of --objective distill"),
+    (["--text", "TEXT", "--objective", "lm", "--kl-mix", "1"], "terms of --objective distill"),
     (["--text", "TEXT", "--guard-text", "/nonexistent.txt"], "does not exist"),
     (["--text", "TEXT", "--guard-text", "TEXT"], "is also a --text"),
     (["--text", "TEXT", "--guard-task", "none", "--guard-text", "UNSEEN"], "no retention guard runs"),

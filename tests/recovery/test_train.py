@@ -43,14 +43,14 @@ def _options(**kw):
                                "eval_max_bytes": 600, "eval_context": 64} | kw))
 
 
-@pytest.mark.parametrize("kl_mix", [0.0, 1.0])
-def test_identity_transplant_is_at_the_minimum(tiny, kl_mix):
+@pytest.mark.parametrize("kl_mix,hidden_mix", [(0.0, 0.0), (1.0, 0.0), (0.0, 1.0)])
+def test_identity_transplant_is_at_the_minimum(tiny, kl_mix, hidden_mix):
     """Student == teacher (same body, same rows): distill loss 0 and no gradient anywhere, with the shared-token
-    KL term too."""
+    KL term or the hidden-state term too."""
     model, tokenizer = load_for_eval(tiny, device=torch.device("cpu"))
     teacher = load_teacher(tiny, model, device=torch.device("cpu"))
     assert teacher.shares_body
-    options = _options(train="embeddings", kl_mix=kl_mix)
+    options = _options(train="embeddings", kl_mix=kl_mix, hidden_mix=hidden_mix)
     model, trainable, _ = prepare(model, options, None)
     student = side(tokenizer)
     # a second tokenizer object (the teacher's) forces the chunk path (ALM), not token-level KL

@@ -72,6 +72,9 @@ def heal(
     kl_mix: float = typer.Option(HealConfig.kl_mix, help="With --objective distill across two tokenizers: weight of "
                                                          "the next-token KL over the tokens both share, where both "
                                                          "start a token at the same byte."),
+    hidden_mix: float = typer.Option(HealConfig.hidden_mix, help="With --objective distill across two tokenizers: "
+                                                                 "weight of the distance between the two models' "
+                                                                 "last hidden states at those same positions."),
     train: Optional[str] = typer.Option(None, help="rows: the rows the transplant computed; embeddings: every row "
                                                    f"(others anchored); lora: embeddings + LoRA, merged; all: every "
                                                    f"weight (the teacher as a second copy) [default: "
@@ -138,7 +141,7 @@ def heal(
         from ..jobs.heal import heal as run_heal
 
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
-                            kl_mix=kl_mix, temperature=temperature, train=train, rows=rows, teacher=teacher,
+                            kl_mix=kl_mix, hidden_mix=hidden_mix, temperature=temperature, train=train, rows=rows, teacher=teacher,
                             eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None,
                             guard_texts=text_paths(guard_text),
                             steps=steps,

@@ -35,7 +35,8 @@ class HealConfig:
         objective: "lm" (next-token loss on the text) or "distill" (ALM chunk divergence toward the teacher;
             token-level KL when teacher and student share a tokenizer, as for drafts); ``lm_mix`` adds the LM
             loss to distill with that weight, ``kl_mix`` the next-token KL over the tokens both vocabularies
-            share, at the positions where both tokenizations start a token at the same byte.
+            share, at the positions where both tokenizations start a token at the same byte, ``hidden_mix`` the
+            distance between the two models' last hidden states at those positions (same width only).
         train: "rows" (rows the transplant computed plus copies of barely trained base rows), "embeddings"
             (every row, ``anchor_weight`` pulling the others back), "lora" (embeddings plus LoRA adapters of
             rank ``lora_rank`` on the attention and MLP projections, merged into the output) or "all" (every
@@ -73,6 +74,7 @@ class HealConfig:
     objective: str | None = None
     lm_mix: float = 0.0
     kl_mix: float = 0.0
+    hidden_mix: float = 0.0
     temperature: float = 100.0
     train: str | None = None
     rows: str | None = None
@@ -139,9 +141,10 @@ class HealConfig:
             raise TokenSurgeonError("--steps, --eval-every, --patience, --batch-size and --lora-rank must be at "
                                     "least 1")
         if (not (self.lr > 0 and self.lora_lr > 0 and self.body_lr > 0 and self.temperature > 0)
-                or min(self.anchor_weight, self.lm_mix, self.kl_mix) < 0):
+                or min(self.anchor_weight, self.lm_mix, self.kl_mix, self.hidden_mix) < 0):
             raise TokenSurgeonError("--lr, --lora-lr, --body-lr and --temperature must be positive, --anchor-weight, "
-                                    "--lm-mix and --kl-mix at least 0")
+                                    "--lm-mix, --kl-mix and --hidden-mix at least 0")
+        check_distill_terms(self.objective, self.kl_mix, self.hidden_mix)
         if self.guard_tasks is not None and NO_GUARD in self.guard_tasks and len(self.guard_tasks) > 1:
             raise TokenSurgeonError("--guard-task none turns the guard tasks off; it does not go with others")
         if self.generate < 0:
@@ -157,6 +160,13 @@ class HealConfig:
 
     def guard_tasks_for(self, has_teacher: bool) -> tuple[str, ...]:
         return guard_tasks_for(self.guard_tasks, has_teacher)
+
+
+def check_distill_terms(objective: str, kl_mix: float, hidden_mix: float) -> None:
+    """--kl-mix and --hidden-mix compare the student with a teacher: with --objective lm they would be ignored."""
+    if objective != "distill" and (kl_mix or hidden_mix):
+        raise TokenSurgeonError(f"--kl-mix and --hidden-mix are terms of --objective distill, not of --objective "
+                                f"{objective}")
 
 
 def guard_tasks_for(given: tuple[str, ...] | None, has_teacher: bool) -> tuple[str, ...]:

@@ -89,7 +89,8 @@ def recovery_options(config: HealConfig, guard_tasks: tuple[str, ...]) -> Recove
     """The engine's options from a HealConfig (evaluation context as `evaluate`'s, so ratios compare), with the
     guard tasks resolved (HealConfig.guard_tasks_for)."""
     return RecoveryOptions(
-        objective=config.objective, lm_mix=config.lm_mix, kl_mix=config.kl_mix, temperature=config.temperature,
+        objective=config.objective, lm_mix=config.lm_mix, kl_mix=config.kl_mix, hidden_mix=config.hidden_mix,
+        temperature=config.temperature,
         train=config.train,
         steps=config.steps, lr=config.lr, lora_lr=config.lora_lr, lora_rank=config.lora_rank, body_lr=config.body_lr,
         anchor_weight=config.anchor_weight, batch_rows=config.batch_rows, batch_size=config.batch_size,
@@ -195,7 +196,8 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
             seconds_per_step=result.seconds_per_step,
             options={"steps": config.steps, "lr": config.lr, "lora_lr": config.lora_lr, "lora_rank": config.lora_rank,
                      "body_lr": config.body_lr,
-                     "lm_mix": config.lm_mix, "kl_mix": config.kl_mix, "temperature": config.temperature,
+                     "lm_mix": config.lm_mix, "kl_mix": config.kl_mix, "hidden_mix": config.hidden_mix,
+                     "temperature": config.temperature,
                      "anchor_weight": config.anchor_weight, "batch_rows": config.batch_rows,
                      "batch_size": result.batch_size,
                      "context": config.context, "held_out": config.held_out, "eval_every": config.eval_every,

@@ -1,4 +1,5 @@
-"""Losses of recovery: ALM's binarised chunk divergence, the plain LM loss, and token-level KL for drafts.
+"""Losses of recovery: ALM's binarised chunk divergence, the plain LM loss, token-level KL for drafts, and the
+distance between hidden states where teacher and student have read the same bytes.
 
 All of them start from hidden states and a head matrix rather than from logits, so that the
 vocabulary-sized logits exist for one block of positions at a time: ``block`` positions x vocabulary
@@ -88,6 +89,19 @@ def alm_loss(teacher: torch.Tensor, student: torch.Tensor, mask: torch.Tensor, t
 def lm_loss(logprobs: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean next-token negative log-likelihood over the scored positions."""
     return -(logprobs * mask).sum() / mask.sum().clamp(min=1)
+
+
+def state_loss(teacher_states: torch.Tensor, states: torch.Tensor) -> torch.Tensor:
+    """Mean squared distance between student and teacher hidden states (N, H), over the teacher's mean squared norm.
+
+    0, with zero gradient, where they are equal; 1 for a student state of zero. Relative, so one weight means the
+    same for models whose final norms put their states on different scales.
+    """
+    if not len(states):
+        return states.new_zeros((), dtype=torch.float32)
+    target = teacher_states.detach().float()
+    scale = target.pow(2).sum(-1).mean().clamp(min=1e-12)
+    return (states.float() - target).pow(2).sum(-1).mean() / scale
 
 
 def _kl_block(teacher_hidden: torch.Tensor, teacher_head: torch.Tensor, teacher_softcap: float | None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tokensurgeon.config import (DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN, HEAL_OBJECTIVES, HEAL_TRAIN, EvalConfig,
-                                 HealConfig)
+                                 HealConfig, check_distill_terms)
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.recovery.student import LORA_TARGETS
 
@@ -22,6 +22,9 @@ class RecoveryOptions:
         kl_mix: weight of the next-token KL over the tokens both vocabularies share, at chunk starts, added to
             the ALM loss (objective "distill" across two tokenizers): ALM matches the likelihood of the text's
             own chunks, not which continuation the model prefers, which greedy decoding follows.
+        hidden_mix: weight of the distance between student and teacher last hidden states at those same
+            positions (objectives.state_loss): the whole state the next prediction is read from, not one
+            token's likelihood; needs teacher and student of one width.
         temperature: ALM temperature (the paper's default 100); the loss is scaled by it (objectives.py).
         lora_lr: learning rate of the LoRA adapters (lr is the embeddings').
         body_lr: learning rate of the transformer weights under train "all".
@@ -32,6 +35,7 @@ class RecoveryOptions:
     objective: str = DEFAULT_HEAL_OBJECTIVE
     lm_mix: float = HealConfig.lm_mix
     kl_mix: float = HealConfig.kl_mix
+    hidden_mix: float = HealConfig.hidden_mix
     temperature: float = HealConfig.temperature
     train: str = DEFAULT_HEAL_TRAIN
     steps: int = HealConfig.steps
@@ -63,6 +67,7 @@ class RecoveryOptions:
         batch = 1 if self.batch_size is None else self.batch_size  # None: sized by fit() (batch.py)
         if min(self.steps, batch, self.eval_every, self.patience) < 1 or self.context < 4:
             raise TokenSurgeonError("steps, batch size, eval-every and patience must be >= 1 and context >= 4")
-        if self.temperature <= 0 or min(self.lm_mix, self.kl_mix) < 0 or min(self.lr, self.lora_lr,
-                                                                              self.body_lr) <= 0:
-            raise TokenSurgeonError("temperature and learning rates must be > 0, lm-mix and kl-mix >= 0")
+        if self.temperature <= 0 or min(self.lm_mix, self.kl_mix, self.hidden_mix) < 0 or min(
+                self.lr, self.lora_lr, self.body_lr) <= 0:
+            raise TokenSurgeonError("temperature and learning rates must be > 0, lm-mix, kl-mix and hidden-mix >= 0")
+        check_distill_terms(self.objective, self.kl_mix, self.hidden_mix)

@@ -34,7 +34,7 @@ from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import (Sample, Side, chunk_mask, chunk_starts, collate, samples, shared_tokens,
                                         side)
 from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
-from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, token_kl, token_logprobs
+from tokensurgeon.recovery.objectives import alm_loss, chunk_logprobs, lm_loss, state_loss, token_kl, token_logprobs
 from tokensurgeon.recovery.student import Teacher, head_weight, hidden_states, load_teacher, softcap, unwrap
 from tokensurgeon.recovery.trainable import (BatchRows, embedding_params, free_rows, learning_rates, prepare,
                                              read_provenance, trainable_counts)
@@ -157,24 +157,29 @@ class Objective:
                                 chunk_logprobs(logprobs, batch.chunks, n), mask, options.temperature)
             if options.lm_mix:
                 loss = loss + options.lm_mix * lm_loss(logprobs, scored)
-            if self.shared is not None:
-                loss = loss + options.kl_mix * self.shared_kl(teacher_hidden, hidden, head, softcap(model),
-                                                              batch_samples, device)
+            if self.teacher_side is not None and (options.kl_mix or options.hidden_mix):
+                rows, at_student, at_teacher = (t.to(device) for t in chunk_starts(batch_samples, self.student,
+                                                                                    self.teacher_side))
+                teacher_states, states = teacher_hidden[rows, at_teacher], hidden[rows, at_student]
+                if options.kl_mix:
+                    loss = loss + options.kl_mix * self.shared_kl(teacher_states, states, head, softcap(model))
+                if options.hidden_mix:
+                    loss = loss + options.hidden_mix * state_loss(teacher_states, states)
         return loss, tokens, batch.input_ids[batch.attention_mask.bool()].unique()
 
-    def shared_kl(self, teacher_hidden: torch.Tensor, hidden: torch.Tensor, head: torch.Tensor,
-                  student_softcap: float | None, batch_samples: list[Sample], device: torch.device) -> torch.Tensor:
-        """KL(teacher || student) of next-token distributions over the shared tokens (each renormalised), at the
-        chunk starts: there both read the same bytes, and this is where greedy decoding picks its next token."""
-        rows, at_student, at_teacher = (t.to(device) for t in chunk_starts(batch_samples, self.student,
-                                                                            self.teacher_side))
+    def shared_kl(self, teacher_states: torch.Tensor, states: torch.Tensor, head: torch.Tensor,
+                  student_softcap: float | None) -> torch.Tensor:
+        """KL(teacher || student) of next-token distributions over the shared tokens (each renormalised), from the
+        hidden states at the chunk starts: there both read the same bytes, and this is where greedy decoding picks
+        its next token."""
+        device = states.device
         if self.shared_rows is None:  # the student's row count is known from its first batch on
             student_ids, teacher_ids = self.shared
             keep = (student_ids < head.shape[0]) & (teacher_ids < self.teacher.head.shape[0])
             self.shared_rows = student_ids[keep].to(device), teacher_ids[keep].to(device)
         student_ids, teacher_ids = self.shared_rows
-        return token_kl(teacher_hidden[rows, at_teacher], self.teacher.head[teacher_ids], hidden[rows, at_student],
-                        head[student_ids], torch.ones(len(rows), device=device), teacher_softcap=self.teacher.softcap,
+        return token_kl(teacher_states, self.teacher.head[teacher_ids], states, head[student_ids],
+                        torch.ones(len(states), device=device), teacher_softcap=self.teacher.softcap,
                         softcap=student_softcap, block=self.options.block)
 
 
@@ -197,6 +202,7 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     student_side = side(tokenizer)
     shared_tokenizer = teacher is not None and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     teacher_side = side(teacher.tokenizer) if options.objective == "distill" and not shared_tokenizer else None
+    _check_chunk_terms(options, model, teacher, across=teacher_side is not None)
     per_text = [samples(text, label, student_side, teacher_side, options.context)
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
@@ -275,6 +281,19 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device),
         batch_size=options.batch_size)
     return model, result
+
+
+def _check_chunk_terms(options: RecoveryOptions, model: Any, teacher: Teacher | None, across: bool) -> None:
+    """--kl-mix and --hidden-mix compare the two models where two tokenizations meet; say so rather than ignore them."""
+    if not (options.kl_mix or options.hidden_mix) or teacher is None:
+        return
+    if not across:
+        raise TokenSurgeonError("--kl-mix and --hidden-mix compare two tokenizations; teacher and student share one "
+                                "here, and distillation is already the token-level KL over the whole vocabulary")
+    width, teacher_width = head_weight(model).shape[1], teacher.head.shape[1]
+    if options.hidden_mix and width != teacher_width:
+        raise TokenSurgeonError(f"--hidden-mix compares hidden states, but the student's are {width} wide and the "
+                                f"teacher's {teacher_width}")
 
 
 def _probe(model: Any, objective: Objective, batch: list[Sample], device: torch.device, autocast: Any) -> None:
