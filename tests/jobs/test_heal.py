@@ -214,6 +214,16 @@ def test_draft_distils_toward_its_target_by_token_kl(tiny_models, text, tmp_path
     assert len(report.history) > 1 and all(h.loss is None or h.loss >= 0 for h in report.history)
 
 
+@pytest.mark.parametrize("mix", ["--kl-mix", "--hidden-mix"])
+def test_chunk_terms_with_one_tokenizer_are_one_line_exit_2(tiny_models, text, tmp_path, mix):
+    """A draft shares its target's tokenizer: no chunk starts to compare at; refused before any model loads."""
+    result = runner.invoke(app, ["heal", str(tiny_models["untied"]), "--text", str(text), "-o", str(tmp_path / "o"),
+                                 "--teacher", str(tiny_models["tied"]), mix, "1"])
+    assert result.exit_code == 2, result.output
+    assert "share one" in result.stderr and "Traceback" not in result.output + result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "o").exists()
+
+
 def test_generate_trains_on_the_teachers_continuations(tiny_models, text, tmp_path, monkeypatch):
     """--generate: the engine's training text is what the teacher wrote; the held-out split stays the user's."""
     import tokensurgeon.jobs.heal as heal_job

@@ -30,7 +30,7 @@ from tokensurgeon.config import RETENTION_GUARD
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.evaluation.tasks import Task
 from tokensurgeon.recovery.batch import measure_batch
-from tokensurgeon.recovery.options import RecoveryOptions
+from tokensurgeon.recovery.options import RecoveryOptions, check_chunk_terms
 from tokensurgeon.recovery.data import (Sample, Side, chunk_mask, chunk_starts, collate, samples, shared_tokens,
                                         side)
 from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
@@ -202,7 +202,9 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     student_side = side(tokenizer)
     shared_tokenizer = teacher is not None and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     teacher_side = side(teacher.tokenizer) if options.objective == "distill" and not shared_tokenizer else None
-    _check_chunk_terms(options, model, teacher, across=teacher_side is not None)
+    if teacher is not None:
+        check_chunk_terms(options, across=teacher_side is not None, width=head_weight(model).shape[1],
+                          teacher_width=teacher.head.shape[1])
     per_text = [samples(text, label, student_side, teacher_side, options.context)
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
@@ -281,19 +283,6 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
         seconds_per_step=train_seconds / step if step else 0.0, stopped_by=stopped_by, device=str(device),
         batch_size=options.batch_size)
     return model, result
-
-
-def _check_chunk_terms(options: RecoveryOptions, model: Any, teacher: Teacher | None, across: bool) -> None:
-    """--kl-mix and --hidden-mix compare the two models where two tokenizations meet; say so rather than ignore them."""
-    if not (options.kl_mix or options.hidden_mix) or teacher is None:
-        return
-    if not across:
-        raise TokenSurgeonError("--kl-mix and --hidden-mix compare two tokenizations; teacher and student share one "
-                                "here, and distillation is already the token-level KL over the whole vocabulary")
-    width, teacher_width = head_weight(model).shape[1], teacher.head.shape[1]
-    if options.hidden_mix and width != teacher_width:
-        raise TokenSurgeonError(f"--hidden-mix compares hidden states, but the student's are {width} wide and the "
-                                f"teacher's {teacher_width}")
 
 
 def _probe(model: Any, objective: Objective, batch: list[Sample], device: torch.device, autocast: Any) -> None:
