@@ -141,7 +141,8 @@ def heal(
         from ..jobs.heal import heal as run_heal
 
         config = HealConfig(patched=patched, texts=text_paths(text), out=out, objective=objective, lm_mix=lm_mix,
-                            kl_mix=kl_mix, hidden_mix=hidden_mix, temperature=temperature, train=train, rows=rows, teacher=teacher,
+                            kl_mix=kl_mix, hidden_mix=hidden_mix, temperature=temperature, train=train, rows=rows,
+                            teacher=teacher,
                             eval_texts=text_paths(eval_text), guard_tasks=tuple(guard_task) if guard_task else None,
                             guard_texts=text_paths(guard_text),
                             steps=steps,

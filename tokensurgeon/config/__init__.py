@@ -14,7 +14,8 @@ from ..errors import TokenSurgeonError
 from .heal import (CPU_BATCH_SIZE, DEFAULT_GUARD_TASKS, DEFAULT_HEAL_OBJECTIVE, DEFAULT_HEAL_TRAIN,  # noqa: F401
                    GENERATE_BATCH_SIZE, GENERATE_PROMPT_TOKENS, HEAL_OBJECTIVES, HEAL_ROWS, HEAL_TRAIN, MAX_AUTO_BATCH,
                    NO_GUARD, RETENTION_BYTES, RETENTION_GUARD, RETENTION_NEW_TOKENS, RETENTION_PROMPT_CHARS,
-                   RETENTION_PROMPTS, HealConfig, check_distill_terms, guard_tasks_for)
+                   RETENTION_PROMPTS, HealConfig, check_chunk_terms, check_distill_terms,
+                   guard_tasks_for)
 
 DEFAULT_METHOD = "subword-mean"
 UNDERTRAINED_NORM = 0.5  # a base row under this fraction of the median row norm counts as barely trained

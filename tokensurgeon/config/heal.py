@@ -169,6 +169,18 @@ def check_distill_terms(objective: str, kl_mix: float, hidden_mix: float) -> Non
                                 f"{objective}")
 
 
+def check_chunk_terms(kl_mix: float, hidden_mix: float, *, across: bool, width: int, teacher_width: int) -> None:
+    """--kl-mix and --hidden-mix compare the two models where two tokenizations meet; say so rather than ignore them."""
+    if not (kl_mix or hidden_mix):
+        return
+    if not across:
+        raise TokenSurgeonError("--kl-mix and --hidden-mix compare two tokenizations; teacher and student share one "
+                                "here, and distillation is already the token-level KL over the whole vocabulary")
+    if hidden_mix and width != teacher_width:
+        raise TokenSurgeonError(f"--hidden-mix compares hidden states, but the student's are {width} wide and the "
+                                f"teacher's {teacher_width}")
+
+
 def guard_tasks_for(given: tuple[str, ...] | None, has_teacher: bool) -> tuple[str, ...]:
     """The guard tasks a heal runs: those given (("none",): none), else DEFAULT_GUARD_TASKS when there is a
     teacher to compare with, else none."""

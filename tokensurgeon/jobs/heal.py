@@ -33,14 +33,15 @@ from .. import __version__
 from ..checkpoint import open_checkpoint
 from ..checkpoint.formats.safetensors import INDEX_NAME
 from ..checkpoint.writer import write_weights
-from ..config import CPU_BATCH_SIZE, GENERATE_BATCH_SIZE, RETENTION_GUARD, EvalConfig, HealConfig
+from ..config import (CPU_BATCH_SIZE, GENERATE_BATCH_SIZE, RETENTION_GUARD, EvalConfig, HealConfig,
+                      check_chunk_terms)
 from ..errors import TokenSurgeonError
 from ..evaluation import TextScore, evaluate_models
 from ..evaluation.bpb import truncate_utf8
 from ..evaluation.rows import HealRow, text_labels
 from ..recovery.generate import teacher_continuations
 from ..recovery.guard import check_guard_tasks
-from ..recovery.options import RecoveryOptions, check_chunk_terms
+from ..recovery.options import RecoveryOptions
 from ..recovery.train import EvalPoint, TextChange, base_of, pick_device, recover
 from ..runtime.outdir import atomic_directory, check_output_path
 from ..runtime.progress import Progress, Stopwatch, phase
@@ -157,10 +158,10 @@ def heal(config: HealConfig, progress: Progress | None = None) -> HealReport:
     if teacher is None and config.generate:
         raise TokenSurgeonError(f"--generate needs a teacher: {config.patched}/report.json names no base model that "
                                 "exists here; pass --teacher DIR")
-    if teacher is not None and config.objective == "distill" and (config.kl_mix or config.hidden_mix):
+    if teacher is not None and (config.kl_mix or config.hidden_mix):  # HealConfig: only with distill
         remote = config.trust_remote_code  # fails now, not after the base model is scored
         vocabs = [load_tokenizer(p, trust_remote_code=remote).get_vocab() for p in (config.patched, teacher)]
-        check_chunk_terms(recovery_options(config, guards), across=vocabs[0] != vocabs[1],
+        check_chunk_terms(config.kl_mix, config.hidden_mix, across=vocabs[0] != vocabs[1],
                           width=checkpoint.hidden_size,
                           teacher_width=open_checkpoint(teacher, trust_remote_code=remote).hidden_size)
     texts = _read(config.texts)

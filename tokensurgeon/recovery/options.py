@@ -71,15 +71,3 @@ class RecoveryOptions:
                 self.lr, self.lora_lr, self.body_lr) <= 0:
             raise TokenSurgeonError("temperature and learning rates must be > 0, lm-mix, kl-mix and hidden-mix >= 0")
         check_distill_terms(self.objective, self.kl_mix, self.hidden_mix)
-
-
-def check_chunk_terms(options: RecoveryOptions, *, across: bool, width: int, teacher_width: int) -> None:
-    """--kl-mix and --hidden-mix compare the two models where two tokenizations meet; say so rather than ignore them."""
-    if not (options.kl_mix or options.hidden_mix):
-        return
-    if not across:
-        raise TokenSurgeonError("--kl-mix and --hidden-mix compare two tokenizations; teacher and student share one "
-                                "here, and distillation is already the token-level KL over the whole vocabulary")
-    if options.hidden_mix and width != teacher_width:
-        raise TokenSurgeonError(f"--hidden-mix compares hidden states, but the student's are {width} wide and the "
-                                f"teacher's {teacher_width}")

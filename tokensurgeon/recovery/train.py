@@ -26,11 +26,11 @@ from typing import Any, Callable
 import torch
 
 from tokensurgeon.checkpoint import Checkpoint, open_checkpoint, read_embeddings
-from tokensurgeon.config import RETENTION_GUARD
+from tokensurgeon.config import RETENTION_GUARD, check_chunk_terms
 from tokensurgeon.errors import TokenSurgeonError
 from tokensurgeon.evaluation.tasks import Task
 from tokensurgeon.recovery.batch import measure_batch
-from tokensurgeon.recovery.options import RecoveryOptions, check_chunk_terms
+from tokensurgeon.recovery.options import RecoveryOptions
 from tokensurgeon.recovery.data import (Sample, Side, chunk_mask, chunk_starts, collate, samples, shared_tokens,
                                         side)
 from tokensurgeon.recovery.guard import better, check_guard_tasks, guard_tasks, keeps_skills, score_texts, task_scores
@@ -203,8 +203,8 @@ def fit(model: Any, tokenizer: Any, train_texts: dict[str, str], held_out: dict[
     shared_tokenizer = teacher is not None and teacher.tokenizer.get_vocab() == tokenizer.get_vocab()
     teacher_side = side(teacher.tokenizer) if options.objective == "distill" and not shared_tokenizer else None
     if teacher is not None:
-        check_chunk_terms(options, across=teacher_side is not None, width=head_weight(model).shape[1],
-                          teacher_width=teacher.head.shape[1])
+        check_chunk_terms(options.kl_mix, options.hidden_mix, across=teacher_side is not None,
+                          width=head_weight(model).shape[1], teacher_width=teacher.head.shape[1])
     per_text = [samples(text, label, student_side, teacher_side, options.context)
                 for label, text in train_texts.items()]
     model, trainable, anchors = prepare(model, options, free)
